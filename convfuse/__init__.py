@@ -1,0 +1,1 @@
+import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.*

@@ -1,0 +1,81 @@
+"""Which implementation runs the fused operator, per device and shape.
+
+``kernel`` is what the user asked for (torch.compile ``options={"kernel": ...}`` or
+``CONVFUSE_KERNEL``); ``choose_kernel`` turns it into the implementation that
+runs, and the report shows that name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from convfuse.backends.cpu import fft_conv_cpu
+from convfuse.backends.reference import fft_conv_reference
+from convfuse.spec import ConvParams
+
+KERNELS = ("auto", "reference", "cpu", "triton")
+
+Impl = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None", ConvParams], Tensor]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    run: Impl
+    devices: tuple[str, ...]  # device types it runs on
+
+
+def _triton_impl() -> Implementation | None:
+    try:
+        from convfuse.backends import triton_monarch  # noqa: F401  (issue: Triton Monarch kernels)
+    except ImportError:
+        return None
+    return triton_monarch.IMPLEMENTATION
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "reference": Implementation("reference", fft_conv_reference, ("cpu", "cuda")),
+    "cpu": Implementation("cpu", fft_conv_cpu, ("cpu",)),
+    # cuFFT through torch.fft with the prologue/epilogue around it.
+    "cufft": Implementation("cufft", fft_conv_reference, ("cuda",)),
+}
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def default_kernel() -> str:
+    kernel = os.environ.get("CONVFUSE_KERNEL", "auto").strip().lower() or "auto"
+    if kernel not in KERNELS:
+        raise ValueError(f"CONVFUSE_KERNEL={kernel!r}: expected one of {', '.join(KERNELS)}")
+    return kernel
+
+
+def choose_kernel(requested: str, device_type: str) -> Implementation:
+    """The implementation that runs ``requested`` on ``device_type``; raises KernelUnavailable."""
+    if requested == "auto":
+        requested = "cufft" if device_type == "cuda" else "cpu"
+        if device_type not in ("cpu", "cuda"):
+            requested = "reference"
+    if requested == "triton":
+        impl = _triton_impl()
+        if impl is None:
+            raise KernelUnavailable("kernel='triton': the Triton Monarch kernels are not built in this version")
+    else:
+        impl = IMPLEMENTATIONS.get(requested)
+        if impl is None:
+            raise KernelUnavailable(f"unknown kernel {requested!r}: expected one of {', '.join(KERNELS)}")
+    if requested != "reference" and device_type not in impl.devices:
+        raise KernelUnavailable(f"kernel {impl.name!r} does not run on {device_type} tensors")
+    return impl
+
+
+def run_fft_conv(u, k, D, pre_gate, post_gate, p: ConvParams, kernel: str) -> Tensor:
+    impl = choose_kernel(kernel, u.device.type)
+    return impl.run(u, k, D, pre_gate, post_gate, p)

@@ -1,0 +1,135 @@
+"""The fused FFT-convolution operator, ``torch.ops.convfuse.fft_conv``.
+
+Its definition is in ``convfuse.spec``; implementations are in ``convfuse.backends``.
+It is a ``torch.library.custom_op`` with a fake implementation (so Dynamo, AOT
+autograd and Inductor can trace it with symbolic sizes) and an autograd formula
+whose backward is two more calls of the same operator: the gradients of a cyclic
+convolution are cyclic correlations (and of a correlation, a convolution and a
+correlation), so no differentiation through any implementation is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convfuse.backends.common import check_epilogue_operand, compute_dtype, output_shape
+from convfuse.backends.dispatch import run_fft_conv
+from convfuse.spec import ConvParams
+
+
+@torch.library.custom_op("convfuse::fft_conv", mutates_args=())
+def fft_conv(
+    u: Tensor,
+    k: Tensor,
+    D: Optional[Tensor],
+    pre_gate: Optional[Tensor],
+    post_gate: Optional[Tensor],
+    n: int,
+    start: int,
+    length: int,
+    scale: float,
+    n_power: float,
+    conj_kernel: bool,
+    out_dtype: torch.dtype,
+    kernel: str,
+) -> Tensor:
+    """out = ((scale * n**n_power * window(u*pre_gate (*) k) + u*pre_gate*D) * post_gate).to(out_dtype).
+
+    u: (..., Lu) and k: (..., Lk), convolved along the last axis at FFT size n,
+    batch dimensions broadcast; the result is (broadcast(...), length).
+    """
+    p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype)
+    p.validate()
+    _check_inputs(u, k, D, pre_gate, post_gate, length)
+    return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel)
+
+
+def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:
+    for name, t in (("u", u), ("k", k), ("D", D), ("pre_gate", pre_gate), ("post_gate", post_gate)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"convfuse.fft_conv: {name} must be a real floating tensor, got {t.dtype}")
+    if u.dim() < 1 or k.dim() < 1:
+        raise ValueError("convfuse.fft_conv: u and k need at least one (convolved) dimension")
+    shape = output_shape(u, k, pre_gate, length)
+    check_epilogue_operand("D", D, shape)
+    check_epilogue_operand("post_gate", post_gate, shape)
+    return shape
+
+
+@fft_conv.register_fake
+def _(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel):
+    shape = _check_inputs(u, k, D, pre_gate, post_gate, length)
+    return u.new_empty(shape, dtype=out_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel = inputs
+    ctx.save_for_backward(u, k, D, pre_gate, post_gate)
+    ctx.params = (n, start, length, scale, n_power, conj_kernel, kernel)
+
+
+def _cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k):
+    """Gradients of h = scale * window(ue (*) k) with respect to ue and k.
+
+    Forward (convolution): h[t] = s * sum_j ue[j] k[(start + t - j) mod n], so
+      d ue[j] = s * sum_t g[t] k[(t - (j - start)) mod n]  = correlation of g with k, window at -start
+      d k[i]  = s * sum_t g[t] ue[(t - (i - start)) mod n] = correlation of g with ue, window at -start
+    Forward (correlation): h[t] = s * sum_j ue[j] k[(j - start - t) mod n], so
+      d ue[j] = s * (g (*) k)[(j - start) mod n]            = convolution, window at -start
+      d k[i]  = s * sum_j ue[j] g[(j - (i + start)) mod n]  = correlation of ue with g, window at start
+    Signals longer than n were truncated by the forward: their tail gets zero gradient.
+    """
+    Lu, Lk = ue.shape[-1], k.shape[-1]
+    back = (-start) % n
+    du = dk = None
+    if need_u:
+        du = fft_conv(g, k, None, None, None, n, back, min(Lu, n), scale, n_power, not conj_kernel, g.dtype, kernel)
+        du = F.pad(du, (0, Lu - du.shape[-1])) if Lu > n else du
+    if need_k:
+        if conj_kernel:
+            dk = fft_conv(ue, g, None, None, None, n, start, min(Lk, n), scale, n_power, True, g.dtype, kernel)
+        else:
+            dk = fft_conv(g, ue, None, None, None, n, back, min(Lk, n), scale, n_power, True, g.dtype, kernel)
+        dk = F.pad(dk, (0, Lk - dk.shape[-1])) if Lk > n else dk
+    return du, dk
+
+
+def _backward(ctx, grad):
+    u, k, D, pre_gate, post_gate = ctx.saved_tensors
+    n, start, length, scale, n_power, conj_kernel, kernel = ctx.params
+    need = ctx.needs_input_grad
+    dtype = compute_dtype(u, k, D, pre_gate, post_gate)
+    ue = u.to(dtype) if pre_gate is None else u.to(dtype) * pre_gate.to(dtype)
+    g = grad.to(dtype)
+
+    d_post = None
+    if post_gate is not None:
+        if need[4]:
+            # h before the post gate is recomputed rather than saved: it costs one more
+            # forward call only when the gate itself needs a gradient.
+            h = fft_conv(u, k, D, pre_gate, None, n, start, length, scale, n_power, conj_kernel, dtype, kernel)
+            d_post = (g * h).sum_to_size(post_gate.shape).to(post_gate.dtype)
+        g = g * post_gate.to(dtype)
+
+    d_D = (g * ue).sum_to_size(D.shape).to(D.dtype) if D is not None and need[2] else None
+
+    need_ue = need[0] or need[3]
+    due, dk = _cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1])
+    if due is not None and D is not None:
+        due = due + g * D.to(dtype)
+    du = d_pre = None
+    if need[0]:
+        du = due if pre_gate is None else due * pre_gate.to(dtype)
+        du = du.sum_to_size(u.shape).to(u.dtype)
+    if need[3]:
+        d_pre = (due * u.to(dtype)).sum_to_size(pre_gate.shape).to(pre_gate.dtype)
+    if dk is not None:
+        dk = dk.sum_to_size(k.shape).to(k.dtype)
+    return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None
+
+
+fft_conv.register_autograd(_backward, setup_context=_setup_context)
