@@ -1,0 +1,136 @@
+"""Launcher: from the operator's arguments to one fused-kernel launch, or a stated fallback.
+
+``run`` resolves a ``CallPlan`` (size, padding, causal skips), computes the kernel spectrum in
+Monarch order (cached for constant kernels), builds per-row element offsets for every operand so
+broadcast batch dimensions need no copies, and launches one program per output row.  Calls with
+no plan run the reference implementation; the reason is counted in ``FALLBACKS`` and returned
+by ``explain``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from convfuse.backends.common import compute_dtype, output_shape
+from convfuse.backends.reference import fft_conv_reference
+from convfuse.backends.triton_monarch.plan import CallPlan, call_plan, dot_dtype_for, kernel_spectrum
+from convfuse.spec import ConvParams
+
+FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
+NUM_WARPS = 4
+
+
+def _interpret_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _kernels():
+    """Import the kernel module; on CPU tensors it must have been built by the interpreter."""
+    from convfuse.backends.triton_monarch import kernels
+
+    return kernels
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        return
+    if device.type != "cpu":
+        raise RuntimeError(f"kernel 'triton' runs on cuda tensors (or cpu under TRITON_INTERPRET=1), got {device}")
+    if not _interpret_enabled():
+        raise RuntimeError(
+            "kernel 'triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
+            "before importing triton (it is for testing, ~1000x slower than eager); use kernel='cpu' otherwise"
+        )
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_kernels().monarch_conv2_kernel, InterpretedFunction):
+        raise RuntimeError(
+            "kernel 'triton' on CPU: TRITON_INTERPRET=1 was set after the Triton kernels were built; "
+            "set it before convfuse.backends.triton_monarch.kernels is first imported"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...], device: torch.device) -> Tensor:
+    # element offset of each broadcast row of a tensor with this shape/stride, as int64 (rows,)
+    shape = (1,) * (len(batch) + 1 - len(shape)) + shape
+    stride = (0,) * (len(batch) + 1 - len(stride)) + stride
+    off = torch.zeros((), dtype=torch.int64)
+    for size, (own, st) in zip(batch, zip(shape[:-1], stride[:-1])):
+        step = torch.arange(size, dtype=torch.int64) * (st if own != 1 else 0)
+        off = off.unsqueeze(-1) + step
+    return off.reshape(-1).to(device)
+
+
+def _rows(t: Tensor, batch: tuple[int, ...]) -> tuple[Tensor, int]:
+    """(row offsets, last-axis stride) of t broadcast against batch; stride 0 for a size-1 last axis."""
+    return _offsets(batch, tuple(t.shape), tuple(t.stride()), t.device), (t.stride(-1) if t.shape[-1] != 1 else 0)
+
+
+def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> CallPlan | str:
+    """The plan this call would run with, or why it falls back to the reference."""
+    dtype = compute_dtype(u, k, D, pre_gate, post_gate)
+    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
+    dot = dot_dtype_for(dtype, u.dtype, k.dtype, *(t.dtype for t in (pre_gate,) if t is not None))
+    return call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device)
+
+
+def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = None) -> str:
+    r = resolve(u, k, D, pre_gate, post_gate, p)
+    if isinstance(r, str):
+        return f"reference fallback: {r}"
+    pl = r.plan
+    skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
+    return (f"triton monarch n={r.m} = {pl.n1}x{pl.n2}" + (f" (padded from {p.n})" if r.m != p.n else "")
+            + f", dots in {str(pl.dot_dtype).removeprefix('torch.')}" + (f", skips {' and '.join(skips)}" if skips else ""))
+
+
+def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_gate: Tensor | None,
+        p: ConvParams) -> Tensor:
+    _check_device(u.device)
+    r = resolve(u, k, D, pre_gate, post_gate, p)
+    if isinstance(r, str):
+        FALLBACKS[r] += 1
+        return fft_conv_reference(u, k, D, pre_gate, post_gate, p)
+    plan = r.plan
+    dtype = plan.compute_dtype
+    shape = output_shape(u, k, pre_gate, p.length)
+    batch = tuple(shape[:-1])
+    out = torch.empty(shape, dtype=p.out_dtype or dtype, device=u.device)
+    rows = out.numel() // max(p.length, 1)
+    if out.numel() == 0:
+        return out
+    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
+    if D is not None and Lue != p.length:
+        raise ValueError(f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
+                         f"to equal the input length ({Lue})")
+
+    spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.n1, plan.n2)
+    k_off = _offsets(batch, tuple(spec.shape[:-3]) + (2 * r.m,), tuple(spec.stride()[:-3]) + (1,), u.device)
+    # u of last size 1 broadcasts against a longer pre-gate: stride 0 along the axis reads it everywhere
+    u_off, u_s = _rows(u, batch)
+    dummy_off = u_off
+    pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (dummy_off, 0)
+    d_off, d_s = _rows(D, batch) if D is not None else (dummy_off, 0)
+    post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (dummy_off, 0)
+    Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
+
+    _kernels().monarch_conv2_kernel[(rows,)](
+        u, u_off, u_s,
+        pre_gate if pre_gate is not None else u, pre_off, pre_s,
+        spec, k_off,
+        D if D is not None else u, d_off, d_s,
+        post_gate if post_gate is not None else u, post_off, post_s,
+        out,
+        plan.f1, plan.f2, plan.tw,
+        Lu, Lue, p.start, p.length,
+        N1=plan.n1, N2=plan.n2, HALF_IN=r.half_in, HALF_OUT=r.half_out,
+        HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
+        PREC=plan.input_precision, num_warps=NUM_WARPS,
+    )
+    return out

@@ -1,0 +1,216 @@
+"""Monarch plans: which FFT size a call runs at, its factorization, and its constant matrices.
+
+A plan for size n = N1 * N2 (radices 16 and 32) holds, as real/imaginary planes
+(Triton has no complex dtype), everything the fused kernel multiplies by:
+
+    F1[k1, j1] = exp(-2i pi j1 k1 / N1)      (2, N1, N1)   dot dtype
+    F2[j2, k2] = exp(-2i pi j2 k2 / N2)      (2, N2, N2)   dot dtype
+    TW[k1, j2] = exp(-2i pi j2 k1 / n)       (2, N1, N2)   compute dtype
+
+computed in float64 and cast once.  With the signal in row-major order
+x[N2*j1 + j2] = X[j1, j2], the forward transform is C = (F1 @ X) * TW @ F2 and
+C[k1, k2] is the spectrum at frequency k1 + N1*k2 ("Monarch order", the
+transpose of the natural (N2, N1) view).  The inverse is
+X = conj(F1) @ ((C @ conj(F2)) * conj(TW)) / n, which lands back in row-major
+order: no transposes or digit reversal at run time, only the kernel spectrum is
+permuted, once, into Monarch order (see ``kernel_spectrum``).
+
+GPU limits asserted here because the interpreter does not enforce them: every
+tl.dot operand dimension must be >= 16, block dimensions are powers of two.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+RADICES = (16, 32)
+MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
+# n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
+FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32)}
+FUSED_SIZES = tuple(sorted(FACTORS))
+# Working set of the fused kernel, in compute-dtype elements, per n: ~8 (N1, N2) planes
+# live at once plus the constant matrices.  Used to size plans by shared memory.
+_LIVE_PLANES = 8
+
+
+def check_dot_shape(m: int, n: int, k: int) -> None:
+    """Assert the GPU's tl.dot limits (the interpreter accepts anything)."""
+    for name, v in (("M", m), ("N", n), ("K", k)):
+        if v < MIN_DOT or v & (v - 1):
+            raise AssertionError(f"tl.dot {name}={v}: GPUs need a power of two >= {MIN_DOT} (shape {m}x{k} @ {k}x{n})")
+
+
+@dataclass(frozen=True)
+class MonarchPlan:
+    n: int
+    n1: int
+    n2: int
+    compute_dtype: torch.dtype  # dtype of twiddles, spectra and every elementwise step
+    dot_dtype: torch.dtype  # dtype of tl.dot operands (fp16/bf16 for half inputs: tensor cores)
+    f1: Tensor  # (2, N1, N1)
+    f2: Tensor  # (2, N2, N2)
+    tw: Tensor  # (2, N1, N2)
+
+    @property
+    def can_skip_half(self) -> bool:
+        """Causal skipping runs the first/last stage on N1/2 rows: needs N1/2 >= 16 for tl.dot."""
+        return self.n1 // 2 >= MIN_DOT
+
+    @property
+    def input_precision(self) -> str:
+        # fp32 operands: tf32x3 keeps ~fp32 accuracy on tensor cores (plain tf32 loses ~3 digits).
+        return "tf32x3" if self.dot_dtype == torch.float32 else "ieee"
+
+    def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
+        rows_in = self.n1 // 2 if half_in else self.n1
+        rows_out = self.n1 // 2 if half_out else self.n1
+        return [(self.n1, self.n2, rows_in), (self.n1, self.n2, self.n2), (rows_out, self.n2, self.n1)]
+
+    def smem_bytes(self) -> int:
+        c = torch.finfo(self.compute_dtype).bits // 8
+        d = torch.finfo(self.dot_dtype).bits // 8
+        return _LIVE_PLANES * self.n * c + 2 * (self.n1**2 + self.n2**2) * d + 2 * self.n * c
+
+
+def _dft(rows: int, cols: int, denom: int) -> Tensor:
+    # exp(-2i pi r c / denom) in float64, as (2, rows, cols) real/imag planes
+    r = torch.arange(rows, dtype=torch.float64)[:, None]
+    c = torch.arange(cols, dtype=torch.float64)[None, :]
+    # reduce r*c mod denom exactly in integers before the angle: keeps float64 accuracy for large n
+    ang = -2.0 * math.pi * torch.remainder(r * c, denom) / denom
+    return torch.stack([torch.cos(ang), torch.sin(ang)])
+
+
+def device_smem(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30  # interpreter: no limit, but sizes are still GPU-legal
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block)
+
+
+def dot_dtype_for(compute: torch.dtype, *inputs: torch.dtype) -> torch.dtype:
+    """fp16/bf16 tensor-core operands when u and k are both that half type, else the compute dtype."""
+    if inputs and all(d == inputs[0] for d in inputs) and inputs[0] in (torch.float16, torch.bfloat16):
+        return inputs[0]
+    return compute
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device) -> MonarchPlan | str:
+    if n not in FACTORS:
+        return (
+            f"n={n} has no fused Monarch plan (fused sizes: {', '.join(map(str, FUSED_SIZES))}; "
+            f"larger sizes need outer passes through GPU memory, not built yet: cuFFT/reference runs instead)"
+        )
+    if dot == torch.float64 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        return "fp64 tl.dot needs sm80 or newer"
+    n1, n2 = FACTORS[n]
+    check_dot_shape(n1, n2, n1)
+    plan = MonarchPlan(
+        n, n1, n2, compute, dot,
+        f1=_dft(n1, n1, n1).to(device=device, dtype=dot).contiguous(),
+        f2=_dft(n2, n2, n2).to(device=device, dtype=dot).contiguous(),
+        tw=_dft(n1, n2, n).to(device=device, dtype=compute).contiguous(),
+    )
+    if plan.smem_bytes() > device_smem(device):
+        return f"n={n}: fused kernel needs ~{plan.smem_bytes() // 1024} KB, device has {device_smem(device) // 1024} KB"
+    return plan
+
+
+def plan_for(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+             dot_dtype: torch.dtype | None = None) -> MonarchPlan | str:
+    """The Monarch plan for FFT size n in compute ``dtype`` on ``device``, or why there is none."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if dtype not in (torch.float32, torch.float64):
+        return f"compute dtype {dtype} unsupported (fp32 or fp64; half inputs compute in fp32)"
+    return _plan_cached(n, dtype, dot_dtype or dtype, device)
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    plan: MonarchPlan
+    m: int  # the size the kernel runs at (== n, or a padded size when the convolution is linear)
+    half_in: bool  # input rows j1 >= N1/2 are all zero: stage 1 runs on N1/2 columns of F1
+    half_out: bool  # the window lies in [0, m/2): the last stage computes N1/2 rows only
+
+
+def padded_size(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool) -> int | None:
+    """Smallest fused size m at which the size-n result equals the size-m result on the window, or None.
+
+    Convolution: with n >= L+K-1 the cyclic result is the linear one (zeros from L+K-1 on); any
+    m >= max(L+K-1, start+length) gives the same window.  Correlation: lags 0..L-1 sit at
+    indices 0..L-1 but negative lags sit at n-K+1..n-1, which move with the size, so the window
+    must stay below n-K+1 and m >= start+length+K-1 (and m >= L+K-1).
+    """
+    L, K = min(L, n), min(K, n)
+    if n < L + K - 1 or start + length > n:
+        return None
+    need = max(L + K - 1, start + length, 1)
+    if conj_kernel:
+        if K > 0 and start + length > n - K + 1:
+            return None
+        need = max(need, start + length + K - 1)
+    return next((m for m in FUSED_SIZES if m >= need), None)
+
+
+def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool,
+              compute: torch.dtype, dot: torch.dtype, device: torch.device) -> CallPlan | str:
+    """Pick the size (n itself, or a padded one) and the causal skips for one call, or say why not."""
+    padded = padded_size(n, L, K, start, length, conj_kernel)
+    m = n if padded is None or (padded > n and n in FACTORS) else padded  # never grow a fused size
+    plan = plan_for(m, compute, device, dot)
+    if isinstance(plan, str):
+        if padded is None and n not in FACTORS:
+            plan += (f"; the convolution is not linear (L={L}, K={K}, window [{start}, {start + length})"
+                     f"{', correlation' if conj_kernel else ''}), so it cannot be padded to a fused size")
+        return plan
+    Le = min(L, n)
+    half_in = plan.can_skip_half and Le <= m // 2
+    half_out = plan.can_skip_half and start + length <= m // 2
+    for shape in plan.dot_shapes(half_in, half_out):
+        check_dot_shape(*shape)
+    return CallPlan(plan, m, half_in, half_out)
+
+
+# Kernel spectra: constant kernels (parameters, buffers) are transformed once and reused until
+# they change (the tensor's version counter moves on every in-place update, e.g. optimizer steps).
+_SPECTRA: OrderedDict[tuple, tuple[weakref.ref, int, Tensor]] = OrderedDict()
+_SPECTRA_MAX = 16
+
+
+def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
+                    n1: int, n2: int) -> Tensor:
+    """(..., 2, N1, N2) planes of scale/m * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
+
+    Monarch order: entry [k1, k2] holds frequency k1 + N1*k2, i.e. the natural spectrum viewed
+    as (N2, N1) and transposed.  The inverse transform's 1/m and the operator's scale are folded in.
+    """
+    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute)
+    try:
+        version = k._version
+    except RuntimeError:  # inference tensors keep no version counter: never cached
+        version = None
+    hit = _SPECTRA.get(key)
+    if version is not None and hit is not None and hit[0]() is k and hit[1] == version:
+        _SPECTRA.move_to_end(key)
+        return hit[2]
+    kf = torch.fft.fft(k[..., :n].to(compute), n=m)  # (..., m) complex
+    if conj:
+        kf = kf.conj()
+    kf = kf * (scale / m)
+    kf = kf.reshape(*kf.shape[:-1], n2, n1).transpose(-1, -2)  # [k1, k2] = frequency k1 + N1*k2
+    spec = torch.stack([kf.real, kf.imag], dim=-3).contiguous()  # (..., 2, N1, N2)
+    if version is not None:
+        _SPECTRA[key] = (weakref.ref(k), version, spec)
+        while len(_SPECTRA) > _SPECTRA_MAX:
+            _SPECTRA.popitem(last=False)
+    return spec
