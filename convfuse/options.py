@@ -1,0 +1,43 @@
+"""The backend's options: torch.compile(..., backend="convfuse", options={...}, mode=...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from convfuse.backends.dispatch import KERNELS, default_kernel
+from convfuse.policies import Policy, parse_policy
+
+INNER_COMPILERS = ("inductor", "aot_eager", "eager")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    policy: Policy
+    kernel: str = "auto"  # auto | reference | cpu | triton (CONVFUSE_KERNEL sets the default)
+    inner: str = "inductor"  # what compiles the rest of the graph
+    mode: str | None = None  # torch.compile mode, handed to inductor
+    inductor: dict[str, Any] = field(default_factory=dict)  # other keys: inductor config patches
+
+    @staticmethod
+    def parse(options: dict[str, Any] | None, mode: str | None = None) -> "BackendOptions":
+        options = dict(options or {})
+        policy = parse_policy(options.pop("policy", None))
+        kernel = str(options.pop("kernel", None) or default_kernel()).lower()
+        if kernel not in KERNELS:
+            raise ValueError(f"convfuse: options['kernel']={kernel!r}; expected one of {', '.join(KERNELS)}")
+        inner = str(options.pop("inner", "inductor")).lower()
+        if inner not in INNER_COMPILERS:
+            raise ValueError(f"convfuse: options['inner']={inner!r}; expected one of {', '.join(INNER_COMPILERS)}")
+        if options:
+            from torch._inductor import config
+
+            unknown = sorted(k for k in options if not hasattr(config, k))
+            if unknown:
+                raise ValueError(
+                    f"convfuse: unknown option(s) {', '.join(unknown)}; convfuse takes policy, kernel, inner, "
+                    "and inductor config keys"
+                )
+            if inner != "inductor":
+                raise ValueError(f"convfuse: inductor options {sorted(options)} given with inner={inner!r}")
+        return BackendOptions(policy=policy, kernel=kernel, inner=inner, mode=mode, inductor=options)
