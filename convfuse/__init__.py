@@ -14,3 +14,18 @@ from convfuse.spec import ConvSpec
 
 __version__ = "0.1.0"
 __all__ = ["ConvSpec", "Exact", "RewriteReport", "SiteReport", "compile", "convfuse_backend", "explain", "fft_conv"]
+
+
+def _register_backend_name() -> None:
+    """Make backend="convfuse" work after `import convfuse` even when not pip-installed.
+
+    Installed, the name comes from the torch_dynamo_backends entry point, and loading that
+    entry point imports this package: registering here too would then be a duplicate.
+    """
+    from torch._dynamo.backends import registry
+
+    if "convfuse" not in registry._BACKENDS:
+        registry.register_backend(convfuse_backend, name="convfuse")
+
+
+_register_backend_name()

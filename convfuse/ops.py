@@ -45,7 +45,8 @@ def fft_conv(
     p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype)
     p.validate()
     _check_inputs(u, k, D, pre_gate, post_gate, length)
-    return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel)
+    # The fake implementation promises a fresh contiguous tensor; a window is a strided view.
+    return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel).contiguous()
 
 
 def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:

@@ -18,18 +18,12 @@ Every operand is addressed as base + row_offset[row] + t * last_stride, so batch
 
 from __future__ import annotations
 
-import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 
-@triton.jit
-def _cmul(ar, ai, br, bi):
-    # (ar + i ai) * (br + i bi)
-    return ar * br - ai * bi, ar * bi + ai * br
-
-
-@triton.jit
-def monarch_conv2_kernel(
+def _monarch_conv2(
     u_ptr, u_off_ptr, u_s,  # input: u[row] at u_ptr + u_off[row] + j * u_s
     pre_ptr, pre_off_ptr, pre_s,  # pre-gate, same addressing (ignored unless HAS_PRE)
     k_ptr, k_off_ptr,  # kernel spectrum planes (rows_k, 2, N1, N2), k_off[row] -> element offset
@@ -78,7 +72,7 @@ def monarch_conv2_kernel(
     # ---- twiddle: B[k1, j2] *= exp(-2i pi j2 k1 / n)
     twr = tl.load(tw_ptr + tile)
     twi = tl.load(tw_ptr + NN + tile)
-    br, bi = _cmul(br, bi, twr, twi)
+    br, bi = br * twr - bi * twi, br * twi + bi * twr  # complex products written out: no nested jit calls
 
     # ---- stage 2: C = B @ F2   (N1, N2) @ (N2, N2): 4 real dots
     f2_idx = a2[:, None] * N2 + a2[None, :]
@@ -93,7 +87,9 @@ def monarch_conv2_kernel(
     k_base = k_ptr + tl.load(k_off_ptr + row)
     kr = tl.load(k_base + tile)
     ki = tl.load(k_base + NN + tile)
-    cr, ci = _cmul(cr.to(CT), ci.to(CT), kr, ki)
+    cr = cr.to(CT)
+    ci = ci.to(CT)
+    cr, ci = cr * kr - ci * ki, cr * ki + ci * kr
 
     # ---- inverse stage 2: D = C @ conj(F2) = (Cr F2r + Ci F2i) + i (Ci F2r - Cr F2i)
     crd = cr.to(DT)
@@ -102,7 +98,9 @@ def monarch_conv2_kernel(
     di = tl.dot(cid, f2r, input_precision=PREC) - tl.dot(crd, f2i, input_precision=PREC)
 
     # ---- conjugate twiddle
-    dr, di = _cmul(dr.to(CT), di.to(CT), twr, -twi)
+    dr = dr.to(CT)
+    di = di.to(CT)
+    dr, di = dr * twr + di * twi, di * twr - dr * twi
 
     # ---- inverse stage 1, real part only: y = F1r[:ROUT] @ Dr + F1i[:ROUT] @ Di   (ROUT, N1) @ (N1, N2)
     g1_idx = rout[:, None] * N1 + a1[None, :]
@@ -126,3 +124,9 @@ def monarch_conv2_kernel(
         p_base = post_ptr + tl.load(post_off_ptr + row)
         y = y * tl.load(p_base + t * post_s, mask=tm, other=0.0).to(CT)
     tl.store(out_ptr + row * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
+
+
+# Both builds of the same kernel: compiled for CUDA tensors, interpreted (TRITON_INTERPRET=1) for CPU
+# tensors.  Built explicitly rather than with @triton.jit, which picks one from the environment at
+# import time, so importing this module first in a GPU process does not fix the mode for good.
+MONARCH_CONV2 = {False: JITFunction(_monarch_conv2), True: InterpretedFunction(_monarch_conv2)}

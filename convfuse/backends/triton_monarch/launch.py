@@ -30,7 +30,7 @@ def _interpret_enabled() -> bool:
 
 
 def _kernels():
-    """Import the kernel module; on CPU tensors it must have been built by the interpreter."""
+    """The kernel module, imported on first use (it imports triton)."""
     from convfuse.backends.triton_monarch import kernels
 
     return kernels
@@ -45,13 +45,6 @@ def _check_device(device: torch.device) -> None:
         raise RuntimeError(
             "kernel 'triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
             "before importing triton (it is for testing, ~1000x slower than eager); use kernel='cpu' otherwise"
-        )
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if not isinstance(_kernels().monarch_conv2_kernel, InterpretedFunction):
-        raise RuntimeError(
-            "kernel 'triton' on CPU: TRITON_INTERPRET=1 was set after the Triton kernels were built; "
-            "set it before convfuse.backends.triton_monarch.kernels is first imported"
         )
 
 
@@ -120,7 +113,8 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (dummy_off, 0)
     Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
 
-    _kernels().monarch_conv2_kernel[(rows,)](
+    interpret = u.device.type == "cpu" or _interpret_enabled()
+    _kernels().MONARCH_CONV2[interpret][(rows,)](
         u, u_off, u_s,
         pre_gate if pre_gate is not None else u, pre_off, pre_s,
         spec, k_off,

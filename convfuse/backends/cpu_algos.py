@@ -1,0 +1,130 @@
+"""The three CPU algorithms, each on one cache-resident tile of rows.
+
+Tiles are (O, Hh, X): O rows share each of Hh kernel rows.  Every function returns a
+fresh tensor in the compute dtype that the caller may modify in place.
+
+- ``fft``: one length-n transform per row, the operator's own cyclic definition;
+  valid for every call (wrap-around windows, circular convolutions, truncation).
+- ``direct``: sliding dot products (depthwise ``conv1d``), for short kernels.
+- ``ols``: overlap-save with a block FFT of size N near 2K, for long rows and
+  shorter kernels.
+The last two compute the linear convolution and are used only when
+``convfuse.spec.is_linear`` holds, where the cyclic result is the linear one
+placed at its indices mod n (no two samples collide because n >= Lu + K - 1).
+
+Both linear algorithms are written as one primitive, ``z[m] = sum_i x[m + i] w[i]``
+for m in [a, b) with x zero outside [0, Lx) (a cross-correlation):
+- convolution  c[q] = sum_i x[q - i] k[i]  = z[q - K + 1] with w = flip(k);
+- correlation  c[q] = sum_i x[q + i] k[i]  = z[q] for q < n - K + 1, and for
+  q >= n - K + 1 the negative lags wrap: c[q] = z[q - n]; with w = k.
+The scale and the conjugate are folded into the prepared kernel ("prep") once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convfuse.backends.common import window
+
+
+@dataclass(frozen=True)
+class Plan:
+    algo: str  # "fft" | "direct" | "ols"
+    n: int
+    Lu: int  # effective signal length, min(Lu, n)
+    K: int  # effective kernel length, min(Lk, n)
+    start: int
+    length: int
+    conj: bool
+    scale: float
+    N: int = 0  # ols block FFT size
+    block: int = 0  # ols output samples per block, N - K + 1
+
+    def variant(self, dtype: torch.dtype) -> tuple:
+        """What the prepared kernel depends on besides the kernel itself (the cache key)."""
+        if self.algo == "fft":
+            return ("fft", self.n, self.conj, self.scale, dtype)
+        if self.algo == "direct":
+            return ("direct", self.K, self.conj, self.scale, dtype)
+        return ("ols", self.N, self.K, self.conj, self.scale, dtype)
+
+    def row_bytes(self, dtype: torch.dtype) -> int:
+        """Bytes of complex working buffer per row, to size tiles."""
+        item = 16 if dtype == torch.float64 else 8
+        if self.algo == "fft":
+            return (self.n // 2 + 1) * item
+        if self.algo == "direct":
+            return (self.Lu + 2 * self.K + self.length) * item // 2
+        blocks = -(-min(self.length + self.K, self.Lu + self.K) // self.block)
+        return blocks * (self.N // 2 + 1) * item
+
+
+def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
+    """Kernel rows (h, Lk) -> the form the algorithm multiplies by, scale and conj folded in."""
+    k2 = k2.to(dtype)
+    if plan.algo == "fft":
+        Kf = torch.fft.rfft(k2, n=plan.n)
+        if plan.conj:
+            Kf = Kf.conj_physical_()  # fresh: conjugate in place, no lazy conj bit
+        return Kf.mul_(plan.scale) if plan.scale != 1.0 else Kf
+    w = k2[:, : plan.K]
+    w = w if plan.conj else w.flip(-1)
+    w = w * plan.scale if plan.scale != 1.0 else w.clone()
+    if plan.algo == "direct":
+        return w.unsqueeze(1)  # (h, 1, K): conv1d depthwise weight
+    # z = x (correlated with) w: per block, irfft(rfft(frame) * conj(rfft(w)))
+    return torch.fft.rfft(w, n=plan.N).conj_physical_()
+
+
+def compute_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
+    """x: (O, Hh, Lu) signal tile in the compute dtype; prep: prepared kernel rows (Hh, ...)."""
+    if plan.algo == "fft":
+        U = torch.fft.rfft(x, n=plan.n)
+        U.mul_(prep)
+        c = torch.fft.irfft(U, n=plan.n)
+        return window(c, plan.start, plan.length)
+    if x.shape[-1] > plan.n:
+        x = x[..., : plan.n]  # the operator truncates signals longer than n
+    end = plan.start + plan.length
+    if not plan.conj:
+        return _lin_segment(plan, x, prep, plan.start - plan.K + 1, end - plan.K + 1)
+    wrap = plan.n - plan.K + 1  # first cyclic index holding a negative lag
+    parts = []
+    if plan.start < wrap:
+        parts.append(_lin_segment(plan, x, prep, plan.start, min(end, wrap)))
+    if end > wrap:
+        parts.append(_lin_segment(plan, x, prep, max(plan.start, wrap) - plan.n, end - plan.n))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _lin_segment(plan: Plan, x: Tensor, prep: Tensor, a: int, b: int) -> Tensor:
+    """z[m] = sum_{i<K} x[m + i] w[i] for m in [a, b); computed only where it can be nonzero."""
+    K, Lx = plan.K, x.shape[-1]
+    lo, hi = max(a, -(K - 1)), min(b, Lx)
+    if lo >= hi:
+        return x.new_zeros(*x.shape[:-1], b - a)
+    count = hi - lo
+    if plan.algo == "direct":
+        need = count + K - 1
+    else:
+        blocks = -(-count // plan.block)
+        need = (blocks - 1) * plan.block + plan.N
+    # x indices [lo, lo + need), zeros outside [0, Lx)
+    xs = x[..., max(lo, 0) : min(lo + need, Lx)]
+    xs = F.pad(xs, (max(0, -lo), need - xs.shape[-1] - max(0, -lo)))
+    if plan.algo == "direct":
+        O, Hh = xs.shape[0], xs.shape[1]
+        z = F.conv1d(xs, prep, groups=Hh) if O else xs.new_zeros(0, Hh, count)
+    else:
+        frames = xs.unfold(-1, plan.N, plan.block)  # (O, Hh, blocks, N), overlapping view
+        Z = torch.fft.rfft(frames, n=plan.N)
+        Z.mul_(prep.unsqueeze(-2))
+        z = torch.fft.irfft(Z, n=plan.N)[..., : plan.block]
+        z = z.reshape(*z.shape[:-2], -1)[..., :count]
+    if lo == a and hi == b:
+        return z
+    return F.pad(z, (lo - a, b - hi))
