@@ -21,6 +21,7 @@ tl.dot operand dimension must be >= 16, block dimensions are powers of two.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
@@ -181,8 +182,26 @@ def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool
     return CallPlan(plan, m, half_in, half_out)
 
 
-# Kernel spectra: constant kernels (parameters, buffers) are transformed once and reused until
-# they change (the tensor's version counter moves on every in-place update, e.g. optimizer steps).
+# Kernel spectra: constant kernels (parameters, buffers) can be transformed once and reused until
+# they change: the tensor's version counter moves on every in-place update (optimizer steps).
+# Off by default: writes through ``.data`` (``p.data.add_(...)``, gradcheck's perturbations) do
+# NOT move the counter, so a stale spectrum would be returned silently.  Turn it on with
+# ``with cache_kernel_spectra():`` where kernels are updated only in place without ``.data``.
+SPECTRUM_CACHE = False
+
+
+@contextlib.contextmanager
+def cache_kernel_spectra(enabled: bool = True):
+    global SPECTRUM_CACHE
+    old, SPECTRUM_CACHE = SPECTRUM_CACHE, enabled
+    try:
+        yield
+    finally:
+        SPECTRUM_CACHE = old
+        if not enabled or not old:
+            _SPECTRA.clear()
+
+
 _SPECTRA: OrderedDict[tuple, tuple[weakref.ref, int, Tensor]] = OrderedDict()
 _SPECTRA_MAX = 16
 
@@ -195,10 +214,12 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     as (N2, N1) and transposed.  The inverse transform's 1/m and the operator's scale are folded in.
     """
     key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute)
-    try:
-        version = k._version
-    except RuntimeError:  # inference tensors keep no version counter: never cached
-        version = None
+    version = None
+    if SPECTRUM_CACHE:
+        try:
+            version = k._version
+        except RuntimeError:  # inference tensors keep no version counter: never cached
+            pass
     hit = _SPECTRA.get(key)
     if version is not None and hit is not None and hit[0]() is k and hit[1] == version:
         _SPECTRA.move_to_end(key)
