@@ -2,38 +2,48 @@
 
 FFT convolution on CPU is compute-bound on the FFT itself, and computing the FFT
 as matrix multiplies loses 5-19x to the library FFT there (DESIGN.md), so this
-path keeps ``torch.fft`` (pocketfft/MKL) and saves the work around it: the scale
-is folded into the kernel spectrum (the smaller operand), the conjugate and the
-product are done in place, and only the window is ever materialised.
+path keeps ``torch.fft`` (MKL) and saves the work around it:
+
+- rows run in cache-sized tiles, with prologue (cast, pre-gate), the product,
+  window and epilogue (skip, post-gate, cast) fused per tile, on both cores
+  (``cpu_exec``); only the output is allocated at full size;
+- a constant kernel's prepared spectrum is cached until the kernel changes
+  (``cpu_cache``); a non-constant kernel is transformed per tile;
+- the algorithm is chosen per shape by a measured cost model (``cpu_cost``):
+  one FFT per row, overlap-save, or direct sliding dot products (``cpu_algos``).
+
+The operator's backward calls the same operator (conj_kernel flipped, offset
+windows), so everything here serves forward and backward.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
-from convfuse.backends.common import compute_dtype, epilogue, output_shape, prologue, window
+from convfuse.backends import cpu_cache
+from convfuse.backends.common import compute_dtype, output_shape
+from convfuse.backends.cpu_algos import Plan, compute_tile, prepare
+from convfuse.backends.cpu_cost import choose_plan, describe
+from convfuse.backends.cpu_exec import grid_view, make_layout, run_tiles, tiles
 from convfuse.spec import ConvParams
 
+# CONVFUSE_CPU_ALGO=fft|direct|ols forces an algorithm where it is valid (tests, benchmarks).
+_FORCE_ENV = "CONVFUSE_CPU_ALGO"
 
-def cyclic_conv_cpu(ue: Tensor, k: Tensor, p: ConvParams) -> Tensor:
-    # ue: (..., Lu), k: (..., Lk) -> (broadcast(...), p.length)
-    shape = output_shape(ue, k, None, p.length)
-    if shape.numel() == 0:
-        return ue.new_zeros(shape)
-    Kf = torch.fft.rfft(k.to(ue.dtype), n=p.n)
-    if p.conj_kernel:
-        Kf = Kf.conj_physical_()  # a fresh tensor: conjugate in place, no lazy conj bit
-    scale = p.total_scale
-    if scale != 1.0:
-        Kf.mul_(scale)
-    U = torch.fft.rfft(ue, n=p.n)
-    if U.shape == torch.broadcast_shapes(U.shape, Kf.shape):
-        U.mul_(Kf)
-    else:
-        U = U * Kf
-    c = torch.fft.irfft(U, n=p.n)
-    return window(c, p.start, p.length)
+
+def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
+    force = force or os.environ.get(_FORCE_ENV) or None
+    return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force)
+
+
+def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int) -> str:
+    """The algorithm the CPU cost model picks for a (convolution) call of this shape, e.g.
+    ``cpu-fft(n=2048)``, ``cpu-direct(K=16)`` or ``cpu-overlap-save(N=512, block=449, K=64)``."""
+    plan = choose_plan(n, L, K, start, length, False, 1.0)
+    return f"{describe(plan)} x {batch_rows} rows"
 
 
 def fft_conv_cpu(
@@ -43,8 +53,46 @@ def fft_conv_cpu(
     pre_gate: Tensor | None,
     post_gate: Tensor | None,
     p: ConvParams,
+    force: str | None = None,
 ) -> Tensor:
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
-    ue = prologue(u, pre_gate, dtype)
-    y = cyclic_conv_cpu(ue, k, p)
-    return epilogue(y, ue, D, post_gate, p)
+    out_dtype = p.out_dtype or dtype
+    shape = output_shape(u, k, pre_gate, p.length)
+    out = torch.empty(shape, dtype=out_dtype, device=u.device)
+    if out.numel() == 0:
+        return out
+    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])  # broadcast
+    if D is not None and Lue != p.length:
+        raise ValueError(
+            f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
+            f"to equal the input length ({Lue})"
+        )
+    plan = plan_for(p, Lue, k.shape[-1], force)
+    lay = make_layout(shape[:-1], k)
+    u3, pg3 = grid_view(u, lay), grid_view(pre_gate, lay)
+    D3, post3 = grid_view(D, lay), grid_view(post_gate, lay)
+    out3 = out.view(lay.Ko, lay.Hk, p.length)
+
+    # A constant kernel: prepared once for all its rows and cached (None: not cacheable
+    # or first sighting, then each tile prepares its own rows).
+    cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype))
+
+    def work(chunk: list[tuple[int, int, int, int]]) -> None:
+        prep, prep_h = None, None
+        for o0, o1, h0, h1 in chunk:
+            if cached is not None:
+                prep = cached[h0:h1]
+            elif prep_h != (h0, h1):
+                prep, prep_h = prepare(plan, lay.k2[h0:h1], dtype), (h0, h1)
+            x = u3[o0:o1, h0:h1].to(dtype)
+            if pg3 is not None:
+                x = x * pg3[o0:o1, h0:h1].to(dtype)
+            y = compute_tile(plan, x, prep)
+            if D3 is not None:
+                y.addcmul_(x, D3[o0:o1, h0:h1].to(dtype))
+            if post3 is not None:
+                y.mul_(post3[o0:o1, h0:h1].to(dtype))
+            out3[o0:o1, h0:h1].copy_(y)
+
+    run_tiles(tiles(lay, plan.row_bytes(dtype)), work)
+    return out
