@@ -13,10 +13,10 @@ Modules: ``plan`` (factorizations, DFT/twiddle matrices, kernel spectra, padding
 from __future__ import annotations
 
 from convfuse.backends.dispatch import Implementation
-from convfuse.backends.triton_monarch.launch import FALLBACKS, explain, resolve, run
+from convfuse.backends.triton_monarch.launch import FALLBACKS, LAUNCHES, explain, resolve, run
 from convfuse.backends.triton_monarch.plan import FUSED_SIZES, MonarchPlan, check_dot_shape, plan_for
 
 IMPLEMENTATION = Implementation("triton", run, ("cuda", "cpu"))
 
-__all__ = ["IMPLEMENTATION", "FALLBACKS", "FUSED_SIZES", "MonarchPlan", "check_dot_shape", "explain", "plan_for",
+__all__ = ["IMPLEMENTATION", "FALLBACKS", "LAUNCHES", "FUSED_SIZES", "MonarchPlan", "check_dot_shape", "explain", "plan_for",
            "resolve", "run"]

@@ -22,6 +22,7 @@ from convfuse.backends.triton_monarch.plan import CallPlan, call_plan, dot_dtype
 from convfuse.spec import ConvParams
 
 FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
+LAUNCHES: Counter[str] = Counter()  # plan description -> number of fused-kernel launches
 NUM_WARPS = 4
 
 
@@ -69,7 +70,7 @@ def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> Call
     """The plan this call would run with, or why it falls back to the reference."""
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
     Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
-    dot = dot_dtype_for(dtype, u.dtype, k.dtype, *(t.dtype for t in (pre_gate,) if t is not None))
+    dot = dot_dtype_for(dtype, u.dtype, p.out_dtype or dtype)
     return call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device)
 
 
@@ -113,6 +114,7 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (dummy_off, 0)
     Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
 
+    LAUNCHES[f"n={r.m} {plan.n1}x{plan.n2} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
     _kernels().MONARCH_CONV2[interpret][(rows,)](
         u, u_off, u_s,

@@ -96,10 +96,16 @@ def device_smem(device: torch.device) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block)
 
 
-def dot_dtype_for(compute: torch.dtype, *inputs: torch.dtype) -> torch.dtype:
-    """fp16/bf16 tensor-core operands when u and k are both that half type, else the compute dtype."""
-    if inputs and all(d == inputs[0] for d in inputs) and inputs[0] in (torch.float16, torch.bfloat16):
-        return inputs[0]
+def dot_dtype_for(compute: torch.dtype, u_dtype: torch.dtype, out_dtype: torch.dtype | None) -> torch.dtype:
+    """fp16/bf16 tensor-core operands when the result is that half type, else the compute dtype.
+
+    The result is rounded to half anyway, and half operands with fp32 accumulation add an error of
+    the same order (FlashFFTConv does the same); the kernel spectrum and every elementwise step stay
+    in the compute dtype.  Caveat for fp16: intermediate spectra grow up to n * max|u| and overflow
+    fp16 above 65504 (bf16 has fp32's range).  fp64 computes in fp64 throughout.
+    """
+    if compute == torch.float32 and out_dtype in (torch.float16, torch.bfloat16):
+        return out_dtype
     return compute
 
 

@@ -1,0 +1,224 @@
+"""GPU benchmark of the fused FFT convolution: eager torch.fft vs torch.compile vs convfuse (Triton).
+
+FlashFFTConv's setting: a gated causal convolution y = (irfft(rfft(u*g1, 2L) * rfft(k, 2L))[:L] + u*g1*D) * g2
+on u of shape (B, H, L) with B=64, H=768, fp16 and bf16 (fp32 compute), FFT size n = 2L from 256 up to
+4M as GPU memory allows (B, then H, shrink for the largest sizes and each row records the B and H it
+ran), plus the ungated fp32 convolution.  Three contestants per row, one process:
+
+    eager      the function above in plain PyTorch (cuFFT)
+    inductor   torch.compile(fn) with the default backend
+    convfuse   torch.compile(fn, backend="convfuse", options={"kernel": "triton"})
+
+Writes bench/results/gpu-<device>.json ({"device", "torch", "triton", "rows": [...]}), a markdown
+table next to it, and a plot of speedup (eager_ms / convfuse_ms) against n.
+
+    python bench/gpu.py                     # on a CUDA machine
+    python bench/gpu.py --dry-run --out /tmp/b   # CPU smoke test under TRITON_INTERPRET=1, tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FULL_SIZES = [2**p for p in range(8, 23)]  # 256 .. 4M
+DRY_SIZES = [256, 512]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def gated_conv(u, k, D, g1, g2):
+    # u, g1, g2: (B, H, L); k: (H, L); D: (H, 1).  FFT size n = 2L: a causal (linear) convolution.
+    L = u.shape[-1]
+    ue = u.float() * g1.float()
+    y = torch.fft.irfft(torch.fft.rfft(ue, n=2 * L) * torch.fft.rfft(k.float(), n=2 * L), n=2 * L)[..., :L]
+    return ((y + ue * D.float()) * g2.float()).to(u.dtype)
+
+
+def plain_conv(u, k):
+    L = u.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+
+
+def fit_shape(n: int, B: int, H: int, dtype: torch.dtype, budget: int) -> tuple[int, int]:
+    """Shrink B (then H) until eager's working set (~ 24 bytes per complex/fp32 sample of 2L) fits."""
+    per_row = n * (24 + 4 * torch.finfo(dtype).bits // 8)
+    while B * H * per_row > budget and B > 1:
+        B //= 2
+    while B * H * per_row > budget and H > 1:
+        H //= 2
+    return B, H
+
+
+def time_ms(fn, args, device: str, reps: int) -> float:
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(lambda: fn(*args), warmup=25, rep=100))
+    fn(*args)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn(*args)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def peak_bytes(fn, args, device: str) -> int | None:
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn(*args)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def bench_row(n, B, H, dtype_name, gated, device, reps, with_inductor, inner) -> dict:
+    import convfuse  # noqa: F401  (registers the backend and the operator)
+    from convfuse.backends.triton_monarch import FALLBACKS, LAUNCHES, explain
+    from convfuse.spec import ConvParams
+
+    dtype = DTYPES[dtype_name]
+    L = n // 2
+    g = torch.Generator(device="cpu").manual_seed(n)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    if gated:
+        args = (mk(B, H, L), mk(H, L) / L, mk(H, 1), mk(B, H, L), mk(B, H, L))
+        fn = gated_conv
+    else:
+        args = (mk(B, H, L), mk(H, L) / L)
+        fn = plain_conv
+    torch._dynamo.reset()
+    opts = {"kernel": "triton"} if inner == "inductor" else {"kernel": "triton", "inner": inner}
+    fused = torch.compile(fn, backend="convfuse", options=opts, dynamic=False)
+    row = {"n": n, "B": B, "H": H, "dtype": dtype_name, "gated": gated}
+    ref = fn(*args)
+    launches, fallbacks = sum(LAUNCHES.values()), sum(FALLBACKS.values())
+    out = fused(*args)
+    # how the convfuse call ran: fused Triton launches vs reference fallbacks (0/0: the pass did not rewrite)
+    row["triton_launches"] = sum(LAUNCHES.values()) - launches
+    row["fallbacks"] = sum(FALLBACKS.values()) - fallbacks
+    row["max_rel_err"] = float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30))
+    row["plan"] = explain(args[0], args[1], p=ConvParams(n, 0, L))
+    row["eager_ms"] = time_ms(fn, args, device, reps)
+    row["convfuse_ms"] = time_ms(fused, args, device, reps)
+    row["inductor_ms"] = None
+    if with_inductor:
+        ind = torch.compile(fn, dynamic=False)
+        ind(*args)
+        row["inductor_ms"] = time_ms(ind, args, device, reps)
+    row["speedup"] = row["eager_ms"] / row["convfuse_ms"]
+    pe, pc = peak_bytes(fn, args, device), peak_bytes(fused, args, device)
+    row["peak_mem_ratio"] = (pc / pe) if pe and pc is not None else None
+    return row
+
+
+def markdown(result: dict) -> str:
+    head = f"GPU: {result['device']} - torch {result['torch']} - triton {result['triton']}\n\n"
+    cols = ["n", "B", "H", "dtype", "gated", "eager_ms", "inductor_ms", "convfuse_ms", "speedup", "peak_mem_ratio"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = sorted({(r["dtype"], r["gated"]) for r in result["rows"]})
+    for dtype, gated in series:
+        rs = [r for r in result["rows"] if (r["dtype"], r["gated"]) == (dtype, gated) and r.get("speedup")]
+        ax.plot([r["n"] for r in rs], [r["speedup"] for r in rs], marker="o", label=f"{dtype}{' gated' if gated else ''}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("FFT size n (L = n/2)")
+    ax.set_ylabel("speedup over eager torch.fft")
+    ax.set_title(f"convfuse (Triton Monarch) on {result['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="CPU smoke test under TRITON_INTERPRET=1 with tiny sizes")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--sizes", type=int, nargs="*", help="FFT sizes n (default 256..4M, or 256 512 dry)")
+    ap.add_argument("--B", type=int, default=None)
+    ap.add_argument("--H", type=int, default=None)
+    ap.add_argument("--no-inductor", action="store_true", help="skip the torch.compile default baseline")
+    ap.add_argument("--reps", type=int, default=3, help="timing repetitions on CPU (CUDA uses do_bench)")
+    a = ap.parse_args(argv)
+
+    if a.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+        device, sizes = "cpu", a.sizes or DRY_SIZES
+        B, H, dtypes, inner = a.B or 2, a.H or 4, ["fp16"], "eager"
+        with_inductor = False  # C++ compilation on a small CPU costs minutes and says nothing about GPUs
+        name = "dry-run-cpu"
+    else:
+        if not torch.cuda.is_available():
+            print("bench/gpu.py needs a CUDA GPU (none found); run `python bench/gpu.py --dry-run` for a CPU "
+                  "smoke test under the Triton interpreter", file=sys.stderr)
+            return 2
+        device, sizes = "cuda", a.sizes or FULL_SIZES
+        B, H, dtypes, inner = a.B or 64, a.H or 768, ["fp16", "bf16"], "inductor"
+        with_inductor = not a.no_inductor
+        name = torch.cuda.get_device_name().replace(" ", "-")
+
+    import triton
+
+    budget = torch.cuda.get_device_properties(0).total_memory // 4 if device == "cuda" else 1 << 30
+    result = {"device": name, "torch": torch.__version__, "triton": triton.__version__, "rows": []}
+    configs = [(d, True) for d in dtypes] + [("fp32", False)]
+    for n in sizes:
+        for dtype_name, gated in configs:
+            b, h = fit_shape(n, B, H, DTYPES[dtype_name], budget)
+            try:
+                row = bench_row(n, b, h, dtype_name, gated, device, a.reps, with_inductor, inner)
+            except torch.cuda.OutOfMemoryError as e:  # noqa: PERF203
+                row = {"n": n, "B": b, "H": h, "dtype": dtype_name, "gated": gated, "error": f"OOM: {e}"[:200]}
+                torch.cuda.empty_cache()
+            for key in ("eager_ms", "inductor_ms", "convfuse_ms", "speedup", "peak_mem_ratio"):
+                row.setdefault(key, None)
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"gpu-{name}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(result))
+    plot(result, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md, .png")
+    ok = all(r.get("error") is None and math.isfinite(r.get("max_rel_err", 0.0)) for r in result["rows"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""bench/gpu.py: its CPU smoke path (--dry-run under the Triton interpreter) and its no-GPU refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parents[2]
+ROW_KEYS = {"n", "B", "H", "dtype", "gated", "eager_ms", "inductor_ms", "convfuse_ms", "speedup", "peak_mem_ratio"}
+
+
+def _run(*args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_writes_json_table_and_plot(tmp_path):
+    r = _run("--dry-run", "--sizes", "256", "512", "--reps", "1", "--out", str(tmp_path), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-dry-run-cpu.json").read_text())
+    assert {"device", "torch", "triton", "rows"} <= set(result)
+    assert len(result["rows"]) == 4  # 2 sizes x (fp16 gated, fp32 ungated)
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row), row
+        assert row["triton_launches"] >= 1 and row["fallbacks"] == 0, row  # the op ran the Triton kernel
+        assert row["max_rel_err"] < 1e-2 and row["speedup"] > 0
+    table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
+    assert "| n | B | H | dtype | gated |" in table and table.count("\n| 512 |") == 2
+    assert (tmp_path / "gpu-dry-run-cpu.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
+def test_refuses_without_cuda(tmp_path):
+    r = _run("--out", str(tmp_path), tmp_path=tmp_path)
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr and "--dry-run" in r.stderr
+    assert not list(tmp_path.iterdir())
