@@ -1,0 +1,228 @@
+"""The CPU implementation against the reference: every algorithm, forward and gradients, and the cache."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import convfuse  # noqa: F401  registers torch.ops.convfuse.fft_conv
+from convfuse.backends import cpu_cache
+from convfuse.backends.cpu import describe_cpu_algorithm, fft_conv_cpu, plan_for
+from convfuse.backends.reference import fft_conv_reference
+from convfuse.spec import ConvParams, is_linear
+
+ALGOS = ("fft", "direct", "ols")
+F64 = torch.float64
+
+# (L, K, n, start, length): causal, padded, offset, wrap-around, circular, truncated (L > n), L=1
+WINDOWS = [
+    (16, 5, 20, 0, 16),  # causal, n = L + K - 1 exactly
+    (16, 5, 32, 0, 16),  # causal, padded
+    (16, 5, 32, 3, 20),  # offset window inside the linear result
+    (16, 5, 32, 28, 4),  # window at the top: zeros (conv) / negative lags (correlation)
+    (16, 5, 32, 20, 12),  # straddles the negative-lag boundary for correlations
+    (16, 3, 16, 10, 16),  # circular and wrapping around
+    (40, 7, 32, 0, 32),  # truncated signal: Lu > n
+    (16, 40, 32, 0, 16),  # truncated kernel: Lk > n
+    (1, 1, 1, 0, 1),  # L = 1
+    (64, 9, 128, 0, 64),
+]
+SHAPES = [  # (u batch, k batch)
+    ((2, 3), (3,)),
+    ((2, 1), (3,)),  # u broadcast over channels
+    ((2, 3), ()),  # one kernel for all rows
+    ((3, 2), (3, 1)),  # kernel batch interleaved with a broadcast dim
+    ((0, 3), (3,)),  # empty batch
+]
+
+
+def params(n, start, length, conj, scale=0.5, n_power=-1.0, out_dtype=None):
+    return ConvParams(n, start, length, scale, n_power, conj, out_dtype)
+
+
+def expected(u, k, D, pre, post, p):
+    shape = torch.Size((*torch.broadcast_shapes(u.shape[:-1], k.shape[:-1]), p.length))
+    if shape.numel() == 0:  # MKL refuses an empty batch; the answer is an empty tensor
+        return torch.empty(shape, dtype=p.out_dtype or F64)
+    return fft_conv_reference(u, k, D, pre, post, p)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("conj", [False, True])
+def test_forward_matches_reference(algo, conj):
+    gen = torch.Generator().manual_seed(0)
+    used = set()
+    for L, K, n, start, length in WINDOWS:
+        for ub, kb in SHAPES:
+            u = torch.randn(*ub, L, dtype=F64, generator=gen)
+            k = torch.randn(*kb, K, dtype=F64, generator=gen)
+            p = params(n, start, length, conj)
+            plan = plan_for(p, L, K, force=algo)
+            used.add(plan.algo)
+            if plan.algo != algo:  # a linear algorithm is only used where the conv is linear
+                assert algo != "fft" and not is_linear(n, L, K, start, length)
+            got = fft_conv_cpu(u, k, None, None, None, p, force=algo)
+            want = expected(u, k, None, None, None, p)
+            assert got.shape == want.shape, (L, K, n, start, length, ub, kb)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{(L, K, n, start, length, ub, kb)}")
+    assert algo in used
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_epilogue_and_dtypes(algo):
+    gen = torch.Generator().manual_seed(1)
+    B, H, L, K, n = 2, 3, 24, 6, 48
+    u = torch.randn(B, H, L, generator=gen).bfloat16()
+    k = torch.randn(H, K, generator=gen)
+    D = torch.randn(H, 1, generator=gen)
+    pre = torch.randn(B, H, L, generator=gen)
+    post = torch.randn(1, H, L, generator=gen).half()
+    p = params(n, 0, L, False, out_dtype=torch.bfloat16)
+    got = fft_conv_cpu(u, k, D, pre, post, p, force=algo)
+    want = fft_conv_reference(u, k, D, pre, post, p)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    # fp64 anywhere computes in fp64
+    got = fft_conv_cpu(u.double(), k, D, pre, post, params(n, 0, L, True), force=algo)
+    assert got.dtype == F64
+    torch.testing.assert_close(got, fft_conv_reference(u.double(), k, D, pre, post, params(n, 0, L, True)))
+
+
+def test_skip_needs_matching_length():
+    u, k, D = torch.randn(2, 8), torch.randn(2, 3), torch.randn(2, 1)
+    with pytest.raises(ValueError, match="skip term"):
+        fft_conv_cpu(u, k, D, None, None, params(16, 0, 10, False))
+
+
+def _op(u, k, D, pre, post, n, start, length, conj, kernel):
+    return torch.ops.convfuse.fft_conv(u, k, D, pre, post, n, start, length, 0.5, -1.0, conj, F64, kernel)
+
+
+GRAD_CASES = [  # (u batch, k batch, L, K, n, start, length)
+    ((2, 3), (3,), 12, 5, 24, 0, 12),  # causal
+    ((2, 3), (3,), 12, 5, 24, 4, 12),  # offset
+    ((2, 1), (3,), 12, 12, 12, 5, 12),  # circular, wrap-around window, broadcast u
+    ((2, 3), (3,), 20, 4, 16, 0, 16),  # truncated signal
+    ((3,), (), 1, 1, 1, 0, 1),  # L = 1
+]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("conj", [False, True])
+def test_gradients_match_reference(algo, conj, monkeypatch):
+    # Backward calls the operator again (conj flipped, offset windows): force the algorithm
+    # everywhere it is valid, and compare with autograd through the plain torch.fft reference.
+    monkeypatch.setenv("CONVFUSE_CPU_ALGO", algo)
+    gen = torch.Generator().manual_seed(2)
+    for ub, kb, L, K, n, start, length in GRAD_CASES:
+        skip = length == L
+        tensors = [
+            torch.randn(*ub, L, dtype=F64, generator=gen),
+            torch.randn(*kb, K, dtype=F64, generator=gen),
+            torch.randn(3, 1, dtype=F64, generator=gen) if skip else None,
+            torch.randn(*ub, L, dtype=F64, generator=gen),
+            torch.randn(3, length, dtype=F64, generator=gen),
+        ]
+        leaves = [t.requires_grad_() if t is not None else None for t in tensors]
+        g = torch.randn(*torch.broadcast_shapes(ub, kb, (3,)), length, dtype=F64, generator=gen)
+        got = torch.autograd.grad(_op(*leaves, n, start, length, conj, "cpu"), [t for t in leaves if t is not None], g)
+        p = params(n, start, length, conj, out_dtype=F64)
+        ref = fft_conv_reference(*leaves, p)
+        want = torch.autograd.grad(ref, [t for t in leaves if t is not None], g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{(ub, kb, L, K, n, start, length)}")
+
+
+def test_cost_model_choices():
+    assert describe_cpu_algorithm(2048, 1024, 4, 0, 1024, 8).startswith("cpu-direct")
+    assert describe_cpu_algorithm(2 * 16384, 16384, 256, 0, 16384, 8).startswith("cpu-overlap-save")
+    assert describe_cpu_algorithm(2048, 1024, 1024, 0, 1024, 8).startswith("cpu-fft")
+    assert describe_cpu_algorithm(1024, 1024, 4, 0, 1024, 8).startswith("cpu-fft")  # circular: not linear
+
+
+def test_threads_do_not_change_results():
+    gen = torch.Generator().manual_seed(3)
+    u, k = torch.randn(4, 64, 256, generator=gen), torch.randn(64, 256, generator=gen)
+    p = params(512, 0, 256, False)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fft_conv_cpu(u, k, None, None, None, p)
+        torch.set_num_threads(2)
+        two = fft_conv_cpu(u, k, None, None, None, p)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(one, two)
+    assert torch.get_num_threads() == saved
+
+
+# -- the kernel-spectrum cache -------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_cache():
+    cpu_cache.clear()
+    yield cpu_cache.stats
+    cpu_cache.clear()
+
+
+def _conv(u, k):
+    return torch.ops.convfuse.fft_conv(u, k, None, None, None, 64, 0, 32, 1.0, 0.0, False, torch.float32, "cpu")
+
+
+def _ref(u, k):
+    return fft_conv_reference(u, k, None, None, None, params(64, 0, 32, False, 1.0, 0.0))
+
+
+def test_cache_reuses_and_sees_in_place_updates(fresh_cache):
+    u = torch.randn(2, 4, 32)
+    weight = torch.nn.Parameter(torch.randn(4, 32))
+    opt = torch.optim.SGD([weight], lr=0.5)
+    with torch.no_grad():
+        for step in range(3):
+            outs = [_conv(u, weight) for _ in range(3)]
+            for out in outs:
+                torch.testing.assert_close(out, _ref(u, weight), rtol=1e-4, atol=1e-4)
+            weight.grad = torch.randn_like(weight)
+            opt.step()  # in-place update: bumps the version, the next call must miss
+            weight.mul_(1.5)
+            torch.testing.assert_close(_conv(u, weight), _ref(u, weight), rtol=1e-4, atol=1e-4)
+            weight.data = torch.randn(4, 32)  # a new storage behind the same parameter
+            torch.testing.assert_close(_conv(u, weight), _ref(u, weight), rtol=1e-4, atol=1e-4)
+    assert fresh_cache["hits"] >= 3 and fresh_cache["stores"] >= 3
+
+
+def test_cache_never_hits_a_freed_and_reallocated_kernel(fresh_cache):
+    u = torch.randn(1, 4, 32)
+    for i in range(20):
+        k = torch.full((4, 32), float(i))
+        _conv(u, k)
+        torch.testing.assert_close(_conv(u, k), _ref(u, k), rtol=1e-4, atol=1e-4)
+        del k
+        gc.collect()  # the next kernel may get the same data_ptr: it must not hit
+    assert fresh_cache["hits"] == 0  # every kernel seen twice, stored once, then replaced
+
+
+def test_cache_hits_through_detached_aliases_and_is_bounded(fresh_cache, monkeypatch):
+    u = torch.randn(1, 4, 32)
+    k = torch.randn(4, 32)
+    for _ in range(3):
+        _conv(u, k.detach())  # a new alias each call, as a compiled graph may pass
+    assert fresh_cache["hits"] == 1
+    monkeypatch.setattr(cpu_cache, "MAX_ENTRIES", 2)
+    kernels = [torch.randn(4, 32) for _ in range(5)]
+    for k in kernels * 2:
+        _conv(u, k)
+    assert len(cpu_cache._entries) <= 2
+
+
+def test_inference_tensors_are_not_cached(fresh_cache):
+    u = torch.randn(1, 4, 32)
+    with torch.inference_mode():
+        k = torch.randn(4, 32)
+        for _ in range(3):
+            torch.testing.assert_close(_conv(u, k), _ref(u, k), rtol=1e-4, atol=1e-4)
+            k.add_(1.0)  # no version counter to see this: must never be cached
+    assert fresh_cache["stores"] == 0
