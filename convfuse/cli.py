@@ -1,0 +1,358 @@
+"""The ``convfuse`` command line: ``convfuse report TARGET`` says what convfuse does to a model.
+
+    convfuse report examples/hyena.py:example
+    convfuse report mypkg.models:build --check --bench --json report.json
+
+TARGET names a callable that takes no arguments and returns ``(model, example_inputs)``:
+the model (an ``nn.Module`` or any function) and a tuple of the inputs to call it with.
+
+Exit codes: 0 the report was produced; 1 with ``--fail-on-skip`` when an FFT site was
+skipped; 2 a usage error (no such file, module or callable, a callable that returned
+something else, an unparsable policy); 3 the model failed to compile or run under
+convfuse (a convfuse bug: rerun with ``--verbose`` for the traceback).
+
+Rendering lives in ``cli_render``, the ``--check``/``--bench``/graph-break measurements
+in ``cli_measure``; this module parses arguments, loads the target and runs the steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+TARGET_HELP = """\
+TARGET is PATH.py:CALLABLE or package.module:CALLABLE.  The callable takes no
+arguments and returns (model, example_inputs): an nn.Module or function, and
+a tuple of the inputs to call it with.  For example, a file my_model.py with
+
+    def example():
+        model = MyModel().eval()
+        return model, (torch.randn(4, 64, 1024),)
+
+is reported by `convfuse report my_model.py:example`.  CALLABLE may be dotted
+(`module:Class.example`)."""
+
+EXIT_HELP = """\
+exit codes: 0 report produced; 1 with --fail-on-skip when an FFT site was
+skipped; 2 usage error (no such file/module/callable, wrong return value,
+unparsable policy); 3 the model failed to compile or run under convfuse."""
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: exit code 2, one line, no traceback."""
+
+
+class RunFailure(Exception):
+    """The model failed under convfuse (not the user's fault): exit code 3."""
+
+
+# --------------------------------------------------------------------------- target
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr:
+        raise UsageError(f"target {target!r} is not PATH.py:CALLABLE or package.module:CALLABLE")
+    return where, attr
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _import_file(path_text: str):
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path_text}")
+    path = path.resolve()
+    # Like `python path.py`: the file's folder comes first on sys.path, so its sibling imports work.
+    sys.path.insert(0, str(path.parent))
+    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else "_convfuse_target"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path_text}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise UsageError(f"importing {path_text} failed: {_one_line(exc)}") from exc
+    return module
+
+
+def _import_module(name: str):
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script does not have the cwd on sys.path
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise UsageError(f"no such module: {name} (and no file {name}.py)") from exc
+        raise UsageError(f"importing {name} failed: {_one_line(exc)}") from exc
+    except Exception as exc:
+        raise UsageError(f"importing {name} failed: {_one_line(exc)}") from exc
+
+
+def load_target(target: str) -> tuple[Callable, tuple, str]:
+    """``(model, example_inputs, label)`` from ``file.py:callable`` or ``package.module:callable``."""
+    where, attr = _split_target(target)
+    module = _import_file(where) if _is_path(where) else _import_module(where)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"no such callable: {attr!r} in {where}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"{target}: {attr!r} is a {type(obj).__name__}, not a callable")
+    try:
+        result = obj()
+    except Exception as exc:
+        raise UsageError(f"calling {target}() raised {_one_line(exc)}") from exc
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise UsageError(f"{target}() returned {_describe(result)}; expected (model, example_inputs_tuple)")
+    model, inputs = result
+    if not callable(model):
+        raise UsageError(f"{target}() returned a model that is a {type(model).__name__}, not callable")
+    if not isinstance(inputs, (tuple, list)):
+        raise UsageError(f"{target}() returned example inputs of type {type(inputs).__name__}; "
+                         "expected a tuple, e.g. (x,)")
+    return model, tuple(inputs), target
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    return f"a {type(value).__name__}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _policy_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_policy_text(text: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` -> (name, {key: value}); numbers and booleans typed."""
+    name, _, rest = text.strip().partition(":")
+    name = name.strip().lower()
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise UsageError(f"unparsable policy {text!r}: expected NAME or NAME:KEY=VALUE,...")
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))) if rest.strip() else ():
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier() or not value.strip():
+            raise UsageError(f"unparsable policy {text!r}: {item!r} is not KEY=VALUE")
+        if key in params:
+            raise UsageError(f"unparsable policy {text!r}: {key!r} given twice")
+        params[key] = _policy_value(value.strip())
+    if rest.strip() and not params:
+        raise UsageError(f"unparsable policy {text!r}: nothing after ':'")
+    return name, params
+
+
+def make_policy(text: str):
+    """The policy object for ``--policy TEXT``, through ``convfuse.policies.parse_policy``.
+
+    A bare name goes in as the name; with parameters, as ``{"policy": name, **params}``
+    (the shape of a policy's ``to_dict()``).
+    """
+    from convfuse.policies import parse_policy
+
+    name, params = parse_policy_text(text)
+    try:
+        return parse_policy({"policy": name, **params} if params else name)
+    except (ValueError, TypeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"policy {text!r}: {message.removeprefix('convfuse: ')}") from exc
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from convfuse.backends.dispatch import KERNELS
+
+    parser = argparse.ArgumentParser(
+        prog="convfuse",
+        description="convfuse: a torch.compile backend that runs FFT convolutions as one fused operator.",
+        epilog="commands:\n  report    what convfuse does to a model: every FFT site, rewritten or why not\n\n"
+               + TARGET_HELP + "\n\nRun `convfuse report --help` for the report's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    report = commands.add_parser(
+        "report",
+        help="show what convfuse does to a model's FFT sites",
+        description="Compile a model with convfuse and report every FFT site: rewritten into the fused "
+                    "operator, or skipped and why.",
+        epilog=TARGET_HELP + "\n\n" + EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("target", metavar="TARGET", help="PATH.py:CALLABLE or package.module:CALLABLE (see below)")
+    report.add_argument("--policy", metavar="TEXT",
+                        help="rewrite policy: NAME or NAME:KEY=VALUE,... (default: exact)")
+    report.add_argument("--kernel", choices=KERNELS, default=None,
+                        help="implementation of the fused operator (default: auto, or $CONVFUSE_KERNEL)")
+    report.add_argument("--dynamic", action="store_true", help="compile with dynamic shapes (dynamic=True)")
+    report.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    report.add_argument("--check", action="store_true",
+                        help="run eager and convfuse-compiled; print the max abs/rel error")
+    report.add_argument("--bench", action="store_true",
+                        help="median times of eager, torch.compile (inductor) and convfuse")
+    report.add_argument("--repeats", type=int, default=20, metavar="N",
+                        help="timed samples per variant for --bench (default: 20)")
+    report.add_argument("--fail-on-skip", action="store_true", help="exit with 1 when any FFT site was skipped")
+    report.add_argument("--verbose", "-v", action="store_true",
+                        help="progress on stderr, spec details, and tracebacks on errors")
+    return parser
+
+
+# --------------------------------------------------------------------------- the report command
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    from convfuse.options import BackendOptions
+
+    options: dict[str, Any] = {}
+    if args.kernel:
+        options["kernel"] = args.kernel
+    if args.policy is not None:
+        options["policy"] = make_policy(args.policy)
+    try:
+        BackendOptions.parse(dict(options))
+    except ValueError as exc:
+        raise UsageError(str(exc).removeprefix("convfuse: ")) from exc
+    return options
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import torch
+
+    import convfuse
+    from convfuse import cli_measure, cli_render
+
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    options = _backend_options(args)
+    ui = cli_render.Console(verbose=args.verbose)
+    dynamic = True if args.dynamic else None
+    with ui.stage(f"loading {args.target}"):
+        model, inputs, label = load_target(args.target)
+    with ui.stage("running the model eagerly"):
+        try:
+            with torch.no_grad():
+                cli_measure.seeded(model, inputs)
+        except Exception as exc:
+            raise UsageError(f"{label}: the model failed on its own example inputs: {_one_line(exc)}") from exc
+    with ui.stage("tracing and rewriting with convfuse"):
+        try:
+            report = convfuse.explain(model, *inputs, dynamic=dynamic, options=dict(options))
+        except Exception as exc:
+            raise RunFailure(f"convfuse.explain failed: {_one_line(exc)}") from exc
+    breaks = None
+    if report.graphs > 1:
+        with ui.stage("finding graph breaks"):
+            breaks = cli_measure.graph_breaks(model, inputs)
+    check = bench = None
+    if args.check:
+        with ui.stage("checking convfuse against eager"):
+            check = _measured(cli_measure.check, model, inputs, options, dynamic)
+    if args.bench:
+        bench = _measured(cli_measure.bench, model, inputs, options, dynamic, args.repeats, ui)
+
+    ui.print_report(report, title=label, verbose=args.verbose)
+    if breaks is not None:
+        ui.print_graph_breaks(breaks)
+    if check is not None:
+        ui.print_check(check)
+    if bench is not None:
+        ui.print_bench(bench)
+    if args.json:
+        _write_json(args.json, report, label, options, dynamic, check, bench, breaks)
+        ui.note(f"wrote {args.json}")
+    if args.fail_on_skip and report.skipped:
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _measured(fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except (UsageError, RunFailure):
+        raise
+    except Exception as exc:
+        raise RunFailure(f"{fn.__name__} failed: {_one_line(exc)}") from exc
+
+
+def _write_json(path: str, report, label: str, options: dict, dynamic, check, bench, breaks) -> None:
+    data = json.loads(report.to_json())  # the one serializer; CLI-only results go under their own keys
+    data["cli"] = {
+        "target": label,
+        "kernel": options.get("kernel", "auto"),
+        "policy": str(options["policy"]) if "policy" in options else None,
+        "dynamic": bool(dynamic),
+    }
+    if breaks is not None:
+        data["graph_breaks"] = breaks
+    if check is not None:
+        data["check"] = check
+    if bench is not None:
+        data["bench"] = bench
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 on bad arguments, as argparse does
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_report(args)
+    except UsageError as exc:
+        code, message = EXIT_USAGE, f"convfuse report: error: {exc}"
+    except RunFailure as exc:
+        code, message = EXIT_FAILED, f"convfuse report: {exc}"
+    except KeyboardInterrupt:
+        return 130
+    if args.verbose:
+        traceback.print_exc()
+    elif code == EXIT_FAILED:
+        message += " (rerun with --verbose for the traceback)"
+    print(message, file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

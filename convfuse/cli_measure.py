@@ -1,0 +1,150 @@
+"""What ``convfuse report`` measures besides the rewrite: --check errors, --bench times, graph breaks.
+
+Every function returns plain data (dicts of numbers and strings) that the CLI both
+prints and writes to ``--json`` under its own top-level key.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+SEED = 0
+
+
+def seeded(model: Callable, inputs: tuple) -> Any:
+    """``model(*inputs)`` with the RNG seeded, so random ops (dropout) draw the same numbers each time."""
+    torch.manual_seed(SEED)
+    return model(*inputs)
+
+
+def _compile(model: Callable, backend: str, options: dict | None, dynamic: bool | None) -> Callable:
+    kwargs: dict[str, Any] = {"backend": backend, "dynamic": dynamic}
+    if options:
+        kwargs["options"] = dict(options)
+    return torch.compile(model, **kwargs)
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    if dtype in (torch.float16, torch.bfloat16, torch.complex32):
+        return 1e-2
+    if dtype in (torch.float64, torch.complex128):
+        return 1e-9
+    return 1e-4
+
+
+def compare(expected: Any, got: Any) -> dict[str, Any]:
+    """Max abs error and max relative error (abs error / max |expected|, per tensor) over all outputs."""
+    exp_leaves, exp_spec = tree_flatten(expected)
+    got_leaves, got_spec = tree_flatten(got)
+    if exp_spec != got_spec:
+        return {"outputs": 0, "max_abs_error": math.inf, "max_rel_error": math.inf, "tolerance": 0.0,
+                "ok": False, "note": "the compiled model returned a differently structured output"}
+    max_abs = max_rel = 0.0
+    tolerance, outputs = 0.0, 0
+    for e, g in zip(exp_leaves, got_leaves):
+        if not (isinstance(e, torch.Tensor) and isinstance(g, torch.Tensor)):
+            continue
+        if not (e.is_floating_point() or e.is_complex()):
+            continue
+        outputs += 1
+        e64, g64 = e.detach().to(torch.complex128 if e.is_complex() else torch.float64), g.detach().to(e.device)
+        diff = (g64.to(e64.dtype) - e64).abs()
+        abs_err = diff.max().item() if diff.numel() else 0.0
+        scale = e64.abs().max().item() if e64.numel() else 0.0
+        rel_err = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else math.inf)
+        if math.isnan(abs_err):
+            abs_err = rel_err = math.inf
+        max_abs, max_rel = max(max_abs, abs_err), max(max_rel, rel_err)
+        tolerance = max(tolerance, _tolerance(e.dtype))
+    return {"outputs": outputs, "max_abs_error": max_abs, "max_rel_error": max_rel, "tolerance": tolerance,
+            "ok": max_rel <= tolerance}
+
+
+def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -> dict[str, Any]:
+    """Eager vs ``torch.compile(model, backend="convfuse", options=options)``, inference (no_grad)."""
+    torch._dynamo.reset()
+    compiled = _compile(model, "convfuse", options, dynamic)
+    with torch.no_grad():
+        expected = seeded(model, inputs)
+        got = seeded(compiled, inputs)
+    torch._dynamo.reset()
+    return compare(expected, got)
+
+
+def _sync(inputs: tuple) -> None:
+    if torch.cuda.is_available() and any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs):
+        torch.cuda.synchronize()
+
+
+def bench(model: Callable, inputs: tuple, options: dict, dynamic: bool | None, repeats: int,
+          ui: Any = None) -> dict[str, Any]:
+    """Median forward times (no_grad) of eager, torch.compile's default and convfuse, runs interleaved."""
+    torch._dynamo.reset()
+    variants: dict[str, Callable] = {
+        "eager": model,
+        "inductor": torch.compile(model, dynamic=dynamic),
+        "convfuse": _compile(model, "convfuse", options, dynamic),
+    }
+    stage = ui.stage if ui is not None else _no_stage
+    with torch.no_grad():
+        for name, fn in variants.items():
+            with stage(f"warming up {name}" + (" (compiling)" if name != "eager" else "")):
+                for _ in range(2):
+                    fn(*inputs)
+                _sync(inputs)
+        # Calls per sample: enough that one sample of the fastest variant lasts about a millisecond.
+        start = time.perf_counter()
+        model(*inputs)
+        _sync(inputs)
+        one = time.perf_counter() - start
+        number = max(1, min(100, math.ceil(1e-3 / max(one, 1e-7))))
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        with stage(f"timing {repeats} x {len(variants)} interleaved samples"):
+            for _ in range(repeats):
+                for name, fn in variants.items():
+                    start = time.perf_counter()
+                    for _ in range(number):
+                        fn(*inputs)
+                    _sync(inputs)
+                    times[name].append((time.perf_counter() - start) * 1e3 / number)
+    torch._dynamo.reset()
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "repeats": repeats,
+        "calls_per_sample": number,
+        "median_ms": medians,
+        "speedup_vs_eager": {name: medians["eager"] / ms if ms > 0 else math.inf for name, ms in medians.items()},
+    }
+
+
+class _no_stage:
+    def __init__(self, _message: str) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def graph_breaks(model: Callable, inputs: tuple) -> dict[str, Any]:
+    """``torch._dynamo.explain``'s graph count and break reasons, each with its user source line."""
+    torch._dynamo.reset()
+    try:
+        out = torch._dynamo.explain(model)(*inputs)
+    finally:
+        torch._dynamo.reset()
+    reasons = []
+    for reason in out.break_reasons:
+        stack = list(getattr(reason, "user_stack", None) or [])
+        frame = stack[-1] if stack else None
+        source = f"{frame.filename}:{frame.lineno}" if frame is not None else "<unknown>"
+        reasons.append({"reason": str(reason.reason).strip(), "source": source})
+    return {"graphs": out.graph_count, "graph_breaks": out.graph_break_count, "reasons": reasons}

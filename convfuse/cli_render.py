@@ -1,0 +1,204 @@
+"""How ``convfuse report`` prints: plain text in 80 columns, or ``rich`` on a terminal.
+
+Plain text is the complete output (pipes, files, CI logs): no colours, no line wider
+than 80 columns.  ``rich`` is optional (not a dependency); when it is importable and
+stdout is a terminal it draws the same table and a spinner while compiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import textwrap
+from typing import Any, Iterator
+
+WIDTH = 80
+GAP = "  "
+ELLIPSIS = "..."
+
+
+def relative_source(source: str, cwd: str | None = None) -> str:
+    """``file:line`` with the file relative to ``cwd`` when it lies under it."""
+    path, sep, line = source.rpartition(":")
+    if not sep or not line.isdigit() or not os.path.isabs(path):
+        return source
+    try:
+        rel = os.path.relpath(path, cwd or os.getcwd())
+    except ValueError:  # another drive on Windows
+        return source
+    return f"{rel}:{line}" if not rel.startswith("..") else source
+
+
+def shorten(text: str, width: int, keep_end: bool = False) -> str:
+    if len(text) <= width:
+        return text
+    if width <= len(ELLIPSIS):
+        return text[:width]
+    if keep_end:
+        return ELLIPSIS + text[-(width - len(ELLIPSIS)):]
+    return text[: width - len(ELLIPSIS)] + ELLIPSIS
+
+
+def shapes_text(shapes: dict[str, list]) -> str:
+    return " ".join(f"{name}={'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+def site_rows(report: Any) -> list[dict[str, str]]:
+    rows = []
+    for i, site in enumerate(report.sites, 1):
+        spec = site.spec
+        rows.append({
+            "#": str(i),
+            "graph": str(site.graph),
+            "status": site.status,
+            "family": site.pattern,
+            "source": relative_source(site.source),
+            "axis": str(spec.axis) if spec is not None else "-",
+            "n": str(spec.n) if spec is not None else "-",
+            "kernel": site.kernel or "-",
+            "policy": site.policy or "-",
+            "shapes": shapes_text(site.shapes) if site.shapes else "",
+            "spec": spec.describe() if spec is not None else "",
+            "reason": site.reason,
+        })
+    return rows
+
+
+# Columns of the plain table, in order; those that shrink first when 80 columns are too few.
+COLUMNS = ("#", "graph", "status", "family", "source", "axis", "n", "kernel", "policy")
+SHRINK = (("source", 14), ("policy", 6), ("family", 8), ("n", 5), ("kernel", 6))
+
+
+def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:
+    """One row per site, then indented detail lines (shapes, spec, reason) wrapped to ``width``."""
+    rows = site_rows(report)
+    columns = [c for c in COLUMNS if c != "graph" or report.graphs > 1]
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    total = sum(widths.values()) + len(GAP) * (len(columns) - 1)
+    for column, floor in SHRINK:
+        if total <= width:
+            break
+        cut = min(total - width, max(0, widths[column] - max(floor, len(column))))
+        widths[column] -= cut
+        total -= cut
+    right = {"#", "graph", "axis", "n"}
+
+    def line(cells: dict[str, str]) -> str:
+        parts = []
+        for c in columns:
+            text = shorten(cells[c], widths[c], keep_end=(c == "source"))
+            parts.append(text.rjust(widths[c]) if c in right else text.ljust(widths[c]))
+        return GAP.join(parts).rstrip()
+
+    out = [line({c: c for c in columns}), "-" * min(width, total)]
+    indent = " " * (widths["#"] + len(GAP))
+    for row in rows:
+        out.append(line(row))
+        details = []
+        for c in ("source", "family", "policy", "n"):
+            if len(row[c]) > widths[c]:
+                details.append((c, row[c]))  # abbreviated above: the full text here
+        if row["shapes"]:
+            details.append(("shapes", row["shapes"]))
+        if verbose and row["spec"]:
+            details.append(("spec", row["spec"]))
+        if row["reason"]:
+            details.append(("reason", row["reason"]))
+        for label, text in details:
+            out += textwrap.wrap(text, width=width, initial_indent=f"{indent}{label}: ",
+                                 subsequent_indent=indent + " " * (len(label) + 2),
+                                 break_long_words=True, break_on_hyphens=False)
+    return "\n".join(out)
+
+
+def _rich_console():
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.console import Console as RichConsole
+    except ImportError:
+        return None
+    return RichConsole()
+
+
+class Console:
+    """Where the report goes: stdout as plain text, or through rich on a terminal."""
+
+    def __init__(self, verbose: bool = False, width: int = WIDTH) -> None:
+        self.verbose = verbose
+        self.width = width
+        self.rich = _rich_console()
+
+    def _print(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, message: str) -> Iterator[None]:
+        """A spinner on a terminal (rich), a line on stderr with --verbose, else nothing."""
+        if self.rich is not None:
+            from rich.console import Console as RichConsole
+
+            with RichConsole(stderr=True).status(f"{message}..."):
+                yield
+            return
+        if self.verbose:
+            print(f"convfuse: {message}...", file=sys.stderr, flush=True)
+        yield
+
+    def note(self, text: str) -> None:
+        self._print(text)
+
+    def print_report(self, report: Any, title: str = "", verbose: bool = False) -> None:
+        if title:
+            self._print(f"convfuse report: {title}")
+        if not report.sites:
+            self._print("no FFT sites found (no irfft/irfftn/ifft in the compiled graphs)")
+        elif self.rich is not None:
+            self._rich_table(report, verbose)
+        else:
+            self._print(plain_table(report, self.width, verbose))
+        graphs = f" in {report.graphs} graph{'s' if report.graphs != 1 else ''}"
+        self._print(report.summary() + graphs)
+
+    def _rich_table(self, report: Any, verbose: bool) -> None:
+        from rich.table import Table
+
+        table = Table(show_lines=False, header_style="bold")
+        columns = [c for c in COLUMNS if c != "graph" or report.graphs > 1] + ["shapes", "reason"]
+        if verbose:
+            columns.insert(-1, "spec")
+        for c in columns:
+            table.add_column(c, overflow="fold", justify="right" if c in ("#", "graph", "axis", "n") else "left")
+        styles = {"rewritten": "green", "skipped": "yellow"}
+        for row in site_rows(report):
+            cells = [row[c] for c in columns]
+            cells[columns.index("status")] = f"[{styles.get(row['status'], '')}]{row['status']}[/]"
+            table.add_row(*cells)
+        self.rich.print(table)
+
+    def print_graph_breaks(self, breaks: dict[str, Any]) -> None:
+        n = breaks["graph_breaks"]
+        self._print(f"graph breaks: {n} (the model runs as {breaks['graphs']} graphs; "
+                    "FFT sites split by a break are not seen together)")
+        for i, reason in enumerate(breaks["reasons"], 1):
+            head = f"  {i}. {relative_source(reason['source'])}: "
+            text = " ".join(reason["reason"].split())
+            for j, chunk in enumerate(textwrap.wrap(head + text, width=self.width, subsequent_indent="     ")):
+                self._print(chunk)
+
+    def print_check(self, check: dict[str, Any]) -> None:
+        verdict = "ok" if check["ok"] else "MISMATCH"
+        n = check["outputs"]
+        self._print(f"check: eager vs convfuse (no_grad), {n} output tensor{'s' if n != 1 else ''}: {verdict}")
+        self._print(f"  max abs error {check['max_abs_error']:.2e}, max rel error {check['max_rel_error']:.2e}"
+                    f" (tolerance {check['tolerance']:.0e})")
+        if check.get("note"):
+            self._print(f"  {check['note']}")
+
+    def print_bench(self, bench: dict[str, Any]) -> None:
+        self._print(f"bench (forward, no_grad, median of {bench['repeats']} interleaved samples"
+                    f" x {bench['calls_per_sample']} call{'s' if bench['calls_per_sample'] != 1 else ''}):")
+        for name, ms in bench["median_ms"].items():
+            speedup = bench["speedup_vs_eager"][name]
+            self._print(f"  {name:<9} {ms:10.3f} ms  {speedup:5.2f}x vs eager")
