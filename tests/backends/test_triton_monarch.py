@@ -63,6 +63,11 @@ CASES = [
     ((1, 300), (300,), ConvParams(700, 0, 300), (1, 300), None, None),  # n=700 padded to 1024
     ((2, 100), (2, 100), ConvParams(3000, 7, 150, conj_kernel=True), None, None, None),  # n=3000 padded to 256
     ((2, 1), (2, 60), ConvParams(256, 0, 60), None, (2, 60), None),  # u broadcast along the axis by pre_gate
+    # outer passes through memory: n = N0 * m
+    ((2, 2000), (2, 2000), ConvParams(4096, 0, 2000), (2, 1), (2, 2000), (2, 2000)),  # 16 x 256, no skip
+    ((2, 3000), (3000,), ConvParams(8192, 0, 3000, scale=3.0), None, None, None),  # 32 x 256, causal skips
+    ((1, 8000), (1, 3000), ConvParams(8192, 100, 8000, conj_kernel=True), None, None, (1, 8000)),  # wraps
+    ((1, 5000), (1, 5000), ConvParams(12000, 0, 5000), (1, 5000), None, None),  # 12000: padded to 16384
 ]
 
 
@@ -105,6 +110,15 @@ def test_correlation_reading_negative_lags_is_not_padded():
     _check((2, 100), (2, 50), ConvParams(512, 470, 42, conj_kernel=True), torch.float32)
 
 
+def test_large_sizes_outer_radix_64_128():
+    for n in (65536, 131072):
+        pl = tm.plan_for(n, torch.float32, "cpu")
+        assert isinstance(pl, plan_mod.OuterPlan) and pl.n0 * pl.inner.n == n and pl.radices[0] == n // 1024
+        for shape in pl.dot_shapes(True, True):
+            tm.check_dot_shape(*shape)
+    _check((1, 30000), (1, 20000), ConvParams(65536, 0, 30000), torch.float32, rtol=1e-5)
+
+
 def test_plans_are_cached_and_gpu_legal():
     for n, (n1, n2) in plan_mod.FACTORS.items():
         pl = tm.plan_for(n, torch.float32, "cpu")
@@ -118,6 +132,7 @@ def test_plans_are_cached_and_gpu_legal():
                 for shape in pl.dot_shapes(half_in, half_out):
                     tm.check_dot_shape(*shape)
     assert isinstance(tm.plan_for(2048, torch.float32, "cpu"), str)
+    assert isinstance(tm.plan_for(2**20, torch.float32, "cpu"), str)  # needs a second outer pass
     assert isinstance(tm.plan_for(256, torch.float16, "cpu"), str)  # half inputs compute in fp32
     f64 = tm.plan_for(512, torch.float64, "cpu")
     z = torch.complex(f64.f1[0], f64.f1[1])
@@ -137,7 +152,7 @@ def test_dot_limits_asserted():
 
 def test_kernel_spectrum_cached_until_kernel_changes():
     k = torch.randn(3, 50)
-    spectrum = lambda: plan_mod.kernel_spectrum(k, 256, 256, False, 1.0, torch.float32, 16, 16)  # noqa: E731
+    spectrum = lambda: plan_mod.kernel_spectrum(k, 256, 256, False, 1.0, torch.float32, (16, 16))  # noqa: E731
     assert spectrum() is not spectrum()  # off by default: writes through .data are invisible
     with plan_mod.cache_kernel_spectra():
         s1 = spectrum()
@@ -174,6 +189,7 @@ def _op(u, k, D, pre, post, p, kernel):
         ((2, 3, 60), (3, 60), ConvParams(256, 0, 60), (3, 1), (2, 3, 60), (3, 60)),
         ((2, 90), (2, 40), ConvParams(256, 0, 90, conj_kernel=True, scale=2.0), None, None, (2, 90)),
         ((2, 300), (2, 300), ConvParams(512, 100, 300, n_power=-0.5), (2, 300), None, None),  # wraps
+        ((1, 2, 1500), (2, 1500), ConvParams(4096, 0, 1500), (2, 1), (1, 2, 1500), (1, 2, 1500)),  # outer passes
     ],
 )
 def test_gradients_through_op(ushape, kshape, p, D, pre, post):
@@ -216,7 +232,7 @@ def compiled(monkeypatch):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,L", [(256, 128), (512, 256), (1024, 512), (1024, 1000), (700, 300)])
+@pytest.mark.parametrize("n,L", [(256, 128), (512, 256), (1024, 512), (1024, 1000), (700, 300), (4096, 2048), (32768, 16384), (131072, 65536)])
 def test_gpu_forward(compiled, dtype, n, L):
     rtol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
     _check((4, 8, L), (8, L), ConvParams(n, 0, L), dtype, D=(8, 1), pre=(4, 8, L), post=(4, 8, L), device="cuda", rtol=rtol)

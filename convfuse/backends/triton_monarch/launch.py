@@ -18,7 +18,9 @@ from torch import Tensor
 
 from convfuse.backends.common import compute_dtype, output_shape
 from convfuse.backends.reference import fft_conv_reference
-from convfuse.backends.triton_monarch.plan import CallPlan, call_plan, dot_dtype_for, kernel_spectrum
+from convfuse.backends.triton_monarch.plan import (
+    OUTER_BJ, OUTER_KB, CallPlan, OuterPlan, call_plan, dot_dtype_for, kernel_spectrum,
+)
 from convfuse.spec import ConvParams
 
 FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
@@ -80,7 +82,8 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
         return f"reference fallback: {r}"
     pl = r.plan
     skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
-    return (f"triton monarch n={r.m} = {pl.n1}x{pl.n2}" + (f" (padded from {p.n})" if r.m != p.n else "")
+    return (f"triton monarch n={r.m} = {'x'.join(map(str, pl.radices))}"
+            + (f" (outer radix-{pl.n0} passes through GPU memory)" if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
             + f", dots in {str(pl.dot_dtype).removeprefix('torch.')}" + (f", skips {' and '.join(skips)}" if skips else ""))
 
 
@@ -104,29 +107,52 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         raise ValueError(f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
                          f"to equal the input length ({Lue})")
 
-    spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.n1, plan.n2)
-    k_off = _offsets(batch, tuple(spec.shape[:-3]) + (2 * r.m,), tuple(spec.stride()[:-3]) + (1,), u.device)
+    spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
+    d = len(plan.radices)
+    k_off = _offsets(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
     # u of last size 1 broadcasts against a longer pre-gate: stride 0 along the axis reads it everywhere
     u_off, u_s = _rows(u, batch)
-    dummy_off = u_off
-    pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (dummy_off, 0)
-    d_off, d_s = _rows(D, batch) if D is not None else (dummy_off, 0)
-    post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (dummy_off, 0)
+    pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (u_off, 0)
+    d_off, d_s = _rows(D, batch) if D is not None else (u_off, 0)
+    post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (u_off, 0)
     Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
-
-    LAUNCHES[f"n={r.m} {plan.n1}x{plan.n2} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
+    flags = dict(HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
+                 PREC=plan.input_precision, num_warps=NUM_WARPS)
+    pre = pre_gate if pre_gate is not None else u
+    LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
+
+    if isinstance(plan, OuterPlan):
+        from convfuse.backends.triton_monarch import kernels_outer as ko
+
+        inner, m = plan.inner, plan.inner.n
+        # complex fp32 (fp64) buffer between the passes: (rows, 2, N0, m)
+        z = torch.empty((rows, 2, plan.n0, m), dtype=dtype, device=u.device)
+        grid = (rows, m // OUTER_BJ)
+        del flags["HAS_D"], flags["HAS_POST"]
+        ko.OUTER_FWD[interpret][grid](
+            u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
+            N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=r.half_in, **flags)
+        ko.INNER[interpret][(rows * plan.n0,)](
+            z, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
+            N0=plan.n0, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision, num_warps=NUM_WARPS)
+        ko.OUTER_INV[interpret][grid](
+            z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
+            D if D is not None else u, d_off, d_s, post_gate if post_gate is not None else u, post_off, post_s,
+            out, Lue, p.start, p.length,
+            N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_OUT=r.half_out,
+            HAS_D=D is not None, HAS_POST=post_gate is not None, **flags)
+        return out
+
     _kernels().MONARCH_CONV2[interpret][(rows,)](
         u, u_off, u_s,
-        pre_gate if pre_gate is not None else u, pre_off, pre_s,
+        pre, pre_off, pre_s,
         spec, k_off,
         D if D is not None else u, d_off, d_s,
         post_gate if post_gate is not None else u, post_off, post_s,
         out,
         plan.f1, plan.f2, plan.tw,
         Lu, Lue, p.start, p.length,
-        N1=plan.n1, N2=plan.n2, HALF_IN=r.half_in, HALF_OUT=r.half_out,
-        HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
-        PREC=plan.input_precision, num_warps=NUM_WARPS,
+        N1=plan.n1, N2=plan.n2, HALF_IN=r.half_in, HALF_OUT=r.half_out, **flags,
     )
     return out

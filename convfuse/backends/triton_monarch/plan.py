@@ -36,6 +36,14 @@ MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
 FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32)}
 FUSED_SIZES = tuple(sorted(FACTORS))
+# n -> (N0, m): an outer radix-N0 pass through GPU memory around a fused size-m transform
+# (kernels_outer.py).  N0 = 32 where possible, for causal skipping; N0 = 64, 128 are direct DFT
+# matmuls looped over K chunks of 32 (FlashFFTConv's outer radices go to 128 as well).
+OUTER: dict[int, tuple[int, int]] = {4096: (16, 256), 8192: (32, 256), 16384: (32, 512), 32768: (32, 1024),
+                                     65536: (64, 1024), 131072: (128, 1024)}
+PLAN_SIZES = tuple(sorted({*FACTORS, *OUTER}))
+OUTER_BJ = 32  # columns j' per program in the outer passes
+OUTER_KB = 16  # K chunk of the outer DFT matmuls
 # Working set of the fused kernel, in compute-dtype elements, per n: ~8 (N1, N2) planes
 # live at once plus the constant matrices.  Used to size plans by shared memory.
 _LIVE_PLANES = 8
@@ -74,10 +82,47 @@ class MonarchPlan:
         rows_out = self.n1 // 2 if half_out else self.n1
         return [(self.n1, self.n2, rows_in), (self.n1, self.n2, self.n2), (rows_out, self.n2, self.n1)]
 
+    @property
+    def radices(self) -> tuple[int, ...]:
+        return (self.n1, self.n2)
+
     def smem_bytes(self) -> int:
         c = torch.finfo(self.compute_dtype).bits // 8
         d = torch.finfo(self.dot_dtype).bits // 8
         return _LIVE_PLANES * self.n * c + 2 * (self.n1**2 + self.n2**2) * d + 2 * self.n * c
+
+
+@dataclass(frozen=True)
+class OuterPlan:
+    """n = N0 * m: outer radix-N0 DFT passes through GPU memory around the fused size-m plan."""
+
+    n: int
+    n0: int
+    inner: MonarchPlan
+    f0: Tensor  # (2, N0, N0) dot dtype
+    otw: Tensor  # (2, N0, m) compute dtype: W_n^(j' k0)
+
+    compute_dtype = property(lambda self: self.inner.compute_dtype)
+    dot_dtype = property(lambda self: self.inner.dot_dtype)
+    input_precision = property(lambda self: self.inner.input_precision)
+    n1 = property(lambda self: self.n0)  # the axis causal skipping halves
+    n2 = property(lambda self: self.inner.n)
+
+    @property
+    def radices(self) -> tuple[int, ...]:
+        return (self.n0, self.inner.n1, self.inner.n2)
+
+    @property
+    def can_skip_half(self) -> bool:
+        return self.n0 // 2 >= MIN_DOT
+
+    def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
+        rows_out = self.n0 // 2 if half_out else self.n0
+        i = self.inner
+        return [(self.n0, OUTER_BJ, OUTER_KB), (i.n1, i.n2, i.n1), (i.n1, i.n2, i.n2), (rows_out, OUTER_BJ, OUTER_KB)]
+
+    def smem_bytes(self) -> int:
+        return self.inner.smem_bytes()  # the inner kernel is the largest; outer tiles are (N0, 32)
 
 
 def _dft(rows: int, cols: int, denom: int) -> Tensor:
@@ -110,14 +155,22 @@ def dot_dtype_for(compute: torch.dtype, u_dtype: torch.dtype, out_dtype: torch.d
 
 
 @functools.lru_cache(maxsize=64)
-def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device) -> MonarchPlan | str:
-    if n not in FACTORS:
+def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device) -> MonarchPlan | OuterPlan | str:
+    if n not in FACTORS and n not in OUTER:
         return (
-            f"n={n} has no fused Monarch plan (fused sizes: {', '.join(map(str, FUSED_SIZES))}; "
-            f"larger sizes need outer passes through GPU memory, not built yet: cuFFT/reference runs instead)"
+            f"n={n} has no Monarch plan (sizes: {', '.join(map(str, PLAN_SIZES))}; larger ones need a second "
+            f"outer pass, not built yet, and other sizes a mixed radix: cuFFT/reference runs instead)"
         )
     if dot == torch.float64 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         return "fp64 tl.dot needs sm80 or newer"
+    if n in OUTER:
+        n0, m = OUTER[n]
+        inner = _plan_cached(m, compute, dot, device)
+        if isinstance(inner, str):
+            return inner
+        check_dot_shape(n0, OUTER_BJ, OUTER_KB)
+        return OuterPlan(n, n0, inner, f0=_dft(n0, n0, n0).to(device=device, dtype=dot).contiguous(),
+                         otw=_dft(n0, m, n).to(device=device, dtype=compute).contiguous())
     n1, n2 = FACTORS[n]
     check_dot_shape(n1, n2, n1)
     plan = MonarchPlan(
@@ -132,7 +185,7 @@ def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.d
 
 
 def plan_for(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-             dot_dtype: torch.dtype | None = None) -> MonarchPlan | str:
+             dot_dtype: torch.dtype | None = None) -> MonarchPlan | OuterPlan | str:
     """The Monarch plan for FFT size n in compute ``dtype`` on ``device``, or why there is none."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -144,7 +197,7 @@ def plan_for(n: int, dtype: torch.dtype = torch.float32, device: torch.device | 
 
 @dataclass(frozen=True)
 class CallPlan:
-    plan: MonarchPlan
+    plan: MonarchPlan | OuterPlan
     m: int  # the size the kernel runs at (== n, or a padded size when the convolution is linear)
     half_in: bool  # input rows j1 >= N1/2 are all zero: stage 1 runs on N1/2 columns of F1
     half_out: bool  # the window lies in [0, m/2): the last stage computes N1/2 rows only
@@ -166,17 +219,17 @@ def padded_size(n: int, L: int, K: int, start: int, length: int, conj_kernel: bo
         if K > 0 and start + length > n - K + 1:
             return None
         need = max(need, start + length + K - 1)
-    return next((m for m in FUSED_SIZES if m >= need), None)
+    return next((m for m in PLAN_SIZES if m >= need), None)
 
 
 def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool,
               compute: torch.dtype, dot: torch.dtype, device: torch.device) -> CallPlan | str:
     """Pick the size (n itself, or a padded one) and the causal skips for one call, or say why not."""
     padded = padded_size(n, L, K, start, length, conj_kernel)
-    m = n if padded is None or (padded > n and n in FACTORS) else padded  # never grow a fused size
+    m = n if padded is None or (padded > n and n in PLAN_SIZES) else padded  # never grow a plan size
     plan = plan_for(m, compute, device, dot)
     if isinstance(plan, str):
-        if padded is None and n not in FACTORS:
+        if padded is None and n not in PLAN_SIZES:
             plan += (f"; the convolution is not linear (L={L}, K={K}, window [{start}, {start + length})"
                      f"{', correlation' if conj_kernel else ''}), so it cannot be padded to a fused size")
         return plan
@@ -213,13 +266,15 @@ _SPECTRA_MAX = 16
 
 
 def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
-                    n1: int, n2: int) -> Tensor:
-    """(..., 2, N1, N2) planes of scale/m * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
+                    radices: tuple[int, ...]) -> Tensor:
+    """(..., 2, *radices) planes of scale/m * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
 
-    Monarch order: entry [k1, k2] holds frequency k1 + N1*k2, i.e. the natural spectrum viewed
-    as (N2, N1) and transposed.  The inverse transform's 1/m and the operator's scale are folded in.
+    Monarch order for radices (R0, R1, ...): entry [k0, k1, ...] holds frequency
+    k0 + R0*(k1 + R1*(...)), i.e. the natural spectrum viewed with the radices reversed and its
+    axes reversed ((N2, N1) transposed for a fused plan).  The inverse transform's 1/m and the
+    operator's scale are folded in.
     """
-    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute)
+    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute, radices)
     version = None
     if SPECTRUM_CACHE:
         try:
@@ -234,8 +289,10 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     if conj:
         kf = kf.conj()
     kf = kf * (scale / m)
-    kf = kf.reshape(*kf.shape[:-1], n2, n1).transpose(-1, -2)  # [k1, k2] = frequency k1 + N1*k2
-    spec = torch.stack([kf.real, kf.imag], dim=-3).contiguous()  # (..., 2, N1, N2)
+    d, nb = len(radices), kf.dim() - 1
+    kf = kf.reshape(*kf.shape[:-1], *reversed(radices))
+    kf = kf.permute(*range(nb), *range(nb + d - 1, nb - 1, -1))  # [k0, k1, ..] = k0 + R0*(k1 + R1*..)
+    spec = torch.stack([kf.real, kf.imag], dim=-d - 1).contiguous()  # (..., 2, *radices)
     if version is not None:
         _SPECTRA[key] = (weakref.ref(k), version, spec)
         while len(_SPECTRA) > _SPECTRA_MAX:

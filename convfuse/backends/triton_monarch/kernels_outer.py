@@ -1,0 +1,188 @@
+"""Triton kernels for sizes beyond one program: an outer radix-N0 pass through GPU memory.
+
+n = N0 * m with m a fused Monarch size (256..1024) and x[m*j0 + j'] viewed as the (N0, m) tile.
+Frequencies are k = k0 + N0*k' and the convolution runs in three launches over a complex
+fp32 buffer Z (rows, 2, N0, m) (real/imag planes):
+
+    outer_fwd   Z[k0, j'] = sum_j0 F0[k0, j0] x[m*j0 + j']                    per (row, block of j')
+    inner       z = Z[k0, :] * W_n^(j' k0); Monarch FFT of size m (as the fused kernel, complex
+                input); * kernel spectrum; inverse; * W_n^(-j' k0); store back   per (row, k0)
+    outer_inv   y[m*j0 + j'] = Re sum_k0 conj(F0)[j0, k0] Z[k0, j'], then window + epilogue
+
+Both twiddles live in the inner kernel, so the outer passes are plain DFT matmuls, looped over
+K chunks of KB (N0 up to 128 does not fit one dot's registers).  Causal padding: the forward
+pass reads only rows j0 < N0/2 when the input is in the first half, and the inverse computes only
+rows j0 < N0/2 when the window is (both need N0/2 >= 16 for tl.dot).
+"""
+
+from __future__ import annotations
+
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+
+def _outer_fwd(
+    u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,  # input rows (addressing as the fused kernel)
+    z_ptr,  # (rows, 2, N0, M) compute dtype
+    f0_ptr,  # (2, N0, N0) dot dtype
+    Lu,
+    N0: tl.constexpr, M: tl.constexpr, BJ: tl.constexpr, KB: tl.constexpr,
+    HALF_IN: tl.constexpr, HAS_PRE: tl.constexpr, PREC: tl.constexpr,
+):
+    KIN: tl.constexpr = N0 // 2 if HALF_IN else N0  # rows j0 that can be nonzero
+    row = tl.program_id(0).to(tl.int64)
+    jb = tl.program_id(1) * BJ
+    CT = z_ptr.dtype.element_ty
+    DT = f0_ptr.dtype.element_ty
+    a0 = tl.arange(0, N0)
+    kb = tl.arange(0, KB)
+    cols = jb + tl.arange(0, BJ)
+    u_base = u_ptr + tl.load(u_off_ptr + row)
+    if HAS_PRE:
+        pre_base = pre_ptr + tl.load(pre_off_ptr + row)
+    # tl.full, not tl.zeros: tl.zeros is itself a @triton.jit function whose build (compiled or
+    # interpreted) was fixed when triton was imported, so it breaks the other build of this kernel
+    acc_r = tl.full((N0, BJ), 0.0, CT)  # fp32 accumulation (fp64 for fp64 inputs)
+    acc_i = tl.full((N0, BJ), 0.0, CT)
+    for c in range(0, KIN, KB):
+        # A chunk (KB, BJ) of the (N0, M) input tile; F0[:, chunk] (N0, KB)
+        j = (c + kb)[:, None] * M + cols[None, :]
+        jm = j < Lu
+        x = tl.load(u_base + j * u_s, mask=jm, other=0.0).to(CT)
+        if HAS_PRE:
+            x = x * tl.load(pre_base + j * pre_s, mask=jm, other=0.0).to(CT)
+        xd = x.to(DT)
+        f_idx = a0[:, None] * N0 + (c + kb)[None, :]
+        acc_r += tl.dot(tl.load(f0_ptr + f_idx), xd, input_precision=PREC).to(CT)
+        acc_i += tl.dot(tl.load(f0_ptr + N0 * N0 + f_idx), xd, input_precision=PREC).to(CT)
+    z_idx = row * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
+    tl.store(z_ptr + z_idx, acc_r.to(CT))
+    tl.store(z_ptr + N0 * M + z_idx, acc_i.to(CT))
+
+
+def _inner(
+    z_ptr,  # (rows, 2, N0, M1*M2), read and written in place
+    k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, N0, M1, M2): [k0, k1, k2] = freq k0 + N0*(k1 + M1*k2)
+    f1_ptr, f2_ptr, tw_ptr,  # inner plan: (2, M1, M1), (2, M2, M2), (2, M1, M2)
+    otw_ptr,  # outer twiddles (2, N0, M): W_n^(j' k0)
+    N0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, PREC: tl.constexpr,
+):
+    M: tl.constexpr = M1 * M2
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // N0
+    k0 = pid % N0
+    CT = z_ptr.dtype.element_ty
+    DT = f1_ptr.dtype.element_ty
+    a1 = tl.arange(0, M1)
+    a2 = tl.arange(0, M2)
+    tile = a1[:, None] * M2 + a2[None, :]  # (M1, M2): j' = M2*j1 + j2
+    zr_ptr = z_ptr + row * (2 * N0 * M) + k0 * M
+    zi_ptr = zr_ptr + N0 * M
+
+    # z * W_n^(j' k0)
+    otr = tl.load(otw_ptr + k0 * M + tile)
+    oti = tl.load(otw_ptr + N0 * M + k0 * M + tile)
+    zr = tl.load(zr_ptr + tile)
+    zi = tl.load(zi_ptr + tile)
+    zr, zi = zr * otr - zi * oti, zr * oti + zi * otr
+
+    # stage 1, complex input: B = F1 @ Z   (M1, M1) @ (M1, M2): 4 dots
+    f1_idx = a1[:, None] * M1 + a1[None, :]
+    f1r = tl.load(f1_ptr + f1_idx)
+    f1i = tl.load(f1_ptr + M1 * M1 + f1_idx)
+    zrd = zr.to(DT)
+    zid = zi.to(DT)
+    br = (tl.dot(f1r, zrd, input_precision=PREC) - tl.dot(f1i, zid, input_precision=PREC)).to(CT)
+    bi = (tl.dot(f1r, zid, input_precision=PREC) + tl.dot(f1i, zrd, input_precision=PREC)).to(CT)
+    twr = tl.load(tw_ptr + tile)
+    twi = tl.load(tw_ptr + M + tile)
+    br, bi = br * twr - bi * twi, br * twi + bi * twr
+
+    # stage 2: C = B @ F2   (M1, M2) @ (M2, M2)
+    f2_idx = a2[:, None] * M2 + a2[None, :]
+    f2r = tl.load(f2_ptr + f2_idx)
+    f2i = tl.load(f2_ptr + M2 * M2 + f2_idx)
+    brd = br.to(DT)
+    bid = bi.to(DT)
+    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT)
+    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT)
+
+    # kernel spectrum for this k0 (scale and 1/n folded in)
+    k_base = k_ptr + tl.load(k_off_ptr + row) + k0 * M
+    kr = tl.load(k_base + tile)
+    ki = tl.load(k_base + N0 * M + tile)
+    cr, ci = cr * kr - ci * ki, cr * ki + ci * kr
+
+    # inverse stage 2: D = C @ conj(F2)
+    crd = cr.to(DT)
+    cid = ci.to(DT)
+    dr = (tl.dot(crd, f2r, input_precision=PREC) + tl.dot(cid, f2i, input_precision=PREC)).to(CT)
+    di = (tl.dot(cid, f2r, input_precision=PREC) - tl.dot(crd, f2i, input_precision=PREC)).to(CT)
+    dr, di = dr * twr + di * twi, di * twr - dr * twi
+
+    # inverse stage 1, complex output: E = conj(F1) @ D
+    drd = dr.to(DT)
+    did = di.to(DT)
+    er = (tl.dot(f1r, drd, input_precision=PREC) + tl.dot(f1i, did, input_precision=PREC)).to(CT)
+    ei = (tl.dot(f1r, did, input_precision=PREC) - tl.dot(f1i, drd, input_precision=PREC)).to(CT)
+
+    # * W_n^(-j' k0), back to the buffer
+    er, ei = er * otr + ei * oti, ei * otr - er * oti
+    tl.store(zr_ptr + tile, er)
+    tl.store(zi_ptr + tile, ei)
+
+
+def _outer_inv(
+    z_ptr, f0_ptr,
+    u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,  # for the skip term ue * D
+    d_ptr, d_off_ptr, d_s, post_ptr, post_off_ptr, post_s,
+    out_ptr,  # (rows, length)
+    Lskip, start, length,
+    N0: tl.constexpr, M: tl.constexpr, BJ: tl.constexpr, KB: tl.constexpr,
+    HALF_OUT: tl.constexpr, HAS_PRE: tl.constexpr, HAS_D: tl.constexpr, HAS_POST: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    NN: tl.constexpr = N0 * M
+    ROUT: tl.constexpr = N0 // 2 if HALF_OUT else N0  # rows j0 the window can read
+    row = tl.program_id(0).to(tl.int64)
+    jb = tl.program_id(1) * BJ
+    CT = z_ptr.dtype.element_ty
+    DT = f0_ptr.dtype.element_ty
+    rout = tl.arange(0, ROUT)
+    kb = tl.arange(0, KB)
+    cols = jb + tl.arange(0, BJ)
+    acc = tl.full((ROUT, BJ), 0.0, CT)
+    for c in range(0, N0, KB):
+        # Re(conj(F0)[:ROUT, chunk] @ Z[chunk, cols]) = F0r @ Zr + F0i @ Zi   (ROUT, KB) @ (KB, BJ)
+        z_idx = row * (2 * NN) + (c + kb)[:, None] * M + cols[None, :]
+        zr = tl.load(z_ptr + z_idx).to(DT)
+        zi = tl.load(z_ptr + NN + z_idx).to(DT)
+        f_idx = rout[:, None] * N0 + (c + kb)[None, :]
+        acc += tl.dot(tl.load(f0_ptr + f_idx), zr, input_precision=PREC).to(CT)
+        acc += tl.dot(tl.load(f0_ptr + N0 * N0 + f_idx), zi, input_precision=PREC).to(CT)
+    y = acc.to(CT)
+
+    # window + epilogue, as in the fused kernel
+    jo = rout[:, None] * M + cols[None, :]
+    t = (jo + (NN - start)) % NN
+    tm = t < length
+    if HAS_D:
+        sm = tm & (t < Lskip)
+        u_base = u_ptr + tl.load(u_off_ptr + row)
+        ue = tl.load(u_base + t * u_s, mask=sm, other=0.0).to(CT)
+        if HAS_PRE:
+            pre_base = pre_ptr + tl.load(pre_off_ptr + row)
+            ue = ue * tl.load(pre_base + t * pre_s, mask=sm, other=0.0).to(CT)
+        d_base = d_ptr + tl.load(d_off_ptr + row)
+        y = y + ue * tl.load(d_base + t * d_s, mask=tm, other=0.0).to(CT)
+    if HAS_POST:
+        p_base = post_ptr + tl.load(post_off_ptr + row)
+        y = y * tl.load(p_base + t * post_s, mask=tm, other=0.0).to(CT)
+    tl.store(out_ptr + row * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
+
+
+# compiled (CUDA) and interpreted (CPU, TRITON_INTERPRET=1) builds; see kernels.py
+OUTER_FWD = {False: JITFunction(_outer_fwd), True: InterpretedFunction(_outer_fwd)}
+INNER = {False: JITFunction(_inner), True: InterpretedFunction(_inner)}
+OUTER_INV = {False: JITFunction(_outer_inv), True: InterpretedFunction(_outer_inv)}
