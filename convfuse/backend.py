@@ -15,7 +15,7 @@ from torch.fx import GraphModule
 
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
-from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
+from convfuse.passes import Match, find_fft_sites, match_or_refuse, rewrite_site
 from convfuse.passes.sizes import example_value
 from convfuse.report import REWRITTEN, SKIPPED, RewriteReport, SiteReport, publish, user_source
 
@@ -25,8 +25,7 @@ log = logging.getLogger("convfuse")
 def convfuse_backend(gm: GraphModule, example_inputs, *, mode=None, options=None):
     opts = BackendOptions.parse(options, mode)
     sites = find_fft_sites(gm.graph)
-    outcomes = [match_or_refuse(site) for site in sites]
-    report = rewrite_matches(gm, sites, outcomes, opts)
+    report = rewrite_sites(gm, sites, opts)
     publish(report)
     return compile_rest(gm, example_inputs, opts)
 
@@ -38,9 +37,15 @@ def _shapes(m: Match) -> dict[str, list]:
     }
 
 
-def rewrite_matches(gm: GraphModule, sites, outcomes, opts: BackendOptions) -> RewriteReport:
+def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions) -> RewriteReport:
+    """Match and rewrite each site in turn, on the graph as the previous rewrites left it.
+
+    Two sites can reach for the same node (``a * b`` of two convolutions is a gate for
+    each), so a site is matched only once the rewrites before it are done.
+    """
     report = RewriteReport(graphs=1)
-    for site, outcome in zip(sites, outcomes):
+    for site in sites:
+        outcome = match_or_refuse(site)
         source = user_source(site.meta.get("stack_trace"))
         if isinstance(outcome, Match):
             record = _rewrite_one(gm, outcome, opts, source)

@@ -36,13 +36,14 @@ def fft_conv(
     conj_kernel: bool,
     out_dtype: torch.dtype,
     kernel: str,
+    constant_kernel: bool = False,
 ) -> Tensor:
     """out = ((scale * n**n_power * window(u*pre_gate (*) k) + u*pre_gate*D) * post_gate).to(out_dtype).
 
     u: (..., Lu) and k: (..., Lk), convolved along the last axis at FFT size n,
     batch dimensions broadcast; the result is (broadcast(...), length).
     """
-    p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype)
+    p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel)
     p.validate()
     _check_inputs(u, k, D, pre_gate, post_gate, length)
     # The fake implementation promises a fresh contiguous tensor; a window is a strided view.
@@ -62,13 +63,14 @@ def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:
 
 
 @fft_conv.register_fake
-def _(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel):
+def _(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel,
+      constant_kernel=False):
     shape = _check_inputs(u, k, D, pre_gate, post_gate, length)
     return u.new_empty(shape, dtype=out_dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel = inputs
+    u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel, *_ = inputs
     ctx.save_for_backward(u, k, D, pre_gate, post_gate)
     ctx.params = (n, start, length, scale, n_power, conj_kernel, kernel)
 
@@ -130,7 +132,7 @@ def _backward(ctx, grad):
         d_pre = (due * u.to(dtype)).sum_to_size(pre_gate.shape).to(pre_gate.dtype)
     if dk is not None:
         dk = dk.sum_to_size(k.shape).to(k.dtype)
-    return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None
+    return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None
 
 
 fft_conv.register_autograd(_backward, setup_context=_setup_context)

@@ -41,6 +41,9 @@ class ConvParams:
     n_power: float = 0.0
     conj_kernel: bool = False
     out_dtype: torch.dtype | None = None
+    # The compiler proved k is a module parameter/buffer read as is: an implementation may
+    # cache its spectrum (keyed by the tensor's version). Never set for a computed kernel.
+    constant_kernel: bool = False
 
     @property
     def total_scale(self) -> float:
@@ -85,6 +88,7 @@ class ConvSpec:
     out_dtype: torch.dtype | None = None
     rank: int = 3
     causal: bool | None = None  # True: provably linear for every size; None: decided per call
+    constant_kernel: bool = False  # k is a parameter/buffer: its spectrum may be cached
     transforms: str = "rfft/irfft"
     notes: list[str] = field(default_factory=list)
 

@@ -75,7 +75,11 @@ def fft_conv_cpu(
 
     # A constant kernel: prepared once for all its rows and cached (None: not cacheable
     # or first sighting, then each tile prepares its own rows).
-    cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype))
+    cached = (
+        cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype))
+        if p.constant_kernel  # only the compiler can prove a kernel is module state read as is
+        else None
+    )
 
     def work(chunk: list[tuple[int, int, int, int]]) -> None:
         prep, prep_h = None, None

@@ -66,7 +66,12 @@ def choose_kernel(requested: str, device_type: str) -> Implementation:
     if requested == "triton":
         impl = _triton_impl()
         if impl is None:
-            raise KernelUnavailable("kernel='triton': the Triton Monarch kernels are not built in this version")
+            raise KernelUnavailable("kernel='triton': Triton is not importable here")
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise KernelUnavailable(
+                "kernel='triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1, "
+                "a testing aid ~1000x slower than eager); use kernel='cpu' or 'auto'"
+            )
     else:
         impl = IMPLEMENTATIONS.get(requested)
         if impl is None:

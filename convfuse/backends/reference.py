@@ -10,12 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from convfuse.backends.common import compute_dtype, epilogue, prologue, window
+from convfuse.backends.common import compute_dtype, epilogue, output_shape, prologue, window
 from convfuse.spec import ConvParams
 
 
 def cyclic_conv_reference(ue: Tensor, k: Tensor, p: ConvParams) -> Tensor:
     # ue: (..., Lu), k: (..., Lk) -> (broadcast(...), p.length), in ue's dtype
+    shape = output_shape(ue, k, None, p.length)
+    if shape.numel() == 0:
+        return ue.new_zeros(shape)  # torch.fft rejects empty batches
     U = torch.fft.rfft(ue, n=p.n)
     Kf = torch.fft.rfft(k.to(ue.dtype), n=p.n)
     if p.conj_kernel:

@@ -74,6 +74,10 @@ class Match:
     def conj_kernel(self) -> bool:
         return self.k.conj
 
+    @property
+    def constant_kernel(self) -> bool:
+        return self.k.align is None and is_module_state(self.k.signal)
+
     def spec(self) -> ConvSpec:
         n, L, K = self.n.value, self.u.length, self.k.length
         start, length = self.start.value, self.length.value
@@ -87,13 +91,26 @@ class Match:
             start=spec_value(start), length=spec_value(length), scale=self.scale,
             n_power=float(self.power), conj_kernel=self.conj_kernel, skip=self.D is not None,
             post_gate=self.post_gate is not None, out_dtype=self.out_dtype,
-            rank=example_value(self.tail).dim(), causal=causal, notes=list(self.notes),
+            rank=example_value(self.tail).dim(), causal=causal, constant_kernel=self.constant_kernel,
+            notes=list(self.notes),
         )
 
     def family(self) -> str:
         spec = self.spec()
         kind = {True: "causal", False: "circular", None: "cyclic"}[spec.causal]
         return f"{kind}-{'correlation' if self.conj_kernel else 'conv'}"
+
+
+def is_module_state(node: Node) -> bool:
+    """A graph input that is a module's parameter or buffer (Dynamo lifts them as placeholders)."""
+    if node.op != "placeholder":
+        return False
+    if isinstance(example_value(node), torch.nn.Parameter):
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    name = getattr(source, "name", "")
+    name = name() if callable(name) else str(name)
+    return "_buffers" in name or "_parameters" in name
 
 
 # ---- walking back: spectra -------------------------------------------------------------------

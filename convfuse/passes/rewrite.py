@@ -52,7 +52,8 @@ def rewrite_site(gm: GraphModule, m: Match, kernel: str) -> Node:
         n, start, length = (_materialize(graph, s.arg) for s in (m.n, m.start, m.length))
         out = graph.call_function(
             torch.ops.convfuse.fft_conv.default,
-            (u, k, D, None, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel),
+            (u, k, D, None, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel,
+             m.constant_kernel),
         )
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:

@@ -1,0 +1,75 @@
+"""Shared helpers: run the convfuse pass on a function's Dynamo graph and look at what it did."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+import convfuse
+from convfuse.backend import convfuse_backend
+from convfuse.passes.facts import is_fft
+from convfuse.report import collecting
+
+FFT_CONV = torch.ops.convfuse.fft_conv.default
+
+
+class Compiled:
+    """A function compiled with convfuse (the rest of the graph eager: tests run on the pass)."""
+
+    def __init__(self, fn, *, dynamic=None, **options):
+        self.graphs = []
+        options.setdefault("inner", "eager")
+
+        def backend(gm, example_inputs):
+            compiled = convfuse_backend(gm, example_inputs, options=dict(options))
+            self.graphs.append(gm)
+            return compiled
+
+        self.fn = torch.compile(fn, backend=backend, dynamic=dynamic)
+        self.report = None
+
+    def __call__(self, *args):
+        with collecting() as report:
+            out = self.fn(*args)
+        if report.sites:
+            self.report = report
+        return out
+
+    def op_calls(self) -> int:
+        return sum(node.target is FFT_CONV for gm in self.graphs for node in gm.graph.nodes)
+
+    def fft_calls(self) -> int:
+        return sum(is_fft(node) for gm in self.graphs for node in gm.graph.nodes)
+
+
+def assert_matches_eager(fn, args, *, rtol=1e-5, dynamic=None, grads=True, **options) -> Compiled:
+    """Compile ``fn`` with convfuse; outputs and gradients must equal eager's to ``rtol`` of their scale."""
+    compiled = Compiled(fn, dynamic=dynamic, **options)
+    eager_args = [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+    comp_args = [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+    expected = fn(*eager_args)
+    got = compiled(*comp_args)
+    assert_close_rel(got, expected, rtol)
+    if grads and expected.requires_grad:
+        g = torch.randn_like(expected)
+        diff_e = [a for a in eager_args if isinstance(a, torch.Tensor) and a.requires_grad]
+        diff_c = [a for a in comp_args if isinstance(a, torch.Tensor) and a.requires_grad]
+        ge = torch.autograd.grad(expected, diff_e, g)
+        gc = torch.autograd.grad(got, diff_c, g)
+        for a, b in zip(gc, ge):
+            assert_close_rel(a, b, rtol)
+    return compiled
+
+
+def assert_close_rel(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    assert got.dtype == expected.dtype, (got.dtype, expected.dtype)
+    scale = expected.detach().abs().max().double().clamp_min(1e-30)
+    err = (got.detach().double() - expected.detach().double()).abs().max()
+    assert err <= rtol * scale, f"max error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield

@@ -1,0 +1,115 @@
+"""FFT-convolution spellings from published models, and near misses that are not convolutions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hyena_fftconv(u, k, D):
+    # Hyena / safari: kernel spectrum / n, irfft norm="forward", skip u * D, cast back.
+    seqlen = u.shape[-1]
+    fft_size = 2 * seqlen
+    k_f = torch.fft.rfft(k, n=fft_size) / fft_size
+    u_f = torch.fft.rfft(u.to(dtype=k.dtype), n=fft_size)
+    y = torch.fft.irfft(u_f * k_f, n=fft_size, norm="forward")[..., :seqlen]
+    out = y + u * D.unsqueeze(-1)
+    return out.to(dtype=u.dtype)
+
+
+def hyena_gated(u, k, D, gate):
+    return hyena_fftconv(u, k, D) * gate
+
+
+def s4_fftconv(u, k):
+    # S4 FFTConv: default norms, no explicit scale, n = L + K, einsum multiply.
+    L, K = u.size(-1), k.size(-1)
+    k_f = torch.fft.rfft(k, n=L + K)
+    u_f = torch.fft.rfft(u, n=L + K)
+    y_f = torch.einsum("bhl,hl->bhl", u_f, k_f)
+    return torch.fft.irfft(y_f, n=L + K)[..., :L]
+
+
+def s4_channels(u, k):
+    # S4 with C output channels: 'bhl,chl->bchl', n = 2L.
+    L = u.size(-1)
+    u_f = torch.fft.rfft(u, n=2 * L)
+    k_f = torch.fft.rfft(k, n=2 * L)
+    y = torch.fft.irfft(torch.einsum("bhl,chl->bchl", u_f, k_f), n=2 * L)[..., :L]
+    return y
+
+
+def s4_mul(u, k):
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)
+    return y[..., :L]
+
+
+def channels_last_conv(x, k):
+    # (B, L, H) with the convolution along dim=-2.
+    L = x.shape[-2]
+    X = torch.fft.rfft(x, n=2 * L, dim=-2)
+    Kf = torch.fft.rfft(k, n=2 * L, dim=-2)
+    return torch.fft.irfft(X * Kf, n=2 * L, dim=-2)[:, :L, :]
+
+
+def circular_conv(u, k):
+    return torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(k), n=u.shape[-1])
+
+
+def ortho_conv(u, k):
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L, norm="ortho")
+    Kf = torch.fft.rfft(k, n=2 * L, norm="ortho")
+    return torch.fft.irfft(U * Kf, n=2 * L, norm="ortho")[..., :L] * 3.0
+
+
+# ---- near misses: look like FFT convolutions, are not ---------------------------------------
+
+
+def real_mask_filter(u, mask):
+    # A frequency-domain filter: the spectrum times a real tensor that is no signal's transform.
+    L = u.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * mask, n=2 * L)[..., :L]
+
+
+def three_spectra(u, k):
+    L = u.shape[-1]
+    U, Kf = torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L)
+    return torch.fft.irfft(U * Kf * U, n=2 * L)[..., :L]
+
+
+def mismatched_sizes(u, k):
+    L = u.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L + 2)[..., : L + 1], n=2 * L)
+
+
+def kernel_smoothing(k):
+    # Smoothing a kernel in frequency: an irfft of one spectrum.
+    L = k.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(k) * 0.5, n=L)
+
+
+def nonlinear_spectral(u, k):
+    # A spectral MLP: a nonlinearity between the transforms.
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    U = torch.complex(F.relu(U.real), U.imag)
+    return torch.fft.irfft(U * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+
+
+def cumulative_over_frequency(u, k):
+    L = u.shape[-1]
+    P = torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L)
+    return torch.fft.irfft(torch.cumsum(P, dim=-1), n=2 * L)[..., :L]
+
+
+def odd_length_without_n(u, k):
+    # irfft without n returns 2*(bins-1) = L-1 samples for odd L: not the forward size.
+    return torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(k))
+
+
+def contracting_einsum(u, k):
+    L = u.shape[-1]
+    y = torch.einsum("bhl,hl->bl", torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L))
+    return torch.fft.irfft(y, n=2 * L)[..., :L]
