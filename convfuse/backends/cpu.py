@@ -77,7 +77,8 @@ def fft_conv_cpu(
     # or first sighting, then each tile prepares its own rows).
     cached = (
         cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype))
-        if p.constant_kernel  # only the compiler can prove a kernel is module state read as is
+        # Only the compiler can prove a kernel is module state read as is (older callers: no flag).
+        if getattr(p, "constant_kernel", False)
         else None
     )
 
