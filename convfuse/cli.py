@@ -97,7 +97,7 @@ def _import_module(name: str):
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UsageError(f"no such module: {name} (and no file {name}.py)") from exc
+            raise UsageError(f"no such module: {name}") from exc
         raise UsageError(f"importing {name} failed: {_one_line(exc)}") from exc
     except Exception as exc:
         raise UsageError(f"importing {name} failed: {_one_line(exc)}") from exc
@@ -113,7 +113,7 @@ def load_target(target: str) -> tuple[Callable, tuple, str]:
             raise UsageError(f"no such callable: {attr!r} in {where}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UsageError(f"{target}: {attr!r} is a {type(obj).__name__}, not a callable")
+        raise UsageError(f"{target}: {attr!r} is {_a(type(obj).__name__)}, not a callable")
     try:
         result = obj()
     except Exception as exc:
@@ -122,7 +122,7 @@ def load_target(target: str) -> tuple[Callable, tuple, str]:
         raise UsageError(f"{target}() returned {_describe(result)}; expected (model, example_inputs_tuple)")
     model, inputs = result
     if not callable(model):
-        raise UsageError(f"{target}() returned a model that is a {type(model).__name__}, not callable")
+        raise UsageError(f"{target}() returned a model that is {_a(type(model).__name__)}, not callable")
     if not isinstance(inputs, (tuple, list)):
         raise UsageError(f"{target}() returned example inputs of type {type(inputs).__name__}; "
                          "expected a tuple, e.g. (x,)")
@@ -131,8 +131,12 @@ def load_target(target: str) -> tuple[Callable, tuple, str]:
 
 def _describe(value: Any) -> str:
     if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
-    return f"a {type(value).__name__}"
+        return f"{_a(type(value).__name__)} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    return _a(type(value).__name__)
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -210,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="show what convfuse does to a model's FFT sites",
-        description="Compile a model with convfuse and report every FFT site: rewritten into the fused "
-                    "operator, or skipped and why.",
+        description="Compile a model with convfuse and report every FFT site: rewritten into the\n"
+                    "fused operator, or skipped and why.",
         epilog=TARGET_HELP + "\n\n" + EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -289,7 +293,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     ui.print_report(report, title=label, verbose=args.verbose)
     if breaks is not None:
-        ui.print_graph_breaks(breaks)
+        ui.print_graph_breaks(breaks, verbose=args.verbose)
     if check is not None:
         ui.print_check(check)
     if bench is not None:
@@ -341,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_report(args)
     except UsageError as exc:
-        code, message = EXIT_USAGE, f"convfuse report: error: {exc}"
+        code, message, error = EXIT_USAGE, f"convfuse report: error: {exc}", exc
     except RunFailure as exc:
-        code, message = EXIT_FAILED, f"convfuse report: {exc}"
+        code, message, error = EXIT_FAILED, f"convfuse report: {exc}", exc
     except KeyboardInterrupt:
         return 130
     if args.verbose:
-        traceback.print_exc()
+        traceback.print_exception(error.__cause__ or error, file=sys.stderr)
     elif code == EXIT_FAILED:
         message += " (rerun with --verbose for the traceback)"
     print(message, file=sys.stderr)

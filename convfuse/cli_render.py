@@ -44,6 +44,15 @@ def shapes_text(shapes: dict[str, list]) -> str:
     return " ".join(f"{name}={'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
 
 
+def brief_reason(reason: str) -> str:
+    """Dynamo's break reason without its hints and debug context: the first line and the explanation."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    if not lines:
+        return "<no reason given>"
+    keep = [lines[0]] + [line for line in lines[1:] if line.startswith("Explanation:")]
+    return " ".join(keep)
+
+
 def site_rows(report: Any) -> list[dict[str, str]]:
     rows = []
     for i, site in enumerate(report.sites, 1):
@@ -151,7 +160,11 @@ class Console:
 
     def print_report(self, report: Any, title: str = "", verbose: bool = False) -> None:
         if title:
-            self._print(f"convfuse report: {title}")
+            head = "convfuse report: "
+            where, sep, attr = title.rpartition(":")
+            if sep and os.path.isabs(where):
+                title = relative_source(f"{where}:1").removesuffix(":1") + sep + attr
+            self._print(head + shorten(title, self.width - len(head), keep_end=True))
         if not report.sites:
             self._print("no FFT sites found (no irfft/irfftn/ifft in the compiled graphs)")
         elif self.rich is not None:
@@ -177,14 +190,13 @@ class Console:
             table.add_row(*cells)
         self.rich.print(table)
 
-    def print_graph_breaks(self, breaks: dict[str, Any]) -> None:
-        n = breaks["graph_breaks"]
-        self._print(f"graph breaks: {n} (the model runs as {breaks['graphs']} graphs; "
-                    "FFT sites split by a break are not seen together)")
+    def print_graph_breaks(self, breaks: dict[str, Any], verbose: bool = False) -> None:
+        n, graphs = breaks["graph_breaks"], breaks["graphs"]
+        self._print(f"graph breaks: {n} ({graphs} graphs; convfuse sees each graph on its own)")
         for i, reason in enumerate(breaks["reasons"], 1):
+            text = reason["reason"] if verbose else brief_reason(reason["reason"])
             head = f"  {i}. {relative_source(reason['source'])}: "
-            text = " ".join(reason["reason"].split())
-            for j, chunk in enumerate(textwrap.wrap(head + text, width=self.width, subsequent_indent="     ")):
+            for chunk in textwrap.wrap(head + " ".join(text.split()), width=self.width, subsequent_indent="     "):
                 self._print(chunk)
 
     def print_check(self, check: dict[str, Any]) -> None:

@@ -1,0 +1,293 @@
+"""`convfuse report`: driven as a subprocess on a model file written the way a user would.
+
+Each subprocess imports torch and compiles (seconds on 2 cores), so the subprocess tests
+are few and each checks several things; the many bad-target spellings run in-process
+through ``convfuse.cli.main``, the same code path minus the interpreter start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from convfuse import cli
+from convfuse.cli_render import plain_table, relative_source
+from convfuse.report import RewriteReport, SiteReport
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class HyenaConv(nn.Module):
+        def __init__(self, H=4, L=32):
+            super().__init__()
+            self.k = nn.Parameter(torch.randn(H, L))
+            self.D = nn.Parameter(torch.randn(H))
+
+        def forward(self, u):
+            L = u.shape[-1]
+            k_f = torch.fft.rfft(self.k, n=2 * L) / (2 * L)
+            u_f = torch.fft.rfft(u, n=2 * L)
+            y = torch.fft.irfft(u_f * k_f, n=2 * L, norm="forward")[..., :L]
+            return y + u * self.D[:, None]
+
+
+    def spectral_mask(x, mask):
+        # a filter in frequency with a real mask: not a convolution of two signals
+        return torch.fft.irfft(torch.fft.rfft(x) * mask, n=x.shape[-1])
+
+
+    class Mixed(nn.Module):
+        def __init__(self, H=4, L=32):
+            super().__init__()
+            self.conv = HyenaConv(H, L)
+            self.register_buffer("mask", torch.rand(L // 2 + 1))
+
+        def forward(self, u):
+            return spectral_mask(self.conv(u), self.mask)
+
+
+    def hyena():
+        torch.manual_seed(0)
+        return HyenaConv(), (torch.randn(2, 4, 32),)
+
+
+    def mixed():
+        torch.manual_seed(0)
+        return Mixed(), (torch.randn(2, 4, 32),)
+
+
+    def with_break():
+        torch.manual_seed(0)
+        conv = HyenaConv()
+
+        def broken(u):
+            y = conv(u)
+            torch._dynamo.graph_break()
+            return conv(y)
+
+        return broken, (torch.randn(2, 4, 32),)
+
+
+    def not_a_pair():
+        return HyenaConv()
+
+
+    def inputs_not_tuple():
+        return HyenaConv(), torch.randn(2, 4, 32)
+
+
+    def raises():
+        raise RuntimeError("boom")
+''')
+
+
+def line_of(snippet: str) -> int:
+    """The line of MODEL that contains ``snippet`` (1-based, as tracebacks count)."""
+    return next(i for i, line in enumerate(MODEL.splitlines(), 1) if snippet in line)
+
+
+CONV_LINE = line_of('y = torch.fft.irfft(u_f * k_f')
+MASK_LINE = line_of('return torch.fft.irfft(torch.fft.rfft(x) * mask')
+BREAK_LINE = line_of('torch._dynamo.graph_break()')
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "usermodel.py"
+    path.write_text(MODEL)
+    return path
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("CONVFUSE_KERNEL", None)
+    env["COLUMNS"] = "80"
+    return subprocess.run([sys.executable, "-m", "convfuse.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_plain(text: str) -> None:
+    assert "\x1b" not in text, "colour codes in non-terminal output"
+    too_wide = [line for line in text.splitlines() if len(line) > 80]
+    assert not too_wide, too_wide
+
+
+def test_table_json_and_fail_on_skip(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    proc = run_cli("report", "usermodel.py:mixed", "--json", str(out), "--fail-on-skip", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # a site was skipped
+    text = proc.stdout
+    assert_plain(text)
+    assert "2 FFT sites, 1 rewritten (50%)" in text
+    rows = [line for line in text.splitlines() if line[:3] in ("1  ", "2  ")]
+    assert len(rows) == 2
+    conv, mask = rows
+    assert "rewritten" in conv and "causal-conv" in conv and f"usermodel.py:{CONV_LINE}" in conv  # relative to cwd
+    assert " -1 " in conv and " 64 " in conv  # axis, n
+    assert "skipped" in mask and f"usermodel.py:{MASK_LINE}" in mask
+    assert "shapes: u=2x4x32 k=4x32 out=2x4x32" in text
+    assert "reason: " in text
+
+    data = json.loads(out.read_text())
+    assert data["summary"] == "2 FFT sites, 1 rewritten (50%)"
+    assert [s["status"] for s in data["sites"]] == ["rewritten", "skipped"]
+    assert data["sites"][0]["spec"]["n"] == 64 and data["sites"][1]["reason"]
+    assert data["cli"]["target"] == "usermodel.py:mixed"
+    assert "check" not in data and "bench" not in data
+
+    # The one serializer: the JSON's report keys are exactly what the Python API writes.
+    import convfuse
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import usermodel  # type: ignore[import-not-found]
+
+        model, inputs = usermodel.mixed()
+        api = json.loads(convfuse.explain(model, *inputs).to_json())
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("usermodel", None)
+    assert {k: data[k] for k in api} == api
+    assert set(data) - set(api) == {"cli"}
+
+
+def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = run_cli("report", str(model_file) + ":hyena", "--check", "--bench", "--repeats", "2",
+                   "--fail-on-skip", "--json", str(out), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert_plain(proc.stdout)
+    assert "1 FFT site, 1 rewritten (100%)" in proc.stdout
+    assert "check: eager vs convfuse" in proc.stdout and ": ok" in proc.stdout
+    for name in ("eager", "inductor", "convfuse"):
+        assert f"  {name} " in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["check"]["ok"] and data["check"]["max_rel_error"] < 1e-4
+    assert set(data["bench"]["median_ms"]) == {"eager", "inductor", "convfuse"}
+    assert data["bench"]["repeats"] == 2
+
+
+def test_graph_breaks_are_listed(model_file: Path, tmp_path: Path) -> None:
+    proc = run_cli("report", "usermodel.py:with_break", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_plain(proc.stdout)
+    assert "2 FFT sites, 2 rewritten (100%) in 2 graphs" in proc.stdout
+    assert "graph breaks: 1 (2 graphs" in proc.stdout
+    assert f"usermodel.py:{BREAK_LINE}" in proc.stdout  # the graph_break() line
+
+
+def test_usage_error_is_one_line(tmp_path: Path) -> None:
+    proc = run_cli("report", "missing.py:example", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["convfuse report: error: no such file: missing.py"]
+    assert proc.stdout == ""
+
+
+def test_help_explains_target(tmp_path: Path) -> None:
+    proc = run_cli("report", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "TARGET is PATH.py:CALLABLE or package.module:CALLABLE" in proc.stdout
+    assert "convfuse report my_model.py:example" in proc.stdout
+    assert_plain(proc.stdout)
+
+
+@pytest.mark.skipif(not (REPO / "examples" / "hyena.py").exists(), reason="examples/hyena.py not written yet")
+def test_examples_hyena(tmp_path: Path) -> None:
+    proc = run_cli("report", "examples/hyena.py:example", "--json", str(tmp_path / "h.json"), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert_plain(proc.stdout)
+    assert "examples/hyena.py:" in proc.stdout
+    data = json.loads((tmp_path / "h.json").read_text())
+    assert data["sites"] and all(s["status"] == "rewritten" for s in data["sites"])
+
+
+# ---------------------------------------------------------------- in-process: the same main()
+
+
+@pytest.fixture
+def in_process(model_file: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(model_file.parent)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield lambda *args: cli.main(list(args))
+    for name in set(sys.modules) - before:
+        if name in ("usermodel", "_convfuse_target"):
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("missing.py:example", "no such file: missing.py"),
+    ("usermodel.py:nope", "no such callable: 'nope' in usermodel.py"),
+    ("usermodel:nope", "no such callable: 'nope' in usermodel"),
+    ("no_such_pkg.models:example", "no such module: no_such_pkg.models"),
+    ("usermodel.py", "is not PATH.py:CALLABLE or package.module:CALLABLE"),
+    ("usermodel.py:not_a_pair", "returned a HyenaConv; expected (model, example_inputs_tuple)"),
+    ("usermodel.py:inputs_not_tuple", "returned example inputs of type Tensor; expected a tuple"),
+    ("usermodel.py:raises", "raised RuntimeError: boom"),
+    ("usermodel.py:torch", "is a module, not a callable"),
+])
+def test_bad_targets(in_process, capsys, target: str, message: str) -> None:
+    assert in_process("report", target) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("convfuse report: error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize("policy, message", [
+    ("bogus", "unknown policy 'bogus'"),
+    ("exact:length", "'length' is not KEY=VALUE"),
+    ("exact:a=1,a=2", "'a' given twice"),
+    (":x=1", "unparsable policy"),
+])
+def test_bad_policies(in_process, capsys, policy: str, message: str) -> None:
+    assert in_process("report", "usermodel.py:hyena", "--policy", policy) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_verbose_shows_the_traceback(in_process, capsys) -> None:
+    assert in_process("report", "usermodel.py:raises", "--verbose") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "boom" in err
+
+
+def test_no_command_and_top_level_help(capsys) -> None:
+    assert cli.main([]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "report" in out and "TARGET is PATH.py:CALLABLE" in out
+
+
+def test_policy_text_parsing() -> None:
+    assert cli.parse_policy_text("exact") == ("exact", {})
+    assert cli.parse_policy_text("Partial:length=1024") == ("partial", {"length": 1024})
+    assert cli.parse_policy_text("freq:keep=0.25, mode=block") == ("freq", {"keep": 0.25, "mode": "block"})
+    assert cli.parse_policy_text("auto:max_rel_error=1e-3,strict=true") == (
+        "auto", {"max_rel_error": 1e-3, "strict": True})
+    assert str(cli.make_policy("exact")) == "exact"
+
+
+def test_plain_table_fits_80_columns(tmp_path: Path) -> None:
+    long = "/very/long/path/" + "deeply/nested/" * 6 + "model_file_with_a_long_name.py:1234"
+    report = RewriteReport(graphs=2, sites=[
+        SiteReport("rewritten", "causal-conv", long, kernel="reference", policy="partial:length=1024,keep=0.25",
+                   shapes={"u": [64, 768, 32768], "k": [768, 32768], "out": [64, 768, 32768]}),
+        SiteReport("skipped", "spectral-filter", long, reason="a very long reason " * 12, graph=1),
+    ])
+    text = plain_table(report)
+    assert_plain(text)
+    assert "model_file_with_a_long_name.py:1234" in text  # abbreviated from the left, kept whole below
+    assert "partial:length=1024,keep=0.25" in text
+    assert relative_source(str(tmp_path / "m.py") + ":3", cwd=str(tmp_path)) == "m.py:3"
+    assert relative_source("/elsewhere/m.py:3", cwd=str(tmp_path)) == "/elsewhere/m.py:3"
