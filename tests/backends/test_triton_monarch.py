@@ -119,6 +119,28 @@ def test_large_sizes_outer_radix_64_128():
     _check((1, 30000), (1, 20000), ConvParams(65536, 0, 30000), torch.float32, rtol=1e-5)
 
 
+def test_two_level_outer_plan(monkeypatch):
+    # the smallest real two-level size is 256K (~8 s in the interpreter); the same kernels are
+    # checked on a 16 x 16 x 256 plan for n = 65536 (a test-only factorization)
+    monkeypatch.setitem(plan_mod.OUTER, 65536, (16, 16, 256))
+    plan_mod._plan_cached.cache_clear()
+    try:
+        pl = tm.plan_for(65536, torch.float64, "cpu")
+        assert pl.radices == (16, 16, 16, 16) and pl.f0b.shape == (2, 16, 16)
+        _check((1, 40000), (1, 20000), ConvParams(65536, 7, 40000, conj_kernel=True), torch.float64,
+               D=(1, 40000), post=(1, 40000))
+    finally:
+        plan_mod._plan_cached.cache_clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1 << 18, 1 << 20])
+def test_two_level_real_sizes(n):
+    pl = tm.plan_for(n, torch.float32, "cpu")
+    assert pl.n0b > 1 and pl.inner.n == 1024
+    _check((1, n // 2), (1, n // 2), ConvParams(n, 0, n // 2), torch.float32, rtol=1e-5)
+
+
 def test_plans_are_cached_and_gpu_legal():
     for n, (n1, n2) in plan_mod.FACTORS.items():
         pl = tm.plan_for(n, torch.float32, "cpu")
@@ -132,7 +154,8 @@ def test_plans_are_cached_and_gpu_legal():
                 for shape in pl.dot_shapes(half_in, half_out):
                     tm.check_dot_shape(*shape)
     assert isinstance(tm.plan_for(2048, torch.float32, "cpu"), str)
-    assert isinstance(tm.plan_for(2**20, torch.float32, "cpu"), str)  # needs a second outer pass
+    assert isinstance(tm.plan_for(2**23, torch.float32, "cpu"), str)  # beyond 4M: no plan
+    assert isinstance(tm.plan_for(3 * 2**12, torch.float32, "cpu"), str)  # not a power of two
     assert isinstance(tm.plan_for(256, torch.float16, "cpu"), str)  # half inputs compute in fp32
     f64 = tm.plan_for(512, torch.float64, "cpu")
     z = torch.complex(f64.f1[0], f64.f1[1])

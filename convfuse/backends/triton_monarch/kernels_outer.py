@@ -9,6 +9,9 @@ fp32 buffer Z (rows, 2, N0, m) (real/imag planes):
                 input); * kernel spectrum; inverse; * W_n^(-j' k0); store back   per (row, k0)
     outer_inv   y[m*j0 + j'] = Re sum_k0 conj(F0)[j0, k0] Z[k0, j'], then window + epilogue
 
+Sizes beyond 128K add a middle level, n = N0A * N0B * m (``_mid``: complex DFT matmuls over N0B with
+on-the-fly twiddles, forward and inverse), so five launches in all.
+
 Both twiddles live in the inner kernel, so the outer passes are plain DFT matmuls, looped over
 K chunks of KB (N0 up to 128 does not fit one dot's registers).  Causal padding: the forward
 pass reads only rows j0 < N0/2 when the input is in the first half, and the inverse computes only
@@ -62,27 +65,31 @@ def _outer_fwd(
 
 
 def _inner(
-    z_ptr,  # (rows, 2, N0, M1*M2), read and written in place
-    k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, N0, M1, M2): [k0, k1, k2] = freq k0 + N0*(k1 + M1*k2)
+    z_ptr,  # (rows, 2, NSEQ, M1*M2), read and written in place
+    k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, NSEQ, M1, M2) in Monarch order
     f1_ptr, f2_ptr, tw_ptr,  # inner plan: (2, M1, M1), (2, M2, M2), (2, M1, M2)
-    otw_ptr,  # outer twiddles (2, N0, M): W_n^(j' k0)
-    N0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, PREC: tl.constexpr,
+    otw_ptr,  # twiddles of the enclosing level (2, NTW, M): W_(NTW*M)^(j' k0), k0 = sequence % NTW
+    NSEQ: tl.constexpr,  # length-M sequences per row: N0 (one outer level) or N0a*N0b (two)
+    NTW: tl.constexpr,  # radix of the level right above: N0 or N0b
+    M1: tl.constexpr, M2: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = M1 * M2
+    N0: tl.constexpr = NSEQ  # plane size below is NSEQ * M = n
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // N0
-    k0 = pid % N0
+    row = pid // NSEQ
+    seq = pid % NSEQ
+    k0 = seq % NTW
     CT = z_ptr.dtype.element_ty
     DT = f1_ptr.dtype.element_ty
     a1 = tl.arange(0, M1)
     a2 = tl.arange(0, M2)
     tile = a1[:, None] * M2 + a2[None, :]  # (M1, M2): j' = M2*j1 + j2
-    zr_ptr = z_ptr + row * (2 * N0 * M) + k0 * M
+    zr_ptr = z_ptr + row * (2 * N0 * M) + seq * M
     zi_ptr = zr_ptr + N0 * M
 
     # z * W_n^(j' k0)
     otr = tl.load(otw_ptr + k0 * M + tile)
-    oti = tl.load(otw_ptr + N0 * M + k0 * M + tile)
+    oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
     zr = tl.load(zr_ptr + tile)
     zi = tl.load(zi_ptr + tile)
     zr, zi = zr * otr - zi * oti, zr * oti + zi * otr
@@ -109,7 +116,7 @@ def _inner(
     ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT)
 
     # kernel spectrum for this k0 (scale and 1/n folded in)
-    k_base = k_ptr + tl.load(k_off_ptr + row) + k0 * M
+    k_base = k_ptr + tl.load(k_off_ptr + row) + seq * M
     kr = tl.load(k_base + tile)
     ki = tl.load(k_base + N0 * M + tile)
     cr, ci = cr * kr - ci * ki, cr * ki + ci * kr
@@ -182,7 +189,62 @@ def _outer_inv(
     tl.store(out_ptr + row * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
 
 
+def _mid(
+    z_ptr,  # (rows, 2, N0A, N0B, M), read and written in place
+    f_ptr,  # (2, N0B, N0B) dot dtype
+    N0A: tl.constexpr, N0B: tl.constexpr, M: tl.constexpr, BJ: tl.constexpr, KB: tl.constexpr,
+    INVERSE: tl.constexpr, PREC: tl.constexpr,
+):
+    # The middle level of a two-level plan n = N0A * (N0B * M), per (row, k0a, block of j''):
+    #   forward:  s[j'] = Z[k0a, j'] * W_n^(j' k0a) with j' = M*j0b + j'', then a DFT over j0b
+    #   inverse:  a conjugate DFT over k0b, then * W_n^(-j' k0a)
+    # Twiddles are computed here (an (N0A, n/N0A) table would be as large as a row); the angle's
+    # integer part j'*k0a < n is exact, so fp32 keeps ~1e-7 accuracy.
+    NN: tl.constexpr = N0A * N0B * M
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // N0A
+    k0a = pid % N0A
+    jb = tl.program_id(1) * BJ
+    CT = z_ptr.dtype.element_ty
+    DT = f_ptr.dtype.element_ty
+    ab = tl.arange(0, N0B)
+    kb = tl.arange(0, KB)
+    cols = jb + tl.arange(0, BJ)
+    base = z_ptr + row * (2 * NN) + k0a * (N0B * M)
+    acc_r = tl.full((N0B, BJ), 0.0, CT)
+    acc_i = tl.full((N0B, BJ), 0.0, CT)
+    for c in range(0, N0B, KB):
+        jj = (c + kb)[:, None] * M + cols[None, :]  # (KB, BJ) positions j' of this chunk
+        zr = tl.load(base + jj)
+        zi = tl.load(base + NN + jj)
+        if not INVERSE:
+            ang = (jj * k0a).to(CT) * (-6.283185307179586 / NN)
+            wr = tl.cos(ang)
+            wi = tl.sin(ang)
+            zr, zi = zr * wr - zi * wi, zr * wi + zi * wr
+        zrd = zr.to(DT)
+        zid = zi.to(DT)
+        f_idx = ab[:, None] * N0B + (c + kb)[None, :]
+        fr = tl.load(f_ptr + f_idx)
+        fi = tl.load(f_ptr + N0B * N0B + f_idx)
+        if INVERSE:  # conj(F) @ Z
+            acc_r += (tl.dot(fr, zrd, input_precision=PREC) + tl.dot(fi, zid, input_precision=PREC)).to(CT)
+            acc_i += (tl.dot(fr, zid, input_precision=PREC) - tl.dot(fi, zrd, input_precision=PREC)).to(CT)
+        else:  # F @ Z
+            acc_r += (tl.dot(fr, zrd, input_precision=PREC) - tl.dot(fi, zid, input_precision=PREC)).to(CT)
+            acc_i += (tl.dot(fr, zid, input_precision=PREC) + tl.dot(fi, zrd, input_precision=PREC)).to(CT)
+    jo = ab[:, None] * M + cols[None, :]  # (N0B, BJ) output positions
+    if INVERSE:
+        ang = (jo * k0a).to(CT) * (6.283185307179586 / NN)
+        wr = tl.cos(ang)
+        wi = tl.sin(ang)
+        acc_r, acc_i = acc_r * wr - acc_i * wi, acc_r * wi + acc_i * wr
+    tl.store(base + jo, acc_r)
+    tl.store(base + NN + jo, acc_i)
+
+
 # compiled (CUDA) and interpreted (CPU, TRITON_INTERPRET=1) builds; see kernels.py
 OUTER_FWD = {False: JITFunction(_outer_fwd), True: InterpretedFunction(_outer_fwd)}
 INNER = {False: JITFunction(_inner), True: InterpretedFunction(_inner)}
+MID = {False: JITFunction(_mid), True: InterpretedFunction(_mid)}
 OUTER_INV = {False: JITFunction(_outer_inv), True: InterpretedFunction(_outer_inv)}

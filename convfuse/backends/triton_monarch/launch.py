@@ -83,7 +83,8 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
     pl = r.plan
     skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
     return (f"triton monarch n={r.m} = {'x'.join(map(str, pl.radices))}"
-            + (f" (outer radix-{pl.n0} passes through GPU memory)" if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
+            + (f" (outer radix-{pl.n0}{f' and middle radix-{pl.n0b}' if pl.n0b > 1 else ''} passes through GPU memory)"
+               if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
             + f", dots in {str(pl.dot_dtype).removeprefix('torch.')}" + (f", skips {' and '.join(skips)}" if skips else ""))
 
 
@@ -125,17 +126,24 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     if isinstance(plan, OuterPlan):
         from convfuse.backends.triton_monarch import kernels_outer as ko
 
-        inner, m = plan.inner, plan.inner.n
+        inner, m = plan.inner, plan.n2  # m: the length of one outer column sequence, n / N0
         # complex fp32 (fp64) buffer between the passes: (rows, 2, N0, m)
         z = torch.empty((rows, 2, plan.n0, m), dtype=dtype, device=u.device)
         grid = (rows, m // OUTER_BJ)
+        mid = dict(N0A=plan.n0, N0B=plan.n0b, M=inner.n, BJ=OUTER_BJ, KB=OUTER_KB, PREC=plan.input_precision,
+                   num_warps=NUM_WARPS)
         del flags["HAS_D"], flags["HAS_POST"]
         ko.OUTER_FWD[interpret][grid](
             u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
             N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=r.half_in, **flags)
-        ko.INNER[interpret][(rows * plan.n0,)](
+        if plan.n0b > 1:
+            ko.MID[interpret][(rows * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
+        ko.INNER[interpret][(rows * (r.m // inner.n),)](
             z, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
-            N0=plan.n0, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision, num_warps=NUM_WARPS)
+            NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision,
+            num_warps=NUM_WARPS)
+        if plan.n0b > 1:
+            ko.MID[interpret][(rows * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
         ko.OUTER_INV[interpret][grid](
             z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
             D if D is not None else u, d_off, d_s, post_gate if post_gate is not None else u, post_off, post_s,

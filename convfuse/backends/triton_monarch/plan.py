@@ -36,11 +36,15 @@ MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
 FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32)}
 FUSED_SIZES = tuple(sorted(FACTORS))
-# n -> (N0, m): an outer radix-N0 pass through GPU memory around a fused size-m transform
-# (kernels_outer.py).  N0 = 32 where possible, for causal skipping; N0 = 64, 128 are direct DFT
-# matmuls looped over K chunks of 32 (FlashFFTConv's outer radices go to 128 as well).
-OUTER: dict[int, tuple[int, int]] = {4096: (16, 256), 8192: (32, 256), 16384: (32, 512), 32768: (32, 1024),
-                                     65536: (64, 1024), 131072: (128, 1024)}
+# n -> (N0, N0B, m): an outer radix-N0 pass through GPU memory around a fused size-m transform
+# (kernels_outer.py), with a middle radix-N0B level when N0B > 1.  N0 = 32 where possible, for
+# causal skipping; radices 64 and 128 are direct DFT matmuls looped over K chunks
+# (FlashFFTConv's outer radices go to 128 as well).
+OUTER: dict[int, tuple[int, int, int]] = {
+    4096: (16, 1, 256), 8192: (32, 1, 256), 16384: (32, 1, 512), 32768: (32, 1, 1024), 65536: (64, 1, 1024),
+    131072: (128, 1, 1024), 262144: (16, 16, 1024), 524288: (32, 16, 1024), 1 << 20: (32, 32, 1024),
+    1 << 21: (32, 64, 1024), 1 << 22: (64, 64, 1024),
+}
 PLAN_SIZES = tuple(sorted({*FACTORS, *OUTER}))
 OUTER_BJ = 32  # columns j' per program in the outer passes
 OUTER_KB = 16  # K chunk of the outer DFT matmuls
@@ -98,19 +102,22 @@ class OuterPlan:
 
     n: int
     n0: int
+    n0b: int  # middle radix, 1 when there is no middle level
     inner: MonarchPlan
     f0: Tensor  # (2, N0, N0) dot dtype
-    otw: Tensor  # (2, N0, m) compute dtype: W_n^(j' k0)
+    f0b: Tensor | None  # (2, N0B, N0B) dot dtype
+    otw: Tensor  # (2, NTW, m) compute dtype: W_(NTW*m)^(j' k0), NTW = N0B or N0 (the level above m)
 
     compute_dtype = property(lambda self: self.inner.compute_dtype)
     dot_dtype = property(lambda self: self.inner.dot_dtype)
     input_precision = property(lambda self: self.inner.input_precision)
     n1 = property(lambda self: self.n0)  # the axis causal skipping halves
-    n2 = property(lambda self: self.inner.n)
+    n2 = property(lambda self: self.n // self.n0)
+    ntw = property(lambda self: self.n0b if self.n0b > 1 else self.n0)
 
     @property
     def radices(self) -> tuple[int, ...]:
-        return (self.n0, self.inner.n1, self.inner.n2)
+        return (self.n0,) + ((self.n0b,) if self.n0b > 1 else ()) + (self.inner.n1, self.inner.n2)
 
     @property
     def can_skip_half(self) -> bool:
@@ -119,7 +126,9 @@ class OuterPlan:
     def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
         rows_out = self.n0 // 2 if half_out else self.n0
         i = self.inner
-        return [(self.n0, OUTER_BJ, OUTER_KB), (i.n1, i.n2, i.n1), (i.n1, i.n2, i.n2), (rows_out, OUTER_BJ, OUTER_KB)]
+        mid = [(self.n0b, OUTER_BJ, OUTER_KB)] if self.n0b > 1 else []
+        return [(self.n0, OUTER_BJ, OUTER_KB), *mid, (i.n1, i.n2, i.n1), (i.n1, i.n2, i.n2),
+                (rows_out, OUTER_BJ, OUTER_KB)]
 
     def smem_bytes(self) -> int:
         return self.inner.smem_bytes()  # the inner kernel is the largest; outer tiles are (N0, 32)
@@ -158,19 +167,22 @@ def dot_dtype_for(compute: torch.dtype, u_dtype: torch.dtype, out_dtype: torch.d
 def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device) -> MonarchPlan | OuterPlan | str:
     if n not in FACTORS and n not in OUTER:
         return (
-            f"n={n} has no Monarch plan (sizes: {', '.join(map(str, PLAN_SIZES))}; larger ones need a second "
-            f"outer pass, not built yet, and other sizes a mixed radix: cuFFT/reference runs instead)"
+            f"n={n} has no Monarch plan (sizes: {', '.join(map(str, PLAN_SIZES))}; other sizes need a mixed "
+            f"radix, not built: cuFFT/reference runs instead)"
         )
     if dot == torch.float64 and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         return "fp64 tl.dot needs sm80 or newer"
     if n in OUTER:
-        n0, m = OUTER[n]
+        n0, n0b, m = OUTER[n]
         inner = _plan_cached(m, compute, dot, device)
         if isinstance(inner, str):
             return inner
-        check_dot_shape(n0, OUTER_BJ, OUTER_KB)
-        return OuterPlan(n, n0, inner, f0=_dft(n0, n0, n0).to(device=device, dtype=dot).contiguous(),
-                         otw=_dft(n0, m, n).to(device=device, dtype=compute).contiguous())
+        for r in (n0, n0b) if n0b > 1 else (n0,):
+            check_dot_shape(r, OUTER_BJ, OUTER_KB)
+        mat = lambda r: _dft(r, r, r).to(device=device, dtype=dot).contiguous()  # noqa: E731
+        ntw = n0b if n0b > 1 else n0
+        return OuterPlan(n, n0, n0b, inner, f0=mat(n0), f0b=mat(n0b) if n0b > 1 else None,
+                         otw=_dft(ntw, m, ntw * m).to(device=device, dtype=compute).contiguous())
     n1, n2 = FACTORS[n]
     check_dot_shape(n1, n2, n1)
     plan = MonarchPlan(
