@@ -55,10 +55,11 @@ def fftconv(u, k, D):
     return y + u * D.unsqueeze(-1)
 
 
-def convfuse_op(u, k, D):
+def convfuse_op(u, k, D, constant=False):
+    """What the rewrite emits for fftconv; constant=True when k is module state (a parameter/buffer)."""
     L = u.shape[-1]
     return torch.ops.convfuse.fft_conv(u, k, D.unsqueeze(-1), None, None, 2 * L, 0, L, 1.0, 0.0, False,
-                                       u.dtype, "cpu")
+                                       u.dtype, "cpu", constant_kernel=constant)
 
 
 def make_floor(u):
@@ -89,7 +90,7 @@ def make_variants(B, H, L, compiled):
         "eager": lambda: fftconv(u, k_in, D),
         "compile": lambda: compiled(u, k_in, D),
         "convfuse_input": lambda: convfuse_op(u, k_in, D),
-        "convfuse_const": lambda: convfuse_op(u, k_const, D),
+        "convfuse_const": lambda: convfuse_op(u, k_const, D, constant=True),
         "floor": floor,
     }
     # Kernel as an input: a new version before every call, outside the timer (no cache can hit).

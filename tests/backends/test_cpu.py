@@ -136,7 +136,7 @@ def test_gradients_match_reference(algo, conj, monkeypatch):
 
 
 def test_cost_model_choices():
-    assert describe_cpu_algorithm(2048, 1024, 4, 0, 1024, 8).startswith("cpu-direct")
+    assert describe_cpu_algorithm(2048, 1024, 32, 0, 1024, 8).startswith("cpu-direct")
     assert describe_cpu_algorithm(2 * 16384, 16384, 256, 0, 16384, 8).startswith("cpu-overlap-save")
     assert describe_cpu_algorithm(2048, 1024, 1024, 0, 1024, 8).startswith("cpu-fft")
     assert describe_cpu_algorithm(1024, 1024, 4, 0, 1024, 8).startswith("cpu-fft")  # circular: not linear
@@ -168,8 +168,9 @@ def fresh_cache():
     cpu_cache.clear()
 
 
-def _conv(u, k):
-    return torch.ops.convfuse.fft_conv(u, k, None, None, None, 64, 0, 32, 1.0, 0.0, False, torch.float32, "cpu")
+def _conv(u, k, constant=True):
+    return torch.ops.convfuse.fft_conv(u, k, None, None, None, 64, 0, 32, 1.0, 0.0, False, torch.float32, "cpu",
+                                       constant_kernel=constant)
 
 
 def _ref(u, k):
@@ -216,6 +217,13 @@ def test_cache_hits_through_detached_aliases_and_is_bounded(fresh_cache, monkeyp
     for k in kernels * 2:
         _conv(u, k)
     assert len(cpu_cache._entries) <= 2
+
+
+def test_kernels_not_marked_constant_are_not_cached(fresh_cache):
+    u, k = torch.randn(1, 4, 32), torch.randn(4, 32)
+    for _ in range(3):
+        _conv(u, k, constant=False)
+    assert fresh_cache["stores"] == 0 and fresh_cache["misses"] == 0
 
 
 def test_inference_tensors_are_not_cached(fresh_cache):
