@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--kernel", choices=KERNELS, default=None,
                         help="implementation of the fused operator (default: auto, or $CONVFUSE_KERNEL)")
     report.add_argument("--dynamic", action="store_true", help="compile with dynamic shapes (dynamic=True)")
-    report.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    report.add_argument("--json", metavar="PATH",
+                        help="also write the report as JSON to PATH ('-': JSON on stdout, the table on stderr)")
     report.add_argument("--check", action="store_true",
                         help="run eager and convfuse-compiled; print the max abs/rel error")
     report.add_argument("--bench", action="store_true",
@@ -265,7 +266,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
     options = _backend_options(args)
-    ui = cli_render.Console(verbose=args.verbose)
+    ui = cli_render.Console(verbose=args.verbose, to_stderr=args.json == "-")
     dynamic = True if args.dynamic else None
     with ui.stage(f"loading {args.target}"):
         model, inputs, label = load_target(args.target)
@@ -300,7 +301,8 @@ def run_report(args: argparse.Namespace) -> int:
         ui.print_bench(bench)
     if args.json:
         _write_json(args.json, report, label, options, dynamic, check, bench, breaks)
-        ui.note(f"wrote {args.json}")
+        if args.json != "-":
+            ui.note(f"wrote {args.json}")
     if args.fail_on_skip and report.skipped:
         return EXIT_SKIPPED
     return EXIT_OK
@@ -329,8 +331,13 @@ def _write_json(path: str, report, label: str, options: dict, dynamic, check, be
         data["check"] = check
     if bench is not None:
         data["bench"] = bench
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
     try:
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        Path(path).write_text(text)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 

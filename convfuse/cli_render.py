@@ -134,13 +134,14 @@ def _rich_console():
 class Console:
     """Where the report goes: stdout as plain text, or through rich on a terminal."""
 
-    def __init__(self, verbose: bool = False, width: int = WIDTH) -> None:
+    def __init__(self, verbose: bool = False, width: int = WIDTH, to_stderr: bool = False) -> None:
         self.verbose = verbose
         self.width = width
-        self.rich = _rich_console()
+        self.stream = sys.stderr if to_stderr else sys.stdout  # stderr when stdout carries the JSON
+        self.rich = None if to_stderr else _rich_console()
 
     def _print(self, text: str = "") -> None:
-        print(text, flush=True)
+        print(text, file=self.stream, flush=True)
 
     @contextlib.contextmanager
     def stage(self, message: str) -> Iterator[None]:
@@ -175,20 +176,14 @@ class Console:
         self._print(report.summary() + graphs)
 
     def _rich_table(self, report: Any, verbose: bool) -> None:
-        from rich.table import Table
+        """The plain table at the terminal's width, its status words coloured."""
+        from rich.text import Text
 
-        table = Table(show_lines=False, header_style="bold")
-        columns = [c for c in COLUMNS if c != "graph" or report.graphs > 1] + ["shapes", "reason"]
-        if verbose:
-            columns.insert(-1, "spec")
-        for c in columns:
-            table.add_column(c, overflow="fold", justify="right" if c in ("#", "graph", "axis", "n") else "left")
-        styles = {"rewritten": "green", "skipped": "yellow"}
-        for row in site_rows(report):
-            cells = [row[c] for c in columns]
-            cells[columns.index("status")] = f"[{styles.get(row['status'], '')}]{row['status']}[/]"
-            table.add_row(*cells)
-        self.rich.print(table)
+        text = Text(plain_table(report, max(self.width, self.rich.width), verbose))
+        text.stylize("bold", 0, text.plain.index("\n"))
+        text.highlight_regex(r"(?m)(?<=  )rewritten(?=  )", "green")
+        text.highlight_regex(r"(?m)(?<=  )skipped(?=  )", "yellow")
+        self.rich.print(text, soft_wrap=True)
 
     def print_graph_breaks(self, breaks: dict[str, Any], verbose: bool = False) -> None:
         n, graphs = breaks["graph_breaks"], breaks["graphs"]
