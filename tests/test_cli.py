@@ -177,13 +177,17 @@ def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:
     assert data["bench"]["repeats"] == 2
 
 
-def test_graph_breaks_are_listed(model_file: Path, tmp_path: Path) -> None:
-    proc = run_cli("report", "usermodel.py:with_break", cwd=tmp_path)
+def test_graph_breaks_dynamic_and_json_on_stdout(model_file: Path, tmp_path: Path) -> None:
+    proc = run_cli("report", "usermodel.py:with_break", "--dynamic", "--json", "-", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert_plain(proc.stdout)
-    assert "2 FFT sites, 2 rewritten (100%) in 2 graphs" in proc.stdout
-    assert "graph breaks: 1 (2 graphs" in proc.stdout
-    assert f"usermodel.py:{BREAK_LINE}" in proc.stdout  # the graph_break() line
+    data = json.loads(proc.stdout)  # stdout is the JSON alone; the table went to stderr
+    assert data["cli"]["dynamic"] is True
+    assert data["graphs"] == 2 and [s["graph"] for s in data["sites"]] == [0, 1]
+    assert data["graph_breaks"]["graph_breaks"] == 1
+    assert data["graph_breaks"]["reasons"][0]["source"].endswith(f"usermodel.py:{BREAK_LINE}")
+    assert "2 FFT sites, 2 rewritten (100%) in 2 graphs" in proc.stderr
+    assert "graph breaks: 1 (2 graphs" in proc.stderr
+    assert f"usermodel.py:{BREAK_LINE}" in proc.stderr  # the graph_break() line, relative to cwd
 
 
 def test_usage_error_is_one_line(tmp_path: Path) -> None:
