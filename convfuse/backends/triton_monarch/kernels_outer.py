@@ -126,15 +126,23 @@ def _inner(
     cid = ci.to(DT)
     dr = (tl.dot(crd, f2r, input_precision=PREC) + tl.dot(cid, f2i, input_precision=PREC)).to(CT)
     di = (tl.dot(cid, f2r, input_precision=PREC) - tl.dot(crd, f2i, input_precision=PREC)).to(CT)
+    # constants are re-loaded (L1/L2 hits) rather than kept live across the spectrum product:
+    # with fp32 (tf32x3) dots, keeping them spilled registers to the stack on sm90
+    twr = tl.load(tw_ptr + tile)
+    twi = tl.load(tw_ptr + M + tile)
     dr, di = dr * twr + di * twi, di * twr - dr * twi
 
     # inverse stage 1, complex output: E = conj(F1) @ D
     drd = dr.to(DT)
     did = di.to(DT)
+    f1r = tl.load(f1_ptr + f1_idx)
+    f1i = tl.load(f1_ptr + M1 * M1 + f1_idx)
     er = (tl.dot(f1r, drd, input_precision=PREC) + tl.dot(f1i, did, input_precision=PREC)).to(CT)
     ei = (tl.dot(f1r, did, input_precision=PREC) - tl.dot(f1i, drd, input_precision=PREC)).to(CT)
 
     # * W_n^(-j' k0), back to the buffer
+    otr = tl.load(otw_ptr + k0 * M + tile)
+    oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
     er, ei = er * otr + ei * oti, ei * otr - er * oti
     tl.store(zr_ptr + tile, er)
     tl.store(zi_ptr + tile, ei)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 RADICES = (16, 32)
+FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
 FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32)}
@@ -79,7 +81,14 @@ class MonarchPlan:
     @property
     def input_precision(self) -> str:
         # fp32 operands: tf32x3 keeps ~fp32 accuracy on tensor cores (plain tf32 loses ~3 digits).
-        return "tf32x3" if self.dot_dtype == torch.float32 else "ieee"
+        # Compiled for sm90, tf32x3 spills ~0.9 KB/thread of stack in the 32x32 inner kernel where tf32
+        # spills none and ieee (no tensor cores) spills 5 KB: CONVFUSE_TRITON_FP32_DOT picks.
+        if self.dot_dtype != torch.float32:
+            return "ieee"
+        choice = os.environ.get("CONVFUSE_TRITON_FP32_DOT", "tf32x3").strip().lower()
+        if choice not in FP32_DOT_CHOICES:
+            raise ValueError(f"CONVFUSE_TRITON_FP32_DOT={choice!r}: expected one of {', '.join(FP32_DOT_CHOICES)}")
+        return choice
 
     def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
         rows_in = self.n1 // 2 if half_in else self.n1
