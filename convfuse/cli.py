@@ -103,8 +103,8 @@ def _import_module(name: str):
         raise UsageError(f"importing {name} failed: {_one_line(exc)}") from exc
 
 
-def load_target(target: str) -> tuple[Callable, tuple, str]:
-    """``(model, example_inputs, label)`` from ``file.py:callable`` or ``package.module:callable``."""
+def load_target(target: str) -> tuple[Callable, tuple]:
+    """``(model, example_inputs)`` from ``file.py:callable`` or ``package.module:callable``."""
     where, attr = _split_target(target)
     module = _import_file(where) if _is_path(where) else _import_module(where)
     obj: Any = module
@@ -126,7 +126,7 @@ def load_target(target: str) -> tuple[Callable, tuple, str]:
     if not isinstance(inputs, (tuple, list)):
         raise UsageError(f"{target}() returned example inputs of type {type(inputs).__name__}; "
                          "expected a tuple, e.g. (x,)")
-    return model, tuple(inputs), target
+    return model, tuple(inputs)
 
 
 def _describe(value: Any) -> str:
@@ -243,18 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """torch.compile's ``options=`` for the backend: the kernel and the policy object."""
     from convfuse.options import BackendOptions
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"policy": make_policy(args.policy) if args.policy is not None else None}
     if args.kernel:
         options["kernel"] = args.kernel
-    if args.policy is not None:
-        options["policy"] = make_policy(args.policy)
     try:
-        BackendOptions.parse(dict(options))
+        parsed = BackendOptions.parse(dict(options))  # CONVFUSE_KERNEL and defaults resolved here
     except ValueError as exc:
         raise UsageError(str(exc).removeprefix("convfuse: ")) from exc
-    return options
+    return {"kernel": parsed.kernel, "policy": parsed.policy}
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -268,8 +267,9 @@ def run_report(args: argparse.Namespace) -> int:
     options = _backend_options(args)
     ui = cli_render.Console(verbose=args.verbose, to_stderr=args.json == "-")
     dynamic = True if args.dynamic else None
-    with ui.stage(f"loading {args.target}"):
-        model, inputs, label = load_target(args.target)
+    label = args.target
+    with ui.stage(f"loading {label}"):
+        model, inputs = load_target(label)
     with ui.stage("running the model eagerly"):
         try:
             with torch.no_grad():
@@ -281,23 +281,18 @@ def run_report(args: argparse.Namespace) -> int:
             report = convfuse.explain(model, *inputs, dynamic=dynamic, options=dict(options))
         except Exception as exc:
             raise RunFailure(f"convfuse.explain failed: {_one_line(exc)}") from exc
-    breaks = None
+    ui.print_report(report, title=label, verbose=args.verbose)
+    breaks = check = bench = None
     if report.graphs > 1:
         with ui.stage("finding graph breaks"):
-            breaks = cli_measure.graph_breaks(model, inputs)
-    check = bench = None
+            breaks = _measured(cli_measure.graph_breaks, model, inputs)
+        ui.print_graph_breaks(breaks, verbose=args.verbose)
     if args.check:
         with ui.stage("checking convfuse against eager"):
             check = _measured(cli_measure.check, model, inputs, options, dynamic)
+        ui.print_check(check)
     if args.bench:
         bench = _measured(cli_measure.bench, model, inputs, options, dynamic, args.repeats, ui)
-
-    ui.print_report(report, title=label, verbose=args.verbose)
-    if breaks is not None:
-        ui.print_graph_breaks(breaks, verbose=args.verbose)
-    if check is not None:
-        ui.print_check(check)
-    if bench is not None:
         ui.print_bench(bench)
     if args.json:
         _write_json(args.json, report, label, options, dynamic, check, bench, breaks)
@@ -311,20 +306,14 @@ def run_report(args: argparse.Namespace) -> int:
 def _measured(fn: Callable, *args: Any) -> Any:
     try:
         return fn(*args)
-    except (UsageError, RunFailure):
-        raise
     except Exception as exc:
         raise RunFailure(f"{fn.__name__} failed: {_one_line(exc)}") from exc
 
 
 def _write_json(path: str, report, label: str, options: dict, dynamic, check, bench, breaks) -> None:
     data = json.loads(report.to_json())  # the one serializer; CLI-only results go under their own keys
-    data["cli"] = {
-        "target": label,
-        "kernel": options.get("kernel", "auto"),
-        "policy": str(options["policy"]) if "policy" in options else None,
-        "dynamic": bool(dynamic),
-    }
+    data["cli"] = {"target": label, "kernel": options["kernel"], "policy": str(options["policy"]),
+                   "dynamic": bool(dynamic)}
     if breaks is not None:
         data["graph_breaks"] = breaks
     if check is not None:

@@ -88,6 +88,10 @@ MODEL = textwrap.dedent('''
 
     def raises():
         raise RuntimeError("boom")
+
+
+    def wrong_shape():
+        return HyenaConv(H=4), (torch.randn(2, 5, 32),)
 ''')
 
 
@@ -239,6 +243,7 @@ def in_process(model_file: Path, monkeypatch: pytest.MonkeyPatch):
     ("usermodel.py:inputs_not_tuple", "returned example inputs of type Tensor; expected a tuple"),
     ("usermodel.py:raises", "raised RuntimeError: boom"),
     ("usermodel.py:torch", "is a module, not a callable"),
+    ("usermodel.py:wrong_shape", "the model failed on its own example inputs: RuntimeError"),
 ])
 def test_bad_targets(in_process, capsys, target: str, message: str) -> None:
     assert in_process("report", target) == 2
