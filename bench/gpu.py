@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 FULL_SIZES = [2**p for p in range(8, 23)]  # 256 .. 4M
-DRY_SIZES = [256, 512]
+DRY_SIZES = [256, 512, 4096]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 

@@ -91,6 +91,16 @@ def test_out_dtype_and_empty_batch():
     assert out.shape == (0, 10)
 
 
+def test_strided_and_expanded_operands():
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(300, 6, dtype=torch.float64, generator=g).T  # last-axis stride 6
+    k = torch.randn(1, 300, dtype=torch.float64, generator=g).expand(6, 300)  # batch stride 0
+    post = torch.randn(6, 600, dtype=torch.float64, generator=g)[:, ::2]  # last-axis stride 2
+    p = ConvParams(1024, 0, 300)
+    out = tm.run(u, k, None, None, post, p)
+    torch.testing.assert_close(out, fft_conv_reference(u, k, None, None, post, p), rtol=1e-12, atol=1e-12)
+
+
 def test_fallback_is_visible_and_exact():
     p = ConvParams(300, 7, 290)  # not a fused size, and wraps: cannot be padded
     reason = tm.plan_for(300, torch.float32, "cpu")

@@ -63,6 +63,13 @@ def _offsets(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, 
     return off.reshape(-1).to(device)
 
 
+def _int32_axis(t: Tensor | None, n: int) -> Tensor | None:
+    """Kernels index the last axis in int32 (index * stride): copy the rare operand that would overflow."""
+    if t is not None and t.stride(-1) * max(t.shape[-1], n) >= 2**31:
+        return t.contiguous()
+    return t
+
+
 def _rows(t: Tensor, batch: tuple[int, ...]) -> tuple[Tensor, int]:
     """(row offsets, last-axis stride) of t broadcast against batch; stride 0 for a size-1 last axis."""
     return _offsets(batch, tuple(t.shape), tuple(t.stride()), t.device), (t.stride(-1) if t.shape[-1] != 1 else 0)
@@ -108,6 +115,7 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         raise ValueError(f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
                          f"to equal the input length ({Lue})")
 
+    u, pre_gate, D, post_gate = (_int32_axis(t, r.m) for t in (u, pre_gate, D, post_gate))
     spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
     d = len(plan.radices)
     k_off = _offsets(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
