@@ -205,15 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="convfuse",
-        description="convfuse: a torch.compile backend that runs FFT convolutions as one fused operator.",
-        epilog="commands:\n  report    what convfuse does to a model: every FFT site, rewritten or why not\n\n"
-               + TARGET_HELP + "\n\nRun `convfuse report --help` for the report's options.",
+        description="convfuse: a torch.compile backend that runs FFT convolutions as one\nfused operator.",
+        epilog=TARGET_HELP + "\n\nRun `convfuse report --help` for the report's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     report = commands.add_parser(
         "report",
-        help="show what convfuse does to a model's FFT sites",
+        help="what convfuse does to a model: every FFT site, rewritten or why not",
         description="Compile a model with convfuse and report every FFT site: rewritten into the\n"
                     "fused operator, or skipped and why.",
         epilog=TARGET_HELP + "\n\n" + EXIT_HELP,

@@ -276,6 +276,7 @@ def test_no_command_and_top_level_help(capsys) -> None:
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "report" in out and "TARGET is PATH.py:CALLABLE" in out
+    assert_plain(out)
 
 
 def test_policy_text_parsing() -> None:
