@@ -24,6 +24,7 @@ from triton.runtime.jit import JITFunction
 
 
 def _monarch_conv2(
+    order_ptr,  # (rows,) int64: the row program i computes (rows sharing a kernel run back to back)
     u_ptr, u_off_ptr, u_s,  # input: u[row] at u_ptr + u_off[row] + j * u_s
     pre_ptr, pre_off_ptr, pre_s,  # pre-gate, same addressing (ignored unless HAS_PRE)
     k_ptr, k_off_ptr,  # kernel spectrum planes (rows_k, 2, N1, N2), k_off[row] -> element offset
@@ -42,7 +43,8 @@ def _monarch_conv2(
     NN: tl.constexpr = N1 * N2
     RIN: tl.constexpr = N1 // 2 if HALF_IN else N1  # rows of X that can be nonzero
     ROUT: tl.constexpr = N1 // 2 if HALF_OUT else N1  # rows of y that the window can read
-    row = tl.program_id(0).to(tl.int64)
+    # rows that share a kernel spectrum run on consecutive programs, so it is read from L2, not HBM
+    row = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
     CT = tw_ptr.dtype.element_ty  # compute dtype (fp32 / fp64)
     DT = f1_ptr.dtype.element_ty  # dot operand dtype (fp16 / bf16 / fp32 / fp64)
 

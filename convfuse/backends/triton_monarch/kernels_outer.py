@@ -66,6 +66,7 @@ def _outer_fwd(
 
 def _inner(
     z_ptr,  # (rows, 2, NSEQ, M1*M2), read and written in place
+    order_ptr,  # (rows,) int64: rows sharing a kernel spectrum back to back (L2 reuse)
     k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, NSEQ, M1, M2) in Monarch order
     f1_ptr, f2_ptr, tw_ptr,  # inner plan: (2, M1, M1), (2, M2, M2), (2, M1, M2)
     otw_ptr,  # twiddles of the enclosing level (2, NTW, M): W_(NTW*M)^(j' k0), k0 = sequence % NTW
@@ -76,7 +77,7 @@ def _inner(
     M: tl.constexpr = M1 * M2
     N0: tl.constexpr = NSEQ  # plane size below is NSEQ * M = n
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // NSEQ
+    row = tl.load(order_ptr + pid // NSEQ).to(tl.int64)
     seq = pid % NSEQ
     k0 = seq % NTW
     CT = z_ptr.dtype.element_ty

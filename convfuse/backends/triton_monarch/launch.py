@@ -25,7 +25,9 @@ from convfuse.spec import ConvParams
 
 FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
 LAUNCHES: Counter[str] = Counter()  # plan description -> number of fused-kernel launches
-NUM_WARPS = 4
+# Warps per program.  4 is what the sm90 compile was checked with (tests/backends/test_triton_compile.py);
+# not tuned on a GPU yet (none was available): CONVFUSE_TRITON_WARPS overrides it.
+NUM_WARPS = int(os.environ.get("CONVFUSE_TRITON_WARPS", "4"))
 
 
 def _interpret_enabled() -> bool:
@@ -61,6 +63,15 @@ def _offsets(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, 
         step = torch.arange(size, dtype=torch.int64) * (st if own != 1 else 0)
         off = off.unsqueeze(-1) + step
     return off.reshape(-1).to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _spectrum_rows(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
+                   device: torch.device) -> tuple[Tensor, Tensor]:
+    """Spectrum offsets per row, and a row order grouping rows that share a spectrum
+    (all b for one h of a (B, H, L) input against an (H, L) kernel) onto consecutive programs."""
+    k_off = _offsets(batch, shape, stride, device)
+    return k_off, torch.argsort(k_off, stable=True)
 
 
 def _int32_axis(t: Tensor | None, n: int) -> Tensor | None:
@@ -118,7 +129,8 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     u, pre_gate, D, post_gate = (_int32_axis(t, r.m) for t in (u, pre_gate, D, post_gate))
     spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
     d = len(plan.radices)
-    k_off = _offsets(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
+    k_off, order = _spectrum_rows(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,),
+                                  u.device)
     # u of last size 1 broadcasts against a longer pre-gate: stride 0 along the axis reads it everywhere
     u_off, u_s = _rows(u, batch)
     pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (u_off, 0)
@@ -147,7 +159,7 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         if plan.n0b > 1:
             ko.MID[interpret][(rows * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
         ko.INNER[interpret][(rows * (r.m // inner.n),)](
-            z, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
+            z, order, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
             NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision,
             num_warps=NUM_WARPS)
         if plan.n0b > 1:
@@ -161,7 +173,7 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         return out
 
     _kernels().MONARCH_CONV2[interpret][(rows,)](
-        u, u_off, u_s,
+        order, u, u_off, u_s,
         pre, pre_off, pre_s,
         spec, k_off,
         D if D is not None else u, d_off, d_s,
