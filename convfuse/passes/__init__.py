@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch.fx import Graph, Node
 
 from convfuse.passes import facts
-from convfuse.passes.match import Match, Refusal, match_site
+from convfuse.passes.algebra import Refusal
+from convfuse.passes.match import Match, match_site
 from convfuse.passes.rewrite import rewrite_site
 
 __all__ = ["Match", "Refusal", "find_fft_sites", "match_or_refuse", "match_site", "rewrite_site"]

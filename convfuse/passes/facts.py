@@ -44,13 +44,16 @@ _ONE_AXIS = _signature("input", ("n", None), ("dim", -1), ("norm", None))
 
 # irfft(rfft(u, n) * rfft(k, n), n) is the cyclic convolution of u and k at size n:
 # the convolution theorem for the unnormalised DFT pair (forward sum, inverse 1/n).
+# The full complex pair is the same theorem: ifft(fft(u, n) * fft(k, n)).real for real u, k.
 TRANSFORMS: dict[Callable, Transform] = {
     torch.fft.rfft: Transform("rfft", inverse=False, one_sided=True, signature=_ONE_AXIS),
     torch.fft.irfft: Transform("irfft", inverse=True, one_sided=True, signature=_ONE_AXIS),
+    torch.fft.fft: Transform("fft", inverse=False, one_sided=False, signature=_ONE_AXIS),
+    torch.fft.ifft: Transform("ifft", inverse=True, one_sided=False, signature=_ONE_AXIS),
 }
 # Transforms convfuse recognises as FFTs (so the report lists them) without yet rewriting them.
 OTHER_FFTS = {
-    torch.fft.fft, torch.fft.ifft, torch.fft.rfft2, torch.fft.irfft2, torch.fft.rfftn, torch.fft.irfftn,
+    torch.fft.rfft2, torch.fft.irfft2, torch.fft.rfftn, torch.fft.irfftn,
     torch.fft.fft2, torch.fft.ifft2, torch.fft.fftn, torch.fft.ifftn, torch.fft.hfft, torch.fft.ihfft,
 }
 
@@ -100,9 +103,22 @@ MUL_FUNCTIONS = {operator.mul, torch.mul, torch.multiply}
 MUL_METHODS = {"mul", "multiply", "__mul__", "__rmul__"}
 DIV_FUNCTIONS = {operator.truediv, torch.div, torch.true_divide, torch.divide}
 DIV_METHODS = {"div", "true_divide", "divide", "__truediv__"}
+INPLACE_MUL_FUNCTIONS = {operator.imul}
+SUB_FUNCTIONS = {operator.sub, torch.sub, torch.subtract}
+SUB_METHODS = {"sub", "subtract", "__sub__"}
 ADD_FUNCTIONS = {operator.add, torch.add}
 ADD_METHODS = {"add", "__add__", "__radd__"}
 CONJ_FUNCTIONS = {torch.conj, torch.conj_physical}
+REAL_FUNCTIONS = {torch.real}
+
+
+def is_real_part(node: Node) -> bool:
+    """x.real (Dynamo records getattr(x, "real")) or torch.real(x)."""
+    if node.op != "call_function":
+        return False
+    if node.target is getattr and len(node.args) == 2 and node.args[1] == "real":
+        return True
+    return node.target in REAL_FUNCTIONS and len(node.args) == 1
 CONJ_METHODS = {"conj", "conj_physical"}
 EINSUM_FUNCTIONS = {torch.einsum}
 

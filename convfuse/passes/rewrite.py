@@ -1,29 +1,36 @@
 """Replace a matched site's nodes with one call of ``torch.ops.convfuse.fft_conv``.
 
-The operator works along the last axis of its inputs; the site may convolve along
-any axis, so the call is wrapped in ``movedim`` views (free: no copies) that put the
-convolved axis last and back.  Operands an einsum aligned are viewed the same way
-first.
+The operator works along the last axis of its inputs; the site may convolve along any axis,
+so the call is wrapped in ``movedim`` views (free: no copies) that put the convolved axis last
+and back.  Operands an einsum aligned are viewed the same way first.  A kernel written as a
+sum of spectra is combined into one time-domain kernel of length n in the graph (conjugated
+terms time-reversed: conj(F[x]) = F[x reversed mod n] for real x).
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch.fx import Graph, GraphModule, Node
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 from convfuse.passes.match import Match
-from convfuse.passes.sizes import example_value
+from convfuse.passes.sizes import example_value, proven
+
+_SIZE_OPS = {"sub": operator.sub, "add": operator.add, "mod": operator.mod}
 
 
 def _materialize(graph: Graph, arg: Any) -> Any:
-    """An int or graph node for a size; ("size", node, dim) reads it off a tensor's shape."""
+    """An int or graph node for a size: ("size", node, dim) reads it off a tensor's shape."""
     if isinstance(arg, tuple) and arg and arg[0] == "size":
         _, node, dim = arg
         return graph.call_function(torch.ops.aten.sym_size.int, (node, dim))
+    if isinstance(arg, tuple) and arg and arg[0] in _SIZE_OPS:
+        a, b = (_materialize(graph, x) for x in arg[1:])
+        return graph.call_function(_SIZE_OPS[arg[0]], (a, b))
     return arg
 
 
@@ -41,19 +48,55 @@ def _to_last_axis(graph: Graph, node: Node | None, align: tuple | None, axis: in
     return node
 
 
-def rewrite_site(gm: GraphModule, m: Match, kernel: str) -> Node:
+def _combined_kernel(graph: Graph, m: Match, n: Any, rank: int) -> Node:
+    """sum_i w_i * (reverse_n if conj_i)(pad_or_truncate_n(x_i)) along the last axis."""
+    total = None
+    for weight, term in zip(m.kernel_weights, m.k.terms):
+        x = _to_last_axis(graph, term.signal, None, m.axis, rank)
+        length = example_value(term.signal).shape[term.axis]
+        if proven(length <= m.n.value):
+            missing = graph.call_function(operator.sub, (n, graph.call_function(torch.ops.aten.sym_size.int, (x, -1))))
+            x = graph.call_function(F.pad, (x, (0, missing)))
+        else:
+            x = graph.call_function(operator.getitem, (x, (Ellipsis, slice(None, n))))
+        if term.conj:
+            x = graph.call_function(torch.roll, (graph.call_function(torch.flip, (x, [-1])), 1, -1))
+        if weight != 1.0:
+            x = graph.call_function(operator.mul, (x, weight))
+        total = x if total is None else graph.call_function(operator.add, (total, x))
+    return total
+
+
+def rewrite_site(
+    gm: GraphModule,
+    m: Match,
+    kernel: str,
+    *,
+    kernel_transform: Callable[[Graph, Node, Any], Node] | None = None,
+    constant_kernel: bool = True,
+) -> Node:
+    """Insert the operator call; ``kernel_transform`` (a policy) rewrites the kernel operand first,
+    and ``constant_kernel=False`` says the kernel it produces is no longer module state."""
     graph = gm.graph
     rank = example_value(m.tail).dim()
     with graph.inserting_before(m.tail):
-        u = _to_last_axis(graph, m.u.signal, m.u.align, m.axis, rank)
-        k = _to_last_axis(graph, m.k.signal, m.k.align, m.axis, rank)
-        D = _to_last_axis(graph, m.D, None, m.axis, rank)
-        gate = _to_last_axis(graph, m.post_gate, None, m.axis, rank)
         n, start, length = (_materialize(graph, s.arg) for s in (m.n, m.start, m.length))
+        u = _to_last_axis(graph, m.u.signal, m.u.align, m.axis, rank)
+        if m.k.terms is not None:
+            k = _combined_kernel(graph, m, n, rank)
+            if m.k.align is not None:
+                k = graph.call_function(operator.getitem, (k, m.k.align))
+        else:
+            k = _to_last_axis(graph, m.k.signal, m.k.align, m.axis, rank)
+        if kernel_transform is not None:
+            k = kernel_transform(graph, k, n)
+        D = _to_last_axis(graph, m.D, m.D_align, m.axis, rank)
+        pre = _to_last_axis(graph, m.pre_gate, m.u.align, m.axis, rank)
+        gate = _to_last_axis(graph, m.post_gate, None, m.axis, rank)
         out = graph.call_function(
             torch.ops.convfuse.fft_conv.default,
-            (u, k, D, None, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel,
-             m.constant_kernel),
+            (u, k, D, pre, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel,
+             m.constant_kernel and constant_kernel),
         )
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:

@@ -29,8 +29,9 @@ def example_value(arg: Any) -> Any:
 class SymSize:
     """A size: its traced value (for proofs) and how the rewritten graph obtains it.
 
-    ``arg`` is an int, a graph Node producing a SymInt, or ``("size", node, dim)`` for a
-    size that only exists as a tensor's shape and must be read off it in the new graph.
+    ``arg`` is an int, a graph Node producing a SymInt, ``("size", node, dim)`` for a size
+    that only exists as a tensor's shape and must be read off it in the new graph, or
+    ``("sub", a, b)`` / ``("mod", a, b)`` of such args.
     """
 
     value: SizeValue
@@ -47,6 +48,18 @@ class SymSize:
     def of_shape(node: Node, dim: int) -> "SymSize":
         value = example_value(node).shape[dim]
         return SymSize(value, value if isinstance(value, int) else ("size", node, dim))
+
+    @staticmethod
+    def const(value: int) -> "SymSize":
+        return SymSize(value, value)
+
+    def minus(self, other: "SymSize") -> "SymSize":
+        """self - other, as a value and as something the rewritten graph can compute."""
+        if other.static and other.value == 0:
+            return self
+        if self.static and other.static:
+            return SymSize.const(self.value - other.value)
+        return SymSize(self.value - other.value, ("sub", self.arg, other.arg))
 
     @property
     def static(self) -> bool:

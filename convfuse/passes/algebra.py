@@ -1,0 +1,197 @@
+"""Small pieces of graph algebra every matcher step uses: scalars, scales, casts, slices, mutation."""
+
+from __future__ import annotations
+
+import operator
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from convfuse.passes import facts
+from convfuse.passes.sizes import SymSize, example_value, proven, same
+
+
+class Refusal(Exception):
+    """This site is not provably a convolution convfuse can run; ``reason`` says why."""
+
+    def __init__(self, reason: str, family: str = "unrecognised"):
+        super().__init__(reason)
+        self.reason = reason
+        self.family = family
+
+
+def scalar(arg: Any) -> Any:
+    """A Python number or a SymSize when ``arg`` is a scalar, else None."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return arg
+    if isinstance(arg, Node):
+        return SymSize.of_arg(arg)
+    return None
+
+
+def is_tensor(arg: Any) -> bool:
+    return isinstance(example_value(arg), torch.Tensor)
+
+
+def is_float_tensor(arg: Any) -> bool:
+    value = example_value(arg)
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def sole_user(node: Node) -> Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def same_shape(a: Node, b: Node) -> bool:
+    sa, sb = example_value(a).shape, example_value(b).shape
+    return len(sa) == len(sb) and all(same(x, y) for x, y in zip(sa, sb))
+
+
+def strip_exact_upcasts(node: Node) -> tuple[Node, list[Node]]:
+    """(x, casts) for x.to(float32) of an fp16 x: an operator computing in fp32 reads x itself."""
+    casts = []
+    while isinstance(node, Node) and (dst := facts.cast_target_dtype(node)) is not None:
+        src = node.args[0]
+        if not is_tensor(src) or not facts.is_exact_upcast(example_value(src).dtype, dst):
+            break
+        casts.append(node)
+        node = src
+    return node, casts
+
+
+def scaled(node: Node) -> tuple[Node, list, list[Node]] | None:
+    """(inner, factors, nodes) when ``node`` is ``inner`` times/over scalars, else None.
+
+    factors are (value, exponent) pairs: x * c -> (c, 1), x / c -> (c, -1).
+    """
+    if facts.is_call(node, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
+        ops = facts.binary_operands(node)
+        if ops is None:
+            return None
+        a, b = ops
+        if is_tensor(a) and scalar(b) is not None:
+            return a, [(scalar(b), 1)], [node]
+        if is_tensor(b) and scalar(a) is not None:
+            return b, [(scalar(a), 1)], [node]
+    if facts.is_call(node, facts.DIV_FUNCTIONS, facts.DIV_METHODS):
+        ops = facts.binary_operands(node)
+        if ops is not None and is_tensor(ops[0]) and scalar(ops[1]) is not None:
+            return ops[0], [(scalar(ops[1]), -1)], [node]
+    return None
+
+
+def resolve_scale(factors: list, n: SymSize) -> tuple[float, Fraction]:
+    """Multiply scalar factors into (constant, power of n); symbolic factors must be n itself."""
+    const, power = 1.0, Fraction(0)
+    for value, exponent in factors:
+        if isinstance(value, SymSize):
+            if value.static:
+                const *= float(value.value) ** exponent
+            elif same(value.value, n.value):
+                power += exponent
+            else:
+                raise Refusal(
+                    f"the spectrum is scaled by the symbolic size {value}, which is neither a constant "
+                    f"nor the FFT size {n}"
+                )
+        else:
+            const *= float(value) ** exponent
+    return const, power
+
+
+def is_module_state(node: Node) -> bool:
+    """A graph input that is a module's parameter or buffer (Dynamo lifts them as placeholders)."""
+    if node.op != "placeholder":
+        return False
+    if isinstance(example_value(node), torch.nn.Parameter):
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    name = getattr(source, "name", "")
+    name = name() if callable(name) else str(name)
+    return "_buffers" in name or "_parameters" in name
+
+
+def slice_along(node: Node, base: Node, axis: int, size: SymSize) -> tuple[SymSize, SymSize] | None:
+    """(start, length) when ``node`` is a contiguous slice of ``base`` along ``axis`` only.
+
+    ``size`` is base's length along the axis (the bounds are clamped to it, as Python does).
+    Handles ``x[..., a:b]``, ``x[:, a:b, :]`` and ``x.narrow(axis, a, length)``.
+    """
+    if not isinstance(node, Node) or not node.args or node.args[0] is not base:
+        return None
+    rank = example_value(base).dim()
+    if node.op == "call_function" and node.target is operator.getitem:
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if index.count(Ellipsis) > 1 or any(i is None or not isinstance(i, (slice, type(Ellipsis))) for i in index):
+            return None
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1 :]
+        index = index + (slice(None),) * (rank - len(index))
+        if len(index) != rank:
+            return None
+        if any(pos - rank != axis and s != slice(None) for pos, s in enumerate(index)):
+            return None
+        s = index[axis]
+        if s.step not in (None, 1):
+            return None
+        return slice_bounds(s.start, s.stop, size)
+    if node.op == "call_method" and node.target == "narrow" and len(node.args) == 4:
+        dim, start, length = node.args[1:]
+        if isinstance(dim, int) and (dim - rank if dim >= 0 else dim) == axis:
+            start, length = SymSize.of_arg(start), SymSize.of_arg(length)
+            if start is not None and length is not None and proven(start.value >= 0):
+                return start, length
+    return None
+
+
+def slice_bounds(start: Any, stop: Any, n: SymSize) -> tuple[SymSize, SymSize]:
+    """(start, length) of Python's slice(start, stop) on a length-n axis, proven in range."""
+
+    def bound(arg, default: SymSize) -> SymSize:
+        if arg is None:
+            return default
+        size = SymSize.of_arg(arg)
+        if size is None:
+            raise Refusal(f"output window bound {arg!r} is not an integer")
+        if isinstance(size.value, int) and size.value < 0:
+            if not n.static:
+                raise Refusal("a negative window bound on a symbolic FFT size cannot be proven in range")
+            return SymSize.const(max(n.value + size.value, 0))
+        return size
+
+    lo, hi = bound(start, SymSize.const(0)), bound(stop, n)
+    if n.static and lo.static and hi.static:
+        lo_v, hi_v = min(lo.value, n.value), min(hi.value, n.value)
+        return SymSize.const(lo_v), SymSize.const(max(hi_v - lo_v, 0))
+    if not (proven(lo.value >= 0) and proven(hi.value <= n.value) and proven(lo.value <= hi.value)):
+        raise Refusal(
+            f"cannot prove the window [{lo}, {hi}) lies inside the FFT size {n} for every shape; "
+            "compile without dynamic=True or slice with bounds derived from n"
+        )
+    return lo, hi.minus(lo)
+
+
+_INPLACE_FUNCTIONS = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.ipow,
+    operator.imod, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+    operator.irshift, operator.setitem,
+}
+
+
+def mutates(node: Node) -> bool:
+    """Whether the call writes into one of its arguments (in-place method, x[...] = v, out=)."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (
+            node.target in _INPLACE_FUNCTIONS
+            or (name.endswith("_") and not name.startswith("_"))
+            or node.kwargs.get("inplace") is True
+            or node.kwargs.get("out") is not None
+        )
+    return False

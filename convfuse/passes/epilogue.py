@@ -1,0 +1,175 @@
+"""Walking forward from an inverse transform: the window, scales, casts, skip and gate it flows into.
+
+Each step is absorbed only when the value before it has no other user (otherwise that value is
+needed as it is, and the fused operator stops there), and only in the order the operator applies
+them: window and scales, then ``+ u * D``, then ``* gate``, then the final cast.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch.fx import Node
+
+from convfuse.passes import facts
+from convfuse.passes.algebra import (
+    Refusal, is_float_tensor, is_tensor, same, same_shape, scaled, slice_along, slice_bounds, sole_user,
+    strip_exact_upcasts,
+)
+from convfuse.passes.einsum import elementwise_einsum
+from convfuse.passes.sizes import SymSize, example_value, proven
+from convfuse.passes.spectra import Operand
+
+
+@dataclass
+class Epilogue:
+    tail: Node  # the last absorbed node: the fused operator replaces its value
+    start: SymSize  # window start in the length-n cyclic result
+    length: SymSize
+    factors: list = field(default_factory=list)
+    D: Node | None = None
+    D_align: tuple | None = None
+    skip_operand: Operand | None = None
+    post_gate: Node | None = None
+    nodes: list[Node] = field(default_factory=list)
+
+
+def _axis_arg(value, rank: int) -> int | None:
+    if isinstance(value, (tuple, list)):
+        value = value[0] if len(value) == 1 else None
+    if not isinstance(value, int):
+        return None
+    return value - rank if value >= 0 else value
+
+
+def _roll_shift(node: Node, tail: Node, axis: int) -> int | None:
+    """s when ``node`` is torch.roll(tail, s, axis) with a constant s."""
+    if node.op == "call_function" and node.target is torch.roll or node.op == "call_method" and node.target == "roll":
+        args = list(node.args[1:]) + [None] * 2
+        shifts = node.kwargs.get("shifts", args[0])
+        dims = node.kwargs.get("dims", args[1])
+        if node.args[0] is tail and _axis_arg(dims, example_value(tail).dim()) == axis:
+            shift = shifts[0] if isinstance(shifts, (tuple, list)) and len(shifts) == 1 else shifts
+            return shift if isinstance(shift, int) else None
+    return None
+
+
+def _arange_window(node: Node, tail: Node, axis: int, size: SymSize) -> tuple[SymSize, SymSize] | None:
+    """index_select(tail, axis, arange(a, b)): the window [a, b)."""
+    if not (facts.is_call(node, {torch.index_select}, {"index_select"}) and node.args[0] is tail):
+        return None
+    if _axis_arg(node.args[1], example_value(tail).dim()) != axis:
+        return None
+    index = node.args[2]
+    if not (isinstance(index, Node) and index.op == "call_function" and index.target is torch.arange):
+        return None
+    bounds = list(index.args)
+    if len(bounds) == 1:
+        bounds = [0] + bounds
+    if len(bounds) != 2 or index.kwargs.get("step", 1) != 1:
+        return None
+    return slice_bounds(bounds[0], bounds[1], size)
+
+
+def _shifted(start: SymSize, offset: SymSize, n: SymSize) -> SymSize:
+    """(start + offset) mod n, proven without wrapping when symbolic."""
+    if start.static and start.value == 0:
+        return offset
+    if start.static and offset.static and n.static:
+        return SymSize.const((start.value + offset.value) % n.value)
+    if proven(start.value + offset.value < n.value):
+        return SymSize(start.value + offset.value, ("add", start.arg, offset.arg))
+    raise Refusal("cannot prove the rolled window stays inside one period of the FFT size")
+
+
+def _skip_term(add: Node, tail: Node, operands: list[Operand]):
+    """(operand, D, D_align, nodes) when ``add`` is tail + signal * D (any order, mul or einsum)."""
+    if not facts.is_call(add, facts.ADD_FUNCTIONS, facts.ADD_METHODS):
+        return None
+    ops = facts.binary_operands(add)
+    if ops is None or tail not in ops:
+        return None
+    other = ops[1] if ops[0] is tail else ops[0]
+    if not isinstance(other, Node):
+        return None
+    if facts.is_call(other, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
+        pair = facts.binary_operands(other)
+        if pair is None or not all(is_tensor(p) for p in pair):
+            return None
+        candidates = [(pair[0], pair[1], None, None), (pair[1], pair[0], None, None)]
+    elif other.op == "call_function" and other.target in facts.EINSUM_FUNCTIONS and len(other.args) == 3:
+        terms = elementwise_einsum(other.args[0], 2)
+        if isinstance(terms, str):
+            return None
+        (a, b), (ta, tb) = other.args[1:], terms
+        candidates = [(a, b, ta.align, tb.align), (b, a, tb.align, ta.align)]
+    else:
+        return None
+    for signal, D, signal_align, D_align in candidates:
+        signal, casts = strip_exact_upcasts(signal)
+        for operand in operands:
+            if operand.terms is None and signal is operand.signal and operand.align == signal_align:
+                if is_float_tensor(D):
+                    return operand, D, D_align, [other] + casts
+    return None
+
+
+def _post_gate(mul: Node, tail: Node) -> Node | None:
+    if not facts.is_call(mul, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
+        return None
+    ops = facts.binary_operands(mul)
+    if ops is None or tail not in ops:
+        return None
+    gate = ops[1] if ops[0] is tail else ops[0]
+    return gate if gate is not tail and is_float_tensor(gate) else None
+
+
+def walk_epilogue(head: Node, axis: int, n: SymSize, operands: list[Operand]) -> Epilogue:
+    epi = Epilogue(tail=head, start=SymSize.const(0), length=n)
+    windowed = rolled = False
+    stage = 0  # 0: window, roll, scales, upcasts; 1: skip seen; 2: gate seen; 3: final cast
+    while stage < 3 and (nxt := sole_user(epi.tail)) is not None:
+        tail = epi.tail
+        if stage == 0 and not windowed and not rolled and (shift := _roll_shift(nxt, tail, axis)) is not None:
+            epi.start = _shifted(SymSize.const(0), _roll_start(shift, n), n)
+            rolled = True
+        elif stage == 0 and not windowed and (
+            window := slice_along(nxt, tail, axis, epi.length) or _arange_window(nxt, tail, axis, epi.length)
+        ):
+            epi.start, epi.length = _shifted(epi.start, window[0], n), window[1]
+            windowed = True
+        elif stage == 0 and (inner := scaled(nxt)) is not None and inner[0] is tail:
+            epi.factors += inner[1]
+        elif (dst := facts.cast_target_dtype(nxt)) is not None:
+            if not facts.is_exact_upcast(example_value(tail).dtype, dst):
+                stage = 3
+        elif stage == 0 and (skip := _skip_term(nxt, tail, operands)) is not None and same_shape(nxt, tail):
+            operand, D, D_align, used = skip
+            if not same(operand.length, epi.length.value):
+                break  # it adds a signal of another length: not the operator's skip term
+            epi.skip_operand, epi.D, epi.D_align = operand, D, D_align
+            epi.nodes += used
+            stage = 1
+        elif stage <= 1 and (gate := _post_gate(nxt, tail)) is not None and same_shape(nxt, tail):
+            epi.post_gate = gate
+            stage = 2
+        else:
+            break
+        epi.nodes.append(nxt)
+        epi.tail = nxt
+    return epi
+
+
+def _roll_start(shift: int, n: SymSize) -> SymSize:
+    """roll by s: out[t] = in[(t - s) mod n], a window starting at (-s) mod n."""
+    if n.static:
+        return SymSize.const((-shift) % n.value)
+    if shift == 0:
+        return SymSize.const(0)
+    if shift > 0 and proven(shift < n.value):
+        return n.minus(SymSize.const(shift))
+    if shift < 0 and proven(-shift < n.value):
+        return SymSize.const(-shift)
+    raise Refusal(f"cannot prove the roll by {shift} is less than the FFT size {n}")

@@ -1,0 +1,188 @@
+"""Walking back from an inverse transform: which signals' spectra are multiplied, and how.
+
+A spectrum operand is ``scale * F_n[signal]`` (conjugated for a correlation), reached through
+scalar scales, conjugates, exact upcasts of the signal, and the one-sided half of a full
+complex ``fft``; a kernel may also be a sum of such spectra (a bidirectional kernel written
+as ``K_fwd + conj(K_bwd)``).  The product is ``*``, ``torch.mul``, an in-place multiply, or an
+elementwise einsum.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from convfuse.passes import facts
+from convfuse.passes.algebra import Refusal, is_tensor, scaled, slice_along, strip_exact_upcasts
+from convfuse.passes.einsum import elementwise_einsum
+from convfuse.passes.sizes import SymSize, example_value, same
+
+ONE_SIDED, FULL = "one-sided", "full"
+
+
+@dataclass
+class Operand:
+    """One factor of the spectral product: scale * F_n[signal] (conjugated if ``conj``).
+
+    A kernel that is a sum of spectra has ``terms`` (each an Operand) and no ``signal``.
+    """
+
+    signal: Node | None  # the real time-domain tensor the fused operator reads
+    n: SymSize
+    axis: int  # negative axis being transformed, in the signal's (and product's) layout
+    power: Fraction  # n ** power from the norm mode
+    factors: list  # scalar multipliers: (number or SymSize, exponent)
+    sided: str = ONE_SIDED
+    conj: bool = False
+    align: tuple | None = None  # getitem index aligning the signal to the product's layout
+    nodes: list[Node] = field(default_factory=list)
+    terms: list["Operand"] | None = None
+
+    @property
+    def length(self):
+        if self.terms is not None:
+            return self.n.value  # a combined kernel is built at the FFT size
+        return example_value(self.signal).shape[self.axis]
+
+
+def _what(node: Node) -> str:
+    if node.op == "placeholder":
+        return "a graph input"
+    if node.op == "get_attr":
+        return "a constant"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def spectrum_operand(node: Any) -> Operand:
+    """Interpret ``node`` as scale * F_n[signal], through scalar scales and conjugates."""
+    factors, nodes, conj = [], [], False
+    while True:
+        if not isinstance(node, Node):
+            raise Refusal(f"a factor of the spectral product is the constant {node!r}, not a transform")
+        if (inner := scaled(node)) is not None:
+            node, more, used = inner
+            factors += more
+            nodes += used
+        elif facts.is_call(node, facts.CONJ_FUNCTIONS, facts.CONJ_METHODS) and len(node.args) == 1:
+            conj = not conj
+            nodes.append(node)
+            node = node.args[0]
+        else:
+            break
+    if facts.is_call(node, facts.ADD_FUNCTIONS, facts.ADD_METHODS) or facts.is_call(
+        node, facts.SUB_FUNCTIONS, facts.SUB_METHODS
+    ):
+        operand = spectral_sum(node)
+    elif node.op == "call_function" and node.target is operator.getitem:
+        operand = one_sided_half(node)
+    else:
+        operand = transformed_signal(node)
+    if conj:
+        for term in operand.terms or [operand]:
+            term.conj = not term.conj
+    operand.factors += factors
+    operand.nodes += nodes
+    return operand
+
+
+def transformed_signal(node: Node) -> Operand:
+    transform = facts.transform_of(node)
+    if transform is None or transform.inverse:
+        raise Refusal(
+            f"the spectrum factor `{node.name}` is {_what(node)}, not the transform of a signal: "
+            "only products of two transformed signals are convolutions",
+            family="spectral-filter",
+        )
+    args = facts.bind(node, transform)
+    x = args["input"]
+    value = example_value(x)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise Refusal(
+            f"`{node.name}` transforms a {getattr(value, 'dtype', type(value).__name__)} signal: "
+            "convfuse convolves real floating signals; cast it to a float dtype first"
+        )
+    axis = args["dim"] - value.dim() if args["dim"] >= 0 else args["dim"]
+    n = SymSize.of_shape(x, axis) if args["n"] is None else SymSize.of_arg(args["n"])
+    if n is None:
+        raise Refusal(f"`{node.name}`: FFT size {args['n']!r} is not an integer")
+    signal, casts = strip_exact_upcasts(x)
+    return Operand(
+        signal=signal, n=n, axis=axis, power=facts.norm_power(args["norm"], inverse=False), factors=[],
+        sided=ONE_SIDED if transform.one_sided else FULL, nodes=[node] + casts,
+    )
+
+
+def one_sided_half(node: Node) -> Operand:
+    """fft(x, n)[..., :n//2 + 1] of a real x is rfft(x, n): the half a one-sided inverse reads."""
+    operand = spectrum_operand(node.args[0])
+    window = slice_along(node, node.args[0], operand.axis, operand.n) if operand.sided == FULL else None
+    if window is None or not (window[0].static and window[0].value == 0):
+        raise Refusal(f"`{node.name}` slices a spectrum other than to its one-sided half")
+    if not same(window[1].value, operand.n.value // 2 + 1):
+        raise Refusal(f"`{node.name}` keeps {window[1]} bins of a size-{operand.n} spectrum, not n//2+1")
+    operand.sided = ONE_SIDED
+    operand.nodes.append(node)
+    return operand
+
+
+def spectral_sum(node: Node) -> Operand:
+    """K1 + K2 (or K1 - K2) of spectra at one size: a kernel that is a sum of kernels."""
+    ops = facts.binary_operands(node)
+    if ops is None or not all(is_tensor(x) for x in ops):
+        raise Refusal(f"`{node.name}` adds a non-spectrum to a spectrum")
+    a, b = (spectrum_operand(x) for x in ops)
+    if facts.is_call(node, facts.SUB_FUNCTIONS, facts.SUB_METHODS):
+        for term in b.terms or [b]:
+            term.factors.append((-1, 1))
+    terms = (a.terms or [a]) + (b.terms or [b])
+    for term in terms:
+        if not (same(term.n.value, a.n.value) and term.axis == a.axis and term.sided == a.sided):
+            raise Refusal(f"`{node.name}` adds spectra of different sizes, axes or sidedness")
+        if term.align is not None:
+            raise Refusal(f"`{node.name}` adds spectra that an einsum realigned")
+    shapes = {tuple(example_value(t.signal).shape) for t in terms}
+    if len(shapes) != 1:
+        raise Refusal(f"`{node.name}` adds spectra of signals with different shapes {sorted(shapes)}")
+    return Operand(signal=None, n=a.n, axis=a.axis, power=Fraction(0), factors=[], sided=a.sided,
+                   nodes=[node] + a.nodes + b.nodes, terms=terms)
+
+
+def spectral_product(node: Any) -> tuple[list[Operand], list, list[Node], list[str]]:
+    """Factor the inverse transform's input into two spectra, scalars, consumed nodes and notes."""
+    if not isinstance(node, Node):
+        raise Refusal("the inverse transform's input is not a graph value")
+    if (inner := scaled(node)) is not None:
+        inner_node, factors, used = inner
+        operands, more, nodes, notes = spectral_product(inner_node)
+        return operands, factors + more, used + nodes, notes
+    if facts.is_call(node, facts.MUL_FUNCTIONS | facts.INPLACE_MUL_FUNCTIONS, facts.MUL_METHODS | {"mul_"}):
+        ops = facts.binary_operands(node)
+        if ops is not None and all(is_tensor(a) for a in ops):
+            if facts.is_call(node, facts.INPLACE_MUL_FUNCTIONS, {"mul_"}) and list(ops[0].users) != [node]:
+                raise Refusal(f"`{node.name}` multiplies in place a spectrum that is used elsewhere")
+            a, b = (spectrum_operand(x) for x in ops)
+            return [a, b], [], [node], []
+    if node.op == "call_function" and node.target in facts.EINSUM_FUNCTIONS:
+        equation, *tensors = node.args
+        terms = elementwise_einsum(equation, len(tensors))
+        if isinstance(terms, str):
+            raise Refusal(f"einsum {equation!r} {terms}", family="spectral-contraction")
+        operands = [spectrum_operand(t) for t in tensors]
+        for operand, term in zip(operands, terms):
+            letter = term.letter_of_axis(operand.axis)
+            if letter is None:
+                raise Refusal(f"einsum {equation!r}: the transformed axis is inside '...'")
+            operand.axis = term.output_axis(letter)
+            operand.align = term.align
+        return operands, [], [node], [f"einsum {equation!r}"]
+    in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
+    if len(in_place) == 1 and len(node.users) == 2:
+        # U.mul_(K); irfft(U): the inverse reads U after the in-place product.
+        return spectral_product(in_place[0])
+    spectrum_operand(node)  # raises a precise reason when it is no lone transform either
+    raise Refusal("the inverse transform's input is a single spectrum, not a product of two")
