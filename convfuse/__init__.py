@@ -8,12 +8,16 @@ import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 from convfuse.api import compile, explain
 from convfuse.backend import convfuse_backend
 from convfuse.ops import fft_conv
-from convfuse.policies import Exact
+from convfuse.policies import Auto, Exact, FrequencySparse, PartialKernel, PolicyError, parse_policy
 from convfuse.report import RewriteReport, SiteReport
+from convfuse.scope import region, unmark
 from convfuse.spec import ConvSpec
 
 __version__ = "0.1.0"
-__all__ = ["ConvSpec", "Exact", "RewriteReport", "SiteReport", "compile", "convfuse_backend", "explain", "fft_conv"]
+__all__ = [
+    "Auto", "ConvSpec", "Exact", "FrequencySparse", "PartialKernel", "PolicyError", "RewriteReport", "SiteReport",
+    "compile", "convfuse_backend", "explain", "fft_conv", "parse_policy", "region", "unmark",
+]
 
 
 def _register_backend_name() -> None:

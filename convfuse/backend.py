@@ -16,6 +16,8 @@ from torch.fx import GraphModule
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, find_fft_sites, match_or_refuse, rewrite_site
+from convfuse.passes.policy import SitePlan, apply_policy, choose_policies, resolve_late
+from convfuse.policies import Exact
 from convfuse.passes.sizes import example_value
 from convfuse.report import REWRITTEN, SKIPPED, RewriteReport, SiteReport, publish, user_source
 
@@ -25,7 +27,8 @@ log = logging.getLogger("convfuse")
 def convfuse_backend(gm: GraphModule, example_inputs, *, mode=None, options=None):
     opts = BackendOptions.parse(options, mode)
     sites = find_fft_sites(gm.graph)
-    report = rewrite_sites(gm, sites, opts)
+    plans = choose_policies(gm, sites, opts, example_inputs)
+    report = rewrite_sites(gm, sites, opts, plans)
     publish(report)
     return compile_rest(gm, example_inputs, opts)
 
@@ -37,21 +40,28 @@ def _shapes(m: Match) -> dict[str, list]:
     }
 
 
-def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions) -> RewriteReport:
+def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | None = None) -> RewriteReport:
     """Match and rewrite each site in turn, on the graph as the previous rewrites left it.
 
     Two sites can reach for the same node (``a * b`` of two convolutions is a gate for
-    each), so a site is matched only once the rewrites before it are done.
+    each), so a site is matched only once the rewrites before it are done.  ``plans``
+    (from ``choose_policies``) say which sites are in scope and with which policy.
     """
     report = RewriteReport(graphs=1)
     for site in sites:
+        plan = (plans or {}).get(site) or SitePlan(asked=opts.policy)
         outcome = match_or_refuse(site)
         source = user_source(site.meta.get("stack_trace"))
-        if isinstance(outcome, Match):
-            record = _rewrite_one(gm, outcome, opts, source)
+        if isinstance(outcome, Match) and plan.in_scope and plan.applied is None and not plan.reason:
+            resolve_late(plan, outcome)  # not resolved before rewriting (no plans, or matched only now)
+        if isinstance(outcome, Match) and plan.applied is not None and plan.in_scope:
+            record = _rewrite_one(gm, outcome, opts, source, plan)
+        elif isinstance(outcome, Match):
+            record = SiteReport(SKIPPED, outcome.family(), source, reason=plan.reason, spec=outcome.spec(),
+                                policy=str(plan.asked), policy_note=plan.note, node=site.name, shapes=_shapes(outcome))
         else:
             record = SiteReport(SKIPPED, outcome.family, source, reason=outcome.reason,
-                                policy=str(opts.policy), node=site.name)
+                                policy=str(plan.asked), node=site.name)
         log_site(record)
         report.sites.append(record)
     if report.rewritten:
@@ -61,17 +71,23 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions) -> RewriteReport
     return report
 
 
-def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str) -> SiteReport:
+def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, plan: SitePlan) -> SiteReport:
     spec, family, shapes = m.spec(), m.family(), _shapes(m)
     device = example_value(m.u.signal).device.type
     try:
         impl = choose_kernel(opts.kernel, device)
     except KernelUnavailable as exc:
-        return SiteReport(SKIPPED, family, source, reason=str(exc), spec=spec, policy=str(opts.policy),
+        return SiteReport(SKIPPED, family, source, reason=str(exc), spec=spec, policy=str(plan.asked),
                           node=m.inverse.name, shapes=shapes)
     name = m.inverse.name
-    rewrite_site(gm, m, opts.kernel)
-    return SiteReport(REWRITTEN, family, source, spec=spec, kernel=impl.name, policy=str(opts.policy),
+    applied = plan.applied
+    out = rewrite_site(gm, m, opts.kernel)
+    apply_policy(out, applied)
+    exact = isinstance(applied, Exact)
+    return SiteReport(REWRITTEN, family, source, spec=spec, kernel=impl.name, policy=str(plan.asked),
+                      policy_applied=str(applied), rel_error=0.0 if exact else plan.rel_error,
+                      flops_saved=plan.flops_saved if not exact else 0.0,
+                      bytes_saved=plan.bytes_saved if not exact else 0.0, policy_note=plan.note,
                       node=name, shapes=shapes)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from convfuse.backends.dispatch import KERNELS, default_kernel
 from convfuse.policies import Policy, parse_policy
+from convfuse.scope import check_scope, parse_module_policies
 
 INNER_COMPILERS = ("inductor", "aot_eager", "eager")
 
@@ -18,11 +19,15 @@ class BackendOptions:
     inner: str = "inductor"  # what compiles the rest of the graph
     mode: str | None = None  # torch.compile mode, handed to inductor
     inductor: dict[str, Any] = field(default_factory=dict)  # other keys: inductor config patches
+    scope: str = "all"  # "all" | "marked": only sites inside convfuse.region(...) marks (convfuse/scope.py)
+    module_policies: tuple = ()  # ((module name pattern, policy), ...) from {"blocks.0": policy}
 
     @staticmethod
     def parse(options: dict[str, Any] | None, mode: str | None = None) -> "BackendOptions":
         options = dict(options or {})
         policy = parse_policy(options.pop("policy", None))
+        scope = check_scope(options.pop("scope", None))
+        module_policies = parse_module_policies(options.pop("module_policies", None))
         kernel = str(options.pop("kernel", None) or default_kernel()).lower()
         if kernel not in KERNELS:
             raise ValueError(f"convfuse: options['kernel']={kernel!r}; expected one of {', '.join(KERNELS)}")
@@ -35,9 +40,11 @@ class BackendOptions:
             unknown = sorted(k for k in options if not hasattr(config, k))
             if unknown:
                 raise ValueError(
-                    f"convfuse: unknown option(s) {', '.join(unknown)}; convfuse takes policy, kernel, inner, "
+                    f"convfuse: unknown option(s) {', '.join(unknown)}; convfuse takes policy, scope, module_policies, "
+                    "kernel, inner, "
                     "and inductor config keys"
                 )
             if inner != "inductor":
                 raise ValueError(f"convfuse: inductor options {sorted(options)} given with inner={inner!r}")
-        return BackendOptions(policy=policy, kernel=kernel, inner=inner, mode=mode, inductor=options)
+        return BackendOptions(policy=policy, kernel=kernel, inner=inner, mode=mode, inductor=options, scope=scope,
+                              module_policies=module_policies)

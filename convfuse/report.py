@@ -35,7 +35,12 @@ class SiteReport:
     reason: str = ""  # why it was skipped (empty when rewritten)
     spec: ConvSpec | None = None
     kernel: str = ""  # the implementation that runs it
-    policy: str = "exact"
+    policy: str = "exact"  # the policy asked for (the compile's, a region's or a module_policies entry)
+    policy_applied: str = ""  # what the rewrite computes ("exact" when a partial length >= K); "" if skipped
+    rel_error: float | None = None  # measured ||y_policy - y_exact|| / ||y_exact|| on the example inputs
+    flops_saved: float | None = None  # estimated per call against the exact rewrite (passes/policy.py)
+    bytes_saved: float | None = None
+    policy_note: str = ""  # how the applied policy was chosen, by which rule
     graph: int = 0  # which compiled graph (graph breaks split a model into several)
     node: str = ""  # the FX node of the inverse transform
     shapes: dict[str, list] = field(default_factory=dict)
@@ -52,7 +57,14 @@ class SiteReport:
     def line(self) -> str:
         what = self.spec.describe() if self.spec is not None else self.reason
         kernel = f" kernel={self.kernel}" if self.kernel else ""
-        return f"[{self.status}] {self.pattern} at {self.source}: {what}{kernel}"
+        policy = ""
+        if self.policy_applied and self.policy_applied != "exact":
+            policy = f" policy={self.policy_applied}"
+            if self.rel_error is not None:
+                policy += f" rel_error={self.rel_error:.2e}"
+        elif self.rewritten and self.policy != "exact":
+            policy = f" policy={self.policy}->exact"
+        return f"[{self.status}] {self.pattern} at {self.source}: {what}{kernel}{policy}"
 
 
 @dataclass
