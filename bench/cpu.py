@@ -71,12 +71,12 @@ def make_floor(u):
     blocks = [torch.randn(block, L) for _ in range(torch.get_num_threads())]
     count = -(-rows // block)
 
-    def chunk(items):
-        b = blocks[items[0] % len(blocks)] if items else None
-        for _ in items:
-            torch.fft.irfft(torch.fft.rfft(b, n=n), n=n)
+    def make_worker():
+        b = blocks.pop() if blocks else torch.randn(block, L)  # this thread's own block
+        blocks.insert(0, b)
+        return lambda unit: torch.fft.irfft(torch.fft.rfft(b, n=n), n=n)
 
-    return lambda: run_tiles(list(range(count)), chunk)
+    return lambda: run_tiles([[i] for i in range(count)], make_worker)
 
 
 def make_variants(B, H, L, compiled):

@@ -82,22 +82,29 @@ def fft_conv_cpu(
         else None
     )
 
-    def work(chunk: list[tuple[int, int, int, int]]) -> None:
-        prep, prep_h = None, None
-        for o0, o1, h0, h1 in chunk:
-            if cached is not None:
-                prep = cached[h0:h1]
-            elif prep_h != (h0, h1):
-                prep, prep_h = prepare(plan, lay.k2[h0:h1], dtype), (h0, h1)
-            x = u3[o0:o1, h0:h1].to(dtype)
-            if pg3 is not None:
-                x = x * pg3[o0:o1, h0:h1].to(dtype)
-            y = compute_tile(plan, x, prep)
-            if D3 is not None:
-                y.addcmul_(x, D3[o0:o1, h0:h1].to(dtype))
-            if post3 is not None:
-                y.mul_(post3[o0:o1, h0:h1].to(dtype))
-            out3[o0:o1, h0:h1].copy_(y)
+    def make_worker():
+        state = {"h": None, "prep": None}  # the kernel block this thread prepared last
 
-    run_tiles(tiles(lay, plan.row_bytes(dtype)), work)
+        def work(unit: list[tuple[int, int, int, int]]) -> None:
+            for o0, o1, h0, h1 in unit:
+                if cached is not None:
+                    prep = cached[h0:h1]
+                elif state["h"] != (h0, h1):
+                    prep = state["prep"] = prepare(plan, lay.k2[h0:h1], dtype)
+                    state["h"] = (h0, h1)
+                else:
+                    prep = state["prep"]
+                x = u3[o0:o1, h0:h1].to(dtype)
+                if pg3 is not None:
+                    x = x * pg3[o0:o1, h0:h1].to(dtype)
+                y = compute_tile(plan, x, prep)
+                if D3 is not None:
+                    y.addcmul_(x, D3[o0:o1, h0:h1].to(dtype))
+                if post3 is not None:
+                    y.mul_(post3[o0:o1, h0:h1].to(dtype))
+                out3[o0:o1, h0:h1].copy_(y)
+
+        return work
+
+    run_tiles(tiles(lay, plan.row_bytes(dtype), torch.get_num_threads()), make_worker)
     return out

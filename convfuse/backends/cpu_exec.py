@@ -8,19 +8,20 @@ ones) and Ko the number of rows sharing each kernel row.  A tile is a box
 inverse, window and epilogue (skip, post-gate, cast) of a tile all run while it is
 cache-resident, and only the output is written at full size.
 
-Tiles are ordered kernel-block-major so a kernel block's prepared form (spectrum)
-is computed once per thread and reused across the Ko rows that share it.
+A tile takes all Ko rows of its kernel rows when they fit, so a kernel block's prepared
+form (spectrum) is computed once and reused by every row that shares it.
 
 Threads: MKL's FFT parallelises a small batch poorly (measured, 2 cores, 64 rows of
 n=2048: one call with 2 intra-op threads 6.4 ms vs 3.4 ms with 1 thread; splitting the
-tiles over 2 Python threads with 1 intra-op thread each: 1.9 ms), so tiles are split
-across a small pool of Python threads (torch ops release the GIL), each running torch
-with one intra-op thread.  ``torch.set_num_threads`` is thread-local in the OpenMP
+tiles over 2 Python threads with 1 intra-op thread each: 1.9 ms), so tiles are shared
+out to a small pool of Python threads (torch ops release the GIL), each running torch
+with one intra-op thread, pulling work dynamically.  ``torch.set_num_threads`` is thread-local in the OpenMP
 build, so the caller's setting is restored when the call returns.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -34,10 +35,11 @@ from torch import Tensor
 # Bytes of complex FFT buffer per tile: about half of the 1 MiB per-core L2 measured
 # on this EPYC, leaving room for the real input/output tile.  Measured on 2 cores,
 # (4,256,4096): 16 rows (528 KiB) 9.6 ms, 64 rows (2.1 MiB) 8.6 ms, 4 rows 15 ms; the
-# per-call overhead of small tiles dominates below ~256 KiB, so the target is 512 KiB
-# with at least 8 rows when rows are short.
+# per-call overhead of small tiles dominates below ~256 KiB, so the target is 512 KiB.
+# Rows longer than that (n = 262144: 1 MiB of spectrum per row) go one per tile: more
+# rows per tile would only add memory (bench: 92 MiB peak at 8 rows, (1, 64, 131072)).
 TILE_BYTES = 512 * 1024
-MIN_TILE_ROWS = 8
+MIN_TILE_ROWS = 1
 
 
 @dataclass
@@ -78,16 +80,23 @@ def grid_view(t: Tensor | None, lay: Layout) -> Tensor | None:
     return t.reshape(lay.Ko, lay.Hk, t.shape[-1])
 
 
-def tiles(lay: Layout, row_bytes: int) -> list[tuple[int, int, int, int]]:
-    """Boxes (o0, o1, h0, h1) holding about TILE_BYTES of complex buffer, kernel-block-major."""
+def tiles(lay: Layout, row_bytes: int, threads: int) -> list[list[tuple[int, int, int, int]]]:
+    """Work units: lists of boxes (o0, o1, h0, h1) of about TILE_BYTES of complex buffer.
+
+    A box takes all Ko rows of its kernel block when they fit, so a kernel block is
+    prepared once and used by every row sharing it.  Units are whole kernel blocks
+    (no two threads prepare the same block) when there are enough of them to balance
+    two threads, else single boxes.
+    """
     rows = max(MIN_TILE_ROWS, TILE_BYTES // max(row_bytes, 1))
-    hh = min(lay.Hk, rows)
+    hh = max(1, min(lay.Hk, rows // lay.Ko))
     oo = max(1, min(lay.Ko, rows // hh))
-    out = []
+    groups = []
     for h0 in range(0, lay.Hk, hh):
-        for o0 in range(0, lay.Ko, oo):
-            out.append((o0, min(o0 + oo, lay.Ko), h0, min(h0 + hh, lay.Hk)))
-    return out
+        groups.append([(o0, min(o0 + oo, lay.Ko), h0, min(h0 + hh, lay.Hk)) for o0 in range(0, lay.Ko, oo)])
+    if len(groups) >= 4 * threads:
+        return groups
+    return [[box] for group in groups for box in group]
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -104,6 +113,8 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
     with _pool_lock:
         # A forked child inherits the executor object but not its threads: rebuild it.
         if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < workers:
+            if _pool is not None and _pool_pid == os.getpid():
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="convfuse-cpu", initializer=_single_thread)
             _pool_pid = os.getpid()
         return _pool
@@ -112,24 +123,42 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
 _in_worker = threading.local()
 
 
-def run_tiles(work: list, fn: Callable[[list], None]) -> None:
-    """Run fn over contiguous chunks of ``work`` on up to torch.get_num_threads() threads."""
-    threads = min(torch.get_num_threads(), len(work))
+def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]]) -> None:
+    """Process every unit once, on up to torch.get_num_threads() threads.
+
+    Threads pull units from a shared counter rather than taking fixed halves: on a
+    shared machine a core is often busy with someone else's process, and a static split
+    then waits for the slow half.  ``make_worker()`` gives each thread its own state
+    (the kernel block it prepared last).
+    """
+    threads = min(torch.get_num_threads(), len(units))
     if threads <= 1 or getattr(_in_worker, "active", False):
-        fn(work)
+        worker = make_worker()
+        for unit in units:
+            worker(unit)
         return
-    # Contiguous chunks keep kernel-block-major order within each thread.
-    bounds = [round(i * len(work) / threads) for i in range(threads + 1)]
-    chunks = [work[bounds[i] : bounds[i + 1]] for i in range(threads)]
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def drain() -> None:
+        worker = make_worker()
+        for i in iter(lambda: next(counter), None):
+            if i >= len(units):
+                return
+            worker(units[i])
+
     pool = _get_pool(threads - 1)
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     _in_worker.active = True
+    futures = []
     try:
-        futures = [pool.submit(fn, chunk) for chunk in chunks[1:]]
-        fn(chunks[0])
-        for f in futures:
-            f.result()
+        futures = [pool.submit(drain) for _ in range(threads - 1)]
+        drain()
     finally:
+        # Wait for every worker even when this thread failed: they write into the output.
+        errors = [f.exception() for f in futures]
         _in_worker.active = False
         torch.set_num_threads(saved)
+    for error in errors:
+        if error is not None:
+            raise error
