@@ -54,6 +54,7 @@ EPI = dict(HAS_PRE=True, HAS_D=True, HAS_POST=True)
         ("conv2", "fp16", "fp32", dict(N1=32, N2=32, HALF_IN=True, HALF_OUT=True, PREC="ieee", **EPI)),
         ("conv2", "bf16", "fp32", dict(N1=32, N2=16, HALF_IN=True, HALF_OUT=False, PREC="ieee", **EPI)),
         ("conv2", "fp32", "fp32", dict(N1=16, N2=16, HALF_IN=False, HALF_OUT=False, PREC="tf32x3", **EPI)),
+        ("conv2", "fp16", "fp32", dict(N1=64, N2=32, HALF_IN=True, HALF_OUT=True, PREC="ieee", **EPI)),
         ("conv2", "fp64", "fp64", dict(N1=32, N2=32, HALF_IN=False, HALF_OUT=True, PREC="ieee", **EPI)),
         ("outer_fwd", "fp16", "fp32", dict(N0=128, M=1024, BJ=32, KB=16, HALF_IN=True, HAS_PRE=True, PREC="ieee")),
         ("inner", "bf16", "fp32", dict(NSEQ=32, NTW=32, M1=32, M2=32, PREC="ieee")),

@@ -63,6 +63,8 @@ CASES = [
     ((1, 300), (300,), ConvParams(700, 0, 300), (1, 300), None, None),  # n=700 padded to 1024
     ((2, 100), (2, 100), ConvParams(3000, 7, 150, conj_kernel=True), None, None, None),  # n=3000 padded to 256
     ((2, 1), (2, 60), ConvParams(256, 0, 60), None, (2, 60), None),  # u broadcast along the axis by pre_gate
+    ((2, 1000), (2, 1000), ConvParams(2048, 0, 1000), (2, 1000), None, (2, 1000)),  # 64 x 32, causal skips
+    ((2, 1500), (2, 900), ConvParams(2048, 1500, 1000, conj_kernel=True), None, None, None),  # 64 x 32, wraps
     # outer passes through memory: n = N0 * m
     ((2, 2000), (2, 2000), ConvParams(4096, 0, 2000), (2, 1), (2, 2000), (2, 2000)),  # 16 x 256, no skip
     ((2, 3000), (3000,), ConvParams(8192, 0, 3000, scale=3.0), None, None, None),  # 32 x 256, causal skips
@@ -163,7 +165,6 @@ def test_plans_are_cached_and_gpu_legal():
                     continue
                 for shape in pl.dot_shapes(half_in, half_out):
                     tm.check_dot_shape(*shape)
-    assert isinstance(tm.plan_for(2048, torch.float32, "cpu"), str)
     assert isinstance(tm.plan_for(2**23, torch.float32, "cpu"), str)  # beyond 4M: no plan
     assert isinstance(tm.plan_for(3 * 2**12, torch.float32, "cpu"), str)  # not a power of two
     assert isinstance(tm.plan_for(256, torch.float16, "cpu"), str)  # half inputs compute in fp32

@@ -1,6 +1,6 @@
 """Monarch plans: which FFT size a call runs at, its factorization, and its constant matrices.
 
-A plan for size n = N1 * N2 (radices 16 and 32) holds, as real/imaginary planes
+A plan for size n = N1 * N2 (radices 16, 32, and 64 for 2048) holds, as real/imaginary planes
 (Triton has no complex dtype), everything the fused kernel multiplies by:
 
     F1[k1, j1] = exp(-2i pi j1 k1 / N1)      (2, N1, N1)   dot dtype
@@ -32,11 +32,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-RADICES = (16, 32)
+RADICES = (16, 32, 64)
 FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
-FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32)}
+# 2048 = 64 x 32 (a radix-64 DFT matmul) compiles for sm90 without spills (fp16: 146 registers,
+# fp32/tf32x3: 255, 24 KB shared); 64 x 64 for 4096 compiles too but at 254 registers (fp16) and
+# with spills (fp32), so 4096 goes through the outer pass instead.  Unmeasured on a GPU.
+FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32)}
 FUSED_SIZES = tuple(sorted(FACTORS))
 # n -> (N0, N0B, m): an outer radix-N0 pass through GPU memory around a fused size-m transform
 # (kernels_outer.py), with a middle radix-N0B level when N0B > 1.  N0 = 32 where possible, for
