@@ -36,7 +36,7 @@ def convfuse_backend(gm: GraphModule, example_inputs, *, mode=None, options=None
 def _shapes(m: Match) -> dict[str, list]:
     return {
         name: [str(d) for d in example_value(node).shape]
-        for name, node in (("u", m.u.signal), ("k", m.k.signal), ("out", m.tail))
+        for name, node in (("u", m.u.signal), ("k", m.k.signal or m.k.terms[0].signal), ("out", m.tail))
     }
 
 

@@ -113,3 +113,96 @@ def contracting_einsum(u, k):
     L = u.shape[-1]
     y = torch.einsum("bhl,hl->bl", torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L))
     return torch.fft.irfft(y, n=2 * L)[..., :L]
+
+
+# ---- wider families ------------------------------------------------------------------------
+
+
+def one_sided_half_of_fft(u, k, gate):
+    # A gated long conv taking the one-sided half of a full complex fft of its real input.
+    L = u.shape[-1]
+    n = 2 * L
+    U = torch.fft.fft(u, n=n)[..., : n // 2 + 1]
+    y = torch.fft.irfft(U * torch.fft.rfft(k, n=n), n=n)[..., :L]
+    return y * gate
+
+
+def full_spectra_real_part(u, k):
+    L = u.shape[-1]
+    return torch.fft.ifft(torch.fft.fft(u, n=2 * L) * torch.fft.fft(k, n=2 * L)).real[..., :L]
+
+
+def in_place_product(u, k):
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    U *= torch.fft.rfft(k, n=2 * L)
+    return torch.fft.irfft(U, n=2 * L)[..., :L]
+
+
+def in_place_method_product(u, k):
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    U.mul_(torch.fft.rfft(k, n=2 * L))
+    return torch.fft.irfft(U, n=2 * L)[..., :L]
+
+
+def ema_correlation(u, k):
+    # An EMA/decay written as a correlation with a re-indexed output (roll, then a window).
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L).conj(), n=2 * L)
+    return torch.roll(y, shifts=L - 1, dims=-1)[..., :L]
+
+
+def arange_window(u, k):
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)
+    return y.index_select(-1, torch.arange(L // 2, L // 2 + L))
+
+
+def padded_input_offset(u, k):
+    # Non-causal: pad the input on the left and take an offset window (a centred kernel).
+    L, K = u.shape[-1], k.shape[-1]
+    up = F.pad(u, (K // 2, 0))
+    n = L + K
+    y = torch.fft.irfft(torch.fft.rfft(up, n=2 * n) * torch.fft.rfft(k, n=2 * n), n=2 * n)
+    return y[..., K // 2 + K // 2 : K // 2 + K // 2 + L]
+
+
+def bidirectional_sum_of_spectra(u, k_fwd, k_bwd):
+    # Bidirectional: K_fwd + conj(K_bwd), a causal and an anti-causal kernel in one.
+    L = u.shape[-1]
+    n = 2 * L
+    Kf = torch.fft.rfft(k_fwd, n=n) + torch.fft.rfft(k_bwd, n=n).conj()
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * Kf, n=n)[..., :L]
+
+
+def bidirectional_pad_flip(u, k_fwd, k_bwd, D):
+    # M2-style: a 2L kernel built from pad + flip, skip term, and gates.
+    L = u.shape[-1]
+    k = F.pad(k_fwd, (0, L)) + F.pad(k_bwd.flip(-1), (L, 0))
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., L - 1 : 2 * L - 1]
+    return y + u * D.unsqueeze(-1)
+
+
+def s4_einsum_skip(u, k, D):
+    # S4 with channels: the skip term as an einsum too.
+    L = u.size(-1)
+    y = torch.fft.irfft(torch.einsum("bhl,chl->bchl", torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L)),
+                        n=2 * L)[..., :L]
+    return y + torch.einsum("bhl,ch->bchl", u, D)
+
+
+def pre_gated(x, v, k, D):
+    # H3/Hyena: the conv input is a product (gate before the conv) also used by the skip.
+    u = x * v
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L) / (2 * L), n=2 * L, norm="forward")
+    return y[..., :L] + u * D.unsqueeze(-1)
+
+
+def mutated_between(u, k):
+    # Near miss: u is written in place after its transform; a fused op would read the new u.
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    u.mul_(2)
+    return torch.fft.irfft(U * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.fx import Graph, Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal
+from convfuse.passes.algebra import Refusal, mutates
 from convfuse.passes.match import Match, match_site
 from convfuse.passes.rewrite import rewrite_site
 
@@ -23,6 +23,8 @@ def _reaches_inverse(node: Node, limit: int = 64) -> bool:
                 return True
             seen.add(user)
             frontier.append(user)
+            if mutates(user) and isinstance(user.args[0], Node):
+                frontier.append(user.args[0])  # U.mul_(K): K reaches whatever reads U afterwards
     return False
 
 

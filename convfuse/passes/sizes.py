@@ -73,7 +73,59 @@ def proven(condition: Any) -> bool:
     """True only when ``condition`` (a bool or SymBool) holds for every traced size."""
     if isinstance(condition, bool):
         return condition
-    return statically_known_true(condition)
+    return statically_known_true(condition) or _proven_by_floor_bounds(condition)
+
+
+def _proven_by_floor_bounds(condition: Any) -> bool:
+    """A small sound prover for what the shape environment misses, e.g. ``s // 2 + s <= 2 * s``.
+
+    The inequality becomes ``d >= 0`` (or ``d > 0``); each ``a // c`` is replaced by the bound
+    that makes ``d`` smallest (``(a - c + 1) / c`` where it adds, ``a / c`` where it subtracts),
+    each size symbol by ``lower + t`` with ``t >= 0`` from its known range; if every coefficient
+    of the resulting polynomial in the ``t``s is non-negative (and the constant positive for a
+    strict inequality), the condition holds for every size.  Anything else: not proven.
+    """
+    import sympy
+    from torch.utils._sympy.functions import FloorDiv
+
+    try:
+        expr = condition.node.expr
+        shape_env = condition.node.shape_env
+    except AttributeError:
+        return False
+    if isinstance(expr, (sympy.GreaterThan, sympy.StrictGreaterThan)):
+        diff, strict = expr.lhs - expr.rhs, isinstance(expr, sympy.StrictGreaterThan)
+    elif isinstance(expr, (sympy.LessThan, sympy.StrictLessThan)):
+        diff, strict = expr.rhs - expr.lhs, isinstance(expr, sympy.StrictLessThan)
+    else:
+        return False
+    diff = sympy.expand(diff)
+    for floor in diff.atoms(FloorDiv):
+        a, c = floor.args
+        if not (c.is_Integer and c > 0):
+            return False
+        coeff = diff.coeff(floor)
+        if not coeff.is_number:
+            return False
+        diff = sympy.expand(diff.subs(floor, (a - c + 1) / c if coeff > 0 else a / c))
+    if diff.atoms(sympy.Function):
+        return False
+    shifts, offsets = {}, []
+    for sym in diff.free_symbols:
+        bounds = shape_env.var_to_range.get(sym)
+        if bounds is None or not bounds.lower.is_finite:
+            return False
+        offset = sympy.Symbol(f"_t_{sym}", nonnegative=True)
+        shifts[sym] = int(bounds.lower) + offset
+        offsets.append(offset)
+    shifted = sympy.expand(diff.subs(shifts))
+    if not offsets:
+        return bool(shifted > 0) if strict else bool(shifted >= 0)
+    coeffs = sympy.Poly(shifted, *offsets).as_dict()
+    if any(not c.is_number or c < 0 for c in coeffs.values()):
+        return False
+    constant = coeffs.get((0,) * len(offsets), 0)
+    return bool(constant > 0) if strict else True
 
 
 def same(a: SizeValue, b: SizeValue) -> bool:

@@ -18,7 +18,7 @@ import torch
 from torch.fx import Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal, is_tensor, scaled, slice_along, strip_exact_upcasts
+from convfuse.passes.algebra import Refusal, is_tensor, same_shape, scaled, slice_along, strip_exact_upcasts
 from convfuse.passes.einsum import elementwise_einsum
 from convfuse.passes.sizes import SymSize, example_value, same
 
@@ -145,15 +145,18 @@ def spectral_sum(node: Node) -> Operand:
             raise Refusal(f"`{node.name}` adds spectra of different sizes, axes or sidedness")
         if term.align is not None:
             raise Refusal(f"`{node.name}` adds spectra that an einsum realigned")
-    shapes = {tuple(example_value(t.signal).shape) for t in terms}
-    if len(shapes) != 1:
-        raise Refusal(f"`{node.name}` adds spectra of signals with different shapes {sorted(shapes)}")
+    if not all(same_shape(t.signal, terms[0].signal) for t in terms):
+        raise Refusal(f"`{node.name}` adds spectra of signals with different shapes")
     return Operand(signal=None, n=a.n, axis=a.axis, power=Fraction(0), factors=[], sided=a.sided,
                    nodes=[node] + a.nodes + b.nodes, terms=terms)
 
 
-def spectral_product(node: Any) -> tuple[list[Operand], list, list[Node], list[str]]:
-    """Factor the inverse transform's input into two spectra, scalars, consumed nodes and notes."""
+def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operand], list, list[Node], list[str]]:
+    """Factor the inverse transform's input into two spectra, scalars, consumed nodes and notes.
+
+    ``reader`` is the node that reads the product after an in-place ``U.mul_(K)``: the one
+    other user ``U`` may have.
+    """
     if not isinstance(node, Node):
         raise Refusal("the inverse transform's input is not a graph value")
     if (inner := scaled(node)) is not None:
@@ -163,7 +166,7 @@ def spectral_product(node: Any) -> tuple[list[Operand], list, list[Node], list[s
     if facts.is_call(node, facts.MUL_FUNCTIONS | facts.INPLACE_MUL_FUNCTIONS, facts.MUL_METHODS | {"mul_"}):
         ops = facts.binary_operands(node)
         if ops is not None and all(is_tensor(a) for a in ops):
-            if facts.is_call(node, facts.INPLACE_MUL_FUNCTIONS, {"mul_"}) and list(ops[0].users) != [node]:
+            if facts.is_call(node, facts.INPLACE_MUL_FUNCTIONS, {"mul_"}) and set(ops[0].users) - {node, reader}:
                 raise Refusal(f"`{node.name}` multiplies in place a spectrum that is used elsewhere")
             a, b = (spectrum_operand(x) for x in ops)
             return [a, b], [], [node], []
@@ -183,6 +186,6 @@ def spectral_product(node: Any) -> tuple[list[Operand], list, list[Node], list[s
     in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
     if len(in_place) == 1 and len(node.users) == 2:
         # U.mul_(K); irfft(U): the inverse reads U after the in-place product.
-        return spectral_product(in_place[0])
+        return spectral_product(in_place[0], reader=next(u for u in node.users if u is not in_place[0]))
     spectrum_operand(node)  # raises a precise reason when it is no lone transform either
     raise Refusal("the inverse transform's input is a single spectrum, not a product of two")

@@ -1,0 +1,72 @@
+"""The wider families: each matches eager (outputs and gradients) and is rewritten; near misses are not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spellings as sp
+from conftest import Compiled, assert_matches_eager
+
+
+def _t(*shape, grad=True):
+    return torch.randn(*shape, requires_grad=grad)
+
+
+FAMILIES = {
+    "one-sided-half": (sp.one_sided_half_of_fft, lambda: (_t(2, 4, 32), _t(4, 32), _t(2, 4, 32))),
+    "ifft-real": (sp.full_spectra_real_part, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "in-place-imul": (sp.in_place_product, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "in-place-mul_": (sp.in_place_method_product, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "ema-correlation-roll": (sp.ema_correlation, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "arange-window": (sp.arange_window, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "padded-input-offset": (sp.padded_input_offset, lambda: (_t(2, 4, 32), _t(4, 9))),
+    "sum-of-spectra": (sp.bidirectional_sum_of_spectra, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32))),
+    "pad-flip-bidirectional": (sp.bidirectional_pad_flip, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32), _t(4))),
+    "s4-einsum-skip": (sp.s4_einsum_skip, lambda: (_t(2, 4, 32), _t(3, 4, 32), _t(3, 4))),
+    "pre-gated": (sp.pre_gated, lambda: (_t(2, 4, 32), _t(2, 4, 32), _t(4, 32), _t(4))),
+}
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_is_rewritten_and_matches_eager(name, dynamic):
+    fn, make = FAMILIES[name]
+    compiled = assert_matches_eager(fn, make(), dynamic=dynamic)
+    statuses = [(s.status, s.reason) for s in compiled.report.sites]
+    assert statuses == [("rewritten", "")], compiled.report
+    assert compiled.op_calls() == 1 and compiled.fft_calls() == 0
+
+
+def test_correlation_and_fused_epilogue_are_in_the_spec():
+    compiled = assert_matches_eager(sp.ema_correlation, (_t(2, 4, 32), _t(4, 32)))
+    spec = compiled.report.sites[0].spec
+    assert spec.conj_kernel and spec.start == (-(32 - 1)) % 64 and compiled.report.sites[0].pattern.endswith("correlation")
+    compiled = assert_matches_eager(sp.pre_gated, (_t(2, 4, 16), _t(2, 4, 16), _t(4, 16), _t(4)))
+    spec = compiled.report.sites[0].spec
+    assert spec.pre_gate and spec.skip
+
+
+def test_in_place_write_between_is_left_alone():
+    u, k = torch.randn(2, 4, 16), torch.randn(4, 16)
+    compiled = Compiled(sp.mutated_between)
+    got = compiled(u.clone(), k)
+    torch.testing.assert_close(got, sp.mutated_between(u.clone(), k))
+    site = compiled.report.sites[0]
+    assert site.status == "skipped" and "in place" in site.reason
+    assert compiled.op_calls() == 0
+
+
+def test_in_place_product_with_other_readers_is_left_alone():
+    def shared(u, k):
+        L = u.shape[-1]
+        U = torch.fft.rfft(u, n=2 * L)
+        V = U  # another name for the same spectrum, read after the in-place product
+        U.mul_(torch.fft.rfft(k, n=2 * L))
+        return torch.fft.irfft(U, n=2 * L)[..., :L], V.abs().sum()
+
+    u, k = torch.randn(2, 4, 16), torch.randn(4, 16)
+    compiled = Compiled(shared)
+    (a, s), (ea, es) = compiled(u, k), shared(u, k)
+    torch.testing.assert_close(a, ea, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, es, rtol=1e-5, atol=1e-4)
