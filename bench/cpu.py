@@ -107,15 +107,22 @@ def time_shape(B, H, L, repeats, compiled):
             assert err < 1e-4, (name, err)
         for fn in fns.values():  # warm-up: compile, plans, thread pool, cache (second sighting)
             fn(), fn()
-        times = {name: [] for name in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                if name in before:
-                    before[name]()
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+        times = _rounds(fns, repeats, before)
+    return {name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()}
+
+
+def _rounds(fns, repeats, before=None):
+    """Interleaved rounds; the order rotates each round so no variant always follows the same one."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if before and name in before:
+                before[name]()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def peak_memory(B, H, L, variant):
@@ -195,13 +202,7 @@ def hyena_model(quick, repeats):
 
 
 def _interleaved(fns, repeats):
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in _rounds(fns, repeats).items()}
 
 
 def write_outputs(rows, model, meta):
@@ -230,7 +231,12 @@ def write_outputs(rows, model, meta):
             t = model[key]
             lines.append(f"| {key[:-3]} | {t['eager']:.1f} | {t['compile']:.1f} | {t['convfuse']:.1f} "
                          f"| {t['eager'] / t['convfuse']:.2f}x | {t['compile'] / t['convfuse']:.2f}x |")
-    lines += ["", f"{meta['machine']}; {meta['repeats']} interleaved rounds, medians; torch {meta['torch']}."]
+    lines += ["", "Best of the rounds (ms, eager / compile / convfuse input / convfuse const / floor): " + "; ".join(
+        f"{r['L']}: " + " / ".join(f"{r['min_ms'][v]:.2f}" for v in VARIANTS) for r in rows if "min_ms" in r)]
+    load = ", ".join(f"{meta[k][0]:.1f}" for k in ("loadavg_start", "loadavg_end") if k in meta)
+    lines += ["", f"{meta['machine']}; {meta['repeats']} interleaved rounds (order rotating), medians; "
+                  f"1-min load average at start, end: {load} (a shared machine); torch {meta['torch']}.",
+              "Peak extra memory: VmHWM - VmRSS around one warm call in a fresh subprocess, output included."]
     (RESULTS / "cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows)
@@ -269,14 +275,21 @@ def calibrate(quick):
     for L, K in grid:
         u, k = torch.randn(rows // 64, 64, L), torch.randn(64, K)
         p = ConvParams(2 * L, 0, L)
-        t = {}
-        for algo in ("fft", "direct", "ols"):
-            if algo == "direct" and K > 256:
-                continue
-            fn = lambda a=algo: fft_conv_cpu(u, k, None, None, None, p, force=a)  # noqa: E731
-            t[algo] = _interleaved({algo: fn}, 3 if quick else 7)[algo] / rows * 1e3  # us per row
+        fns = {a: (lambda a=a: fft_conv_cpu(u, k, None, None, None, p, force=a))
+               for a in ("fft", "direct", "ols") if not (a == "direct" and K > 256)}
+        t = {a: ms / rows * 1e3 for a, ms in _interleaved(fns, 3 if quick else 7).items()}  # us per row
         out.append({"L": L, "K": K, "us_per_row": t, "model": describe_cpu_algorithm(2 * L, L, K, 0, L, rows)})
         print(out[-1], flush=True)
+    for L in (1024, 4096, 16384, 131072):  # what the fitted model picks, to state the crossovers
+        picks, last = [], None
+        for K in sorted({2**e for e in range(1, 18)} | {3 * 2**e for e in range(1, 16)}):
+            if K > L:
+                break
+            name = describe_cpu_algorithm(2 * L, L, K, 0, L, 1).split("(")[0]
+            if name != last:
+                picks.append(f"K>={K}: {name}")
+                last = name
+        print(f"model, causal L={L}: " + ", ".join(picks))
     return out
 
 
@@ -292,18 +305,19 @@ def main(argv=None):
         return 0
     repeats = 5 if args.quick else 15
     meta = {"machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-            "torch": torch.__version__, "repeats": repeats}
+            "torch": torch.__version__, "repeats": repeats, "loadavg_start": os.getloadavg()}
     rows = []
     for B, H, L in SHAPES:
         torch._dynamo.reset()
         compiled = torch.compile(fftconv, dynamic=False)
-        ms = time_shape(B, H, L, repeats, compiled)
-        row = {"B": B, "H": H, "L": L, "ms": ms, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
+        ms, best = time_shape(B, H, L, repeats, compiled)
+        row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
         if not args.no_memory:
             row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v != "floor"}
         rows.append(row)
         print(json.dumps(row), flush=True)
     model = None if args.no_model else hyena_model(args.quick, 5 if args.quick else 10)
+    meta["loadavg_end"] = os.getloadavg()
     write_outputs(rows, model, meta)
     return 0
 

@@ -18,9 +18,13 @@ Measured (us per row, causal n = 2L, 512 rows, 2025-11-25 calibration, shared ma
   direct: ~3 ns per output sample (padding, oneDNN depthwise setup) + 0.027 ns per multiply-add.
   ols: ~1.1x the FFT's cost per N log2 N (overlapping frames are copied, K - 1 samples discarded),
   8-point blocks cost far more than their flops (6.7 us at K=4), hence MIN_OLS_N.
-Crossovers these constants give: causal L=1024: direct for K <= ~100 (ols and direct within
-noise of each other there), fft above; causal L=16384: direct for K <= ~20, overlap-save up
-to K ~ 3000 (about L/5), one FFT per row above.  Circular/wrapping windows: always fft.
+Crossovers these constants give (``bench/cpu.py --calibrate`` prints them), causal n = 2L:
+  L=1024:   direct for K < 128, overlap-save / direct within 10% of each other up to K = 384, fft above;
+  L=4096:   direct for 6 <= K < 96, overlap-save for K < 1536 (~L/3), fft above;
+  L=16384:  direct for 6 <= K < 96, overlap-save for K < 6144 (~L/3), fft above;
+  L=131072: direct for 6 <= K < 96, overlap-save for K < 49152 (~L/3), fft above.
+  (K < 6: direct and overlap-save with N=64 tie in the model, either is picked.)
+  Circular or wrapping windows (not ``is_linear``): always fft.
 """
 
 from __future__ import annotations
