@@ -141,6 +141,19 @@ class Program:
             out.append(replace(self, scales=self.scales[:i] + self.scales[i + 1:]))
         if len(self.batch) > 1:
             out.append(replace(self, batch=self.batch[1:], kdims=min(self.kdims, len(self.batch) - 1)))
+        if any(b > 2 for b in self.batch):
+            out.append(replace(self, batch=tuple(min(b, 2) for b in self.batch)))
+        if self.layout != "last":
+            out.append(replace(self, layout="last", ktranspose=False))
+        if self.window in ("offset", "narrow") and not self.pending:
+            out.append(replace(self, window="slice", offset=0))
+        if self.n != "2L" and self.n != "L":
+            out.append(replace(self, n="2L"))
+        if self.L > 2:  # shorter, keeping the order of K against L and the parity of both
+            L2 = self.L // 2 if (self.L // 2) % 2 == self.L % 2 else self.L // 2 + 1
+            K2 = {True: max(1, L2 - (self.L - self.K)), False: L2 + (self.K - self.L)}[self.K <= self.L]
+            if K2 >= 1 and (K2 < L2) == (self.K < self.L) and (K2 == L2) == (self.K == self.L):
+                out.append(replace(self, L=L2, K=K2))
         return [p for p in out if p.valid()]
 
     def valid(self) -> bool:

@@ -26,13 +26,13 @@ def _assert_no_mismatch(p: P.Program) -> None:
     assert not mismatches, "\n".join(m.describe() for m in mismatches) + "\n\n" + P.render(p) + f"\n{p!r}"
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=200, **SETTINGS)
 @given(P.programs(near_misses=False))
 def test_random_convolution_is_rewritten_and_matches_eager(p):
     _assert_no_mismatch(p)
 
 
-@settings(max_examples=80, **SETTINGS)
+@settings(max_examples=100, **SETTINGS)
 @given(P.programs(near_misses=True).filter(lambda p: not p.is_convolution))
 def test_random_near_miss_is_left_alone_with_a_reason(p):
     _assert_no_mismatch(p)
