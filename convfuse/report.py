@@ -56,6 +56,8 @@ class SiteReport:
 
     def line(self) -> str:
         what = self.spec.describe() if self.spec is not None else self.reason
+        if self.spec is not None and self.reason:
+            what = f"{what}: {self.reason}"
         kernel = f" kernel={self.kernel}" if self.kernel else ""
         policy = ""
         if self.policy_applied and self.policy_applied != "exact":

@@ -19,8 +19,8 @@ the backend only sees the FX graph, where a module is a name and a class from
 ``nn_module_stack`` (not the instance a filter would expect).
 
 Which policy a site gets (first that applies): the innermost module whose name matches a
-``module_policies`` entry (the most specific entry: longest pattern wins among several
-matching the same module); then the innermost marked region with a policy (function
+``module_policies`` entry (the most specific entry among several matching the same module:
+an exact name, else the longest pattern); then the innermost marked region with a policy (function
 regions before module regions); then the compile's ``policy``.
 
 How regions are found in the graph: a module class or instance is found through
@@ -124,12 +124,13 @@ def _mark(obj: Any, policy: Policy | None) -> Any:
 
 
 def _reduce_unmarked(self, protocol):
-    state = object.__reduce_ex__(self, protocol)
-    # (copyreg.__newobj__, (cls, ...), state, ...): swap the marked class for its base.
-    func, args, *rest = state
-    if args and args[0] is type(self):
-        args = (type(self).__convfuse_base__, *args[1:])
-    return (func, args, *rest)
+    """Pickle (and deepcopy) a marked instance as an instance of its own, unmarked class: the
+    marked subclass is made at run time and cannot be imported by name."""
+    return (_new_unmarked, (type(self).__convfuse_base__,), self.__getstate__())
+
+
+def _new_unmarked(cls: type) -> Any:
+    return cls.__new__(cls)
 
 
 def unmark(obj: Any) -> Any:
@@ -228,6 +229,12 @@ def region_marks(node: torch.fx.Node) -> list[RegionMark]:
     return list(dict.fromkeys(function_marks + module_marks + root_marks))
 
 
+def _specificity(hit: tuple[str, Policy]) -> tuple[bool, int]:
+    """An exact name beats any pattern; among patterns, the longer one wins."""
+    pattern = hit[0]
+    return (not any(c in pattern for c in "*?["), len(pattern))
+
+
 @dataclass(frozen=True)
 class SiteScope:
     """What the scope rules say about one site."""
@@ -248,7 +255,7 @@ def resolve(node: torch.fx.Node, scope: str, default: Policy,
     for name, _ in reversed(modules):
         hits = [(pattern, policy) for pattern, policy in module_policies if fnmatch.fnmatchcase(name, pattern)]
         if hits:
-            pattern, policy = max(hits, key=lambda hit: len(hit[0]))
+            pattern, policy = max(hits, key=_specificity)
             return SiteScope(True, policy, f"module_policies[{pattern!r}] ({name})")
     for mark in marks:
         if mark.policy is not None:

@@ -120,8 +120,13 @@ def kernel_identified(m: Match, spec: Any) -> str:
     K, L = _static(spec.K), _static(spec.L)
     if K is not None and L is not None and K < L:
         return ""
+    k = getattr(getattr(m, "k", None), "signal", None)
+    if isinstance(u, Node) and isinstance(k, Node):
+        uv, kv = example_value(u), example_value(k)
+        if isinstance(uv, torch.Tensor) and isinstance(kv, torch.Tensor) and proven(kv.numel() < uv.numel()):
+            return ""
     return (
-        "cannot tell which of the two convolved signals is the kernel (the same length, neither alone is a "
+        "cannot tell which of the two convolved signals is the kernel (neither is smaller, neither alone is a "
         "parameter/buffer, no skip term binds the input)"
     )
 
