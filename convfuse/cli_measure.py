@@ -38,8 +38,12 @@ def _tolerance(dtype: torch.dtype) -> float:
     return 1e-4
 
 
-def compare(expected: Any, got: Any) -> dict[str, Any]:
-    """Max abs error and max relative error (abs error / max |expected|, per tensor) over all outputs."""
+def compare(expected: Any, got: Any, budget: float | None = 0.0) -> dict[str, Any]:
+    """Max abs error and max relative error (abs error / max |expected|, per tensor) over all outputs.
+
+    ``budget``: the relative error a policy allows on top of float rounding (0 for exact
+    rewrites); None when the policy has no bound, and then there is no verdict.
+    """
     exp_leaves, exp_spec = tree_flatten(expected)
     got_leaves, got_spec = tree_flatten(got)
     if exp_spec != got_spec:
@@ -62,8 +66,19 @@ def compare(expected: Any, got: Any) -> dict[str, Any]:
             abs_err = rel_err = math.inf
         max_abs, max_rel = max(max_abs, abs_err), max(max_rel, rel_err)
         tolerance = max(tolerance, _tolerance(e.dtype))
+    if budget is None:
+        return {"outputs": outputs, "max_abs_error": max_abs, "max_rel_error": max_rel, "tolerance": None,
+                "ok": None}
+    tolerance = max(tolerance, budget)
     return {"outputs": outputs, "max_abs_error": max_abs, "max_rel_error": max_rel, "tolerance": tolerance,
             "ok": max_rel <= tolerance}
+
+
+def error_budget(policy: Any) -> float | None:
+    """The relative error ``policy`` allows: 0 when exact, its bound for Auto, None when unbounded."""
+    if policy is None or getattr(policy, "exact", True):
+        return 0.0
+    return getattr(policy, "max_rel_error", None)
 
 
 def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -> dict[str, Any]:
@@ -74,7 +89,7 @@ def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -
         expected = seeded(model, inputs)
         got = seeded(compiled, inputs)
     torch._dynamo.reset()
-    return compare(expected, got)
+    return compare(expected, got, error_budget(options.get("policy")))
 
 
 def _sync(inputs: tuple) -> None:

@@ -18,16 +18,23 @@ GAP = "  "
 ELLIPSIS = "..."
 
 
-def relative_source(source: str, cwd: str | None = None) -> str:
-    """``file:line`` with the file relative to ``cwd`` when it lies under it."""
-    path, sep, line = source.rpartition(":")
-    if not sep or not line.isdigit() or not os.path.isabs(path):
-        return source
+def relative_path(path: str, cwd: str | None = None) -> str:
+    """``path`` relative to ``cwd`` when it is an absolute path under it, else unchanged."""
+    if not os.path.isabs(path):
+        return path
     try:
         rel = os.path.relpath(path, cwd or os.getcwd())
     except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def relative_source(source: str, cwd: str | None = None) -> str:
+    """``file:line`` with the file relative to ``cwd`` when it lies under it."""
+    path, sep, line = source.rpartition(":")
+    if not sep or not line.isdigit():
         return source
-    return f"{rel}:{line}" if not rel.startswith("..") else source
+    return f"{relative_path(path, cwd)}:{line}"
 
 
 def shorten(text: str, width: int, keep_end: bool = False) -> str:
@@ -53,6 +60,24 @@ def brief_reason(reason: str) -> str:
     return " ".join(keep)
 
 
+def policy_detail(site: Any) -> str:
+    """What the policy did at a site, when that is more than "exact": asked -> applied, why, cost, error."""
+    asked, applied = site.policy, getattr(site, "policy_applied", "")
+    note, error = getattr(site, "policy_note", ""), getattr(site, "rel_error", None)
+    if not applied or (asked == applied == "exact" and not note):
+        return ""
+    parts = [] if asked == applied else [f"{asked} -> {applied}"]
+    if note:
+        parts.append(note)
+    if error is not None and applied != "exact":
+        parts.append(f"rel error {error:.2e} vs exact")
+    saved = [f"{value:.3g} {unit}" for unit, value in (("flops", getattr(site, "flops_saved", None)),
+                                                      ("bytes", getattr(site, "bytes_saved", None))) if value]
+    if saved:
+        parts.append(f"saves ~{' and '.join(saved)} per call")
+    return "; ".join(parts)
+
+
 def site_rows(report: Any) -> list[dict[str, str]]:
     rows = []
     for i, site in enumerate(report.sites, 1):
@@ -66,7 +91,8 @@ def site_rows(report: Any) -> list[dict[str, str]]:
             "axis": str(spec.axis) if spec is not None else "-",
             "n": str(spec.n) if spec is not None else "-",
             "kernel": site.kernel or "-",
-            "policy": site.policy or "-",
+            "policy": (getattr(site, "policy_applied", "") or site.policy) if site.rewritten else "-",
+            "policy detail": policy_detail(site),
             "shapes": shapes_text(site.shapes) if site.shapes else "",
             "spec": spec.describe() if spec is not None else "",
             "reason": site.reason,
@@ -106,10 +132,12 @@ def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:
         out.append(line(row))
         details = []
         for c in ("source", "family", "policy", "n"):
-            if len(row[c]) > widths[c]:
+            if len(row[c]) > widths[c] and not (c == "policy" and row["policy detail"]):
                 details.append((c, row[c]))  # abbreviated above: the full text here
         if row["shapes"]:
             details.append(("shapes", row["shapes"]))
+        if row["policy detail"]:
+            details.append(("policy", row["policy detail"]))
         if verbose and row["spec"]:
             details.append(("spec", row["spec"]))
         if row["reason"]:
@@ -163,8 +191,7 @@ class Console:
         if title:
             head = "convfuse report: "
             where, sep, attr = title.rpartition(":")
-            if sep and os.path.isabs(where):
-                title = relative_source(f"{where}:1").removesuffix(":1") + sep + attr
+            title = f"{relative_path(where)}{sep}{attr}"
             self._print(head + shorten(title, self.width - len(head), keep_end=True))
         if not report.sites:
             self._print("no FFT sites found (no irfft/irfftn/ifft in the compiled graphs)")
@@ -195,11 +222,12 @@ class Console:
                 self._print(chunk)
 
     def print_check(self, check: dict[str, Any]) -> None:
-        verdict = "ok" if check["ok"] else "MISMATCH"
+        verdict = {True: "ok", False: "MISMATCH", None: "no bound (approximate policy)"}[check["ok"]]
         n = check["outputs"]
-        self._print(f"check: eager vs convfuse (no_grad), {n} output tensor{'s' if n != 1 else ''}: {verdict}")
+        self._print(f"check: eager vs convfuse (no_grad, {n} output{'s' if n != 1 else ''}): {verdict}")
+        tolerance = f" (tolerance {check['tolerance']:.0e})" if check["tolerance"] is not None else ""
         self._print(f"  max abs error {check['max_abs_error']:.2e}, max rel error {check['max_rel_error']:.2e}"
-                    f" (tolerance {check['tolerance']:.0e})")
+                    + tolerance)
         if check.get("note"):
             self._print(f"  {check['note']}")
 

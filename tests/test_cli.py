@@ -172,7 +172,7 @@ def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert_plain(proc.stdout)
     assert "1 FFT site, 1 rewritten (100%)" in proc.stdout
-    assert "check: eager vs convfuse" in proc.stdout and ": ok" in proc.stdout
+    assert "check: eager vs convfuse (no_grad, 1 output): ok" in proc.stdout
     for name in ("eager", "inductor", "convfuse"):
         assert f"  {name} " in proc.stdout
     data = json.loads(out.read_text())
@@ -301,3 +301,16 @@ def test_plain_table_fits_80_columns(tmp_path: Path) -> None:
     assert "partial:length=1024,keep=0.25" in text
     assert relative_source(str(tmp_path / "m.py") + ":3", cwd=str(tmp_path)) == "m.py:3"
     assert relative_source("/elsewhere/m.py:3", cwd=str(tmp_path)) == "/elsewhere/m.py:3"
+
+
+def test_policy_text_reaches_the_report(in_process, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    assert in_process("report", "usermodel.py:hyena", "--policy", "partial:length=8", "--json", str(out)) == 0
+    text = capsys.readouterr().out
+    assert_plain(text)
+    assert "partial:length=8" in text and "policy: " in text  # the column and the detail line
+    data = json.loads(out.read_text())
+    assert data["cli"]["policy"] == "partial:length=8"
+    site = data["sites"][0]
+    assert site["policy"] == site["policy_applied"] == "partial:length=8"
+    assert site["rel_error"] is not None and site["rel_error"] > 0
