@@ -147,54 +147,19 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- policy
 
 
-def _policy_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_policy_text(text: str) -> tuple[str, dict[str, Any]]:
-    """``name`` or ``name:key=value,key=value`` -> (name, {key: value}); numbers and booleans typed."""
-    name, _, rest = text.strip().partition(":")
-    name = name.strip().lower()
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise UsageError(f"unparsable policy {text!r}: expected NAME or NAME:KEY=VALUE,...")
-    params: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))) if rest.strip() else ():
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier() or not value.strip():
-            raise UsageError(f"unparsable policy {text!r}: {item!r} is not KEY=VALUE")
-        if key in params:
-            raise UsageError(f"unparsable policy {text!r}: {key!r} given twice")
-        params[key] = _policy_value(value.strip())
-    if rest.strip() and not params:
-        raise UsageError(f"unparsable policy {text!r}: nothing after ':'")
-    return name, params
-
-
 def make_policy(text: str):
-    """The policy object for ``--policy TEXT``, through ``convfuse.policies.parse_policy``.
+    """The policy object for ``--policy TEXT`` (``NAME`` or ``NAME:KEY=VALUE,...``).
 
-    A bare name goes in as the name; with parameters, as ``{"policy": name, **params}``
-    (the shape of a policy's ``to_dict()``).
+    ``convfuse.policies.parse_policy`` is the one parser of policy text (the Python API
+    takes the same strings); its errors become one-line usage errors.
     """
     from convfuse.policies import parse_policy
 
-    name, params = parse_policy_text(text)
     try:
-        return parse_policy({"policy": name, **params} if params else name)
+        return parse_policy(text)
     except (ValueError, TypeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"policy {text!r}: {message.removeprefix('convfuse: ')}") from exc
+        raise UsageError(message.removeprefix("convfuse: ")) from exc
 
 
 # --------------------------------------------------------------------------- arguments
