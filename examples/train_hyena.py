@@ -92,11 +92,14 @@ def build_model(args, seed: int) -> HyenaLM:
     return HyenaLM(vocab=vocab, d_model=args.d_model, n_layers=args.layers, max_len=args.seqlen)
 
 
-def compile_model(model, mode: str, policy=None):
-    """``mode``: "eager" (the model as is) or "convfuse" (torch.compile with the backend)."""
+def compile_model(model, mode: str, policy=None, inner: str = "inductor"):
+    """``mode``: "eager" (the model as is) or "convfuse" (torch.compile with the backend).
+
+    ``inner`` compiles the rest of the graph (convfuse's option; "aot_eager" skips Inductor's compile time).
+    """
     if mode == "eager":
         return model
-    options = {} if policy is None else {"policy": policy}
+    options = {"inner": inner} if policy is None else {"policy": policy, "inner": inner}
     return torch.compile(model, backend="convfuse", options=options)
 
 
@@ -160,7 +163,7 @@ def train(args, mode: str, policy=None, label: str | None = None, progress: bool
     label = label or mode
     model = build_model(args, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    step = step_fn(compile_model(model, mode, policy), opt)
+    step = step_fn(compile_model(model, mode, policy, args.inner), opt)
     make, _ = TASKS[args.task]
     gen = torch.Generator().manual_seed(args.seed + 1)
     result = RunResult(label)
@@ -254,6 +257,8 @@ def parse_args(argv=None):
     mode.add_argument("--eager", action="store_true", help="train the eager model only")
     mode.add_argument("--compare", action="store_true", help="train eager and convfuse from the same seed")
     p.add_argument("--policy", help="also train with this convfuse policy (e.g. 'partial', 'sparse') and plot it")
+    p.add_argument("--inner", default="inductor", choices=["inductor", "aot_eager", "eager"],
+                   help="what compiles the rest of each graph around convfuse's operator")
     p.add_argument("--first", type=int, default=10, help="--compare prints this many steps side by side")
     p.add_argument("--plot", type=Path, default=Path("train_hyena.png"))
     p.add_argument("--json", type=Path, help="write every run's per-step losses here")
