@@ -315,3 +315,16 @@ def test_policy_text_reaches_the_report(in_process, capsys, tmp_path: Path) -> N
     site = data["sites"][0]
     assert site["policy"] == site["policy_applied"] == "partial:length=8"
     assert site["rel_error"] is not None and site["rel_error"] > 0
+
+
+def test_convfuse_failure_is_exit_3(in_process, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import convfuse
+
+    def broken_explain(*args, **kwargs):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    monkeypatch.setattr(convfuse, "explain", broken_explain)
+    assert in_process("report", "usermodel.py:hyena") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convfuse report: convfuse.explain failed: RuntimeError: kernel exploded "
+                   "(rerun with --verbose for the traceback)"]
