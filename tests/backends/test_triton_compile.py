@@ -31,7 +31,7 @@ def _compile(fn, consts, dtype, compute="fp32", arch=90):
     for a in fn.arg_names:
         if a in consts:
             sig[a] = "constexpr"
-        elif a.endswith("off_ptr") or a == "order_ptr":
+        elif a.endswith("off_ptr") or a in ("order_ptr", "pair_ptr"):
             sig[a] = "*i64"
         elif a.endswith("_ptr"):
             sig[a] = f"*{compute}" if a in COMPUTE_PTRS else f"*{dtype}"

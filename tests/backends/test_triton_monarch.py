@@ -103,6 +103,19 @@ def test_strided_and_expanded_operands():
     torch.testing.assert_close(out, fft_conv_reference(u, k, None, None, post, p), rtol=1e-12, atol=1e-12)
 
 
+def test_row_pairs_share_a_kernel():
+    from convfuse.backends.triton_monarch.launch import _pairs
+
+    # (3, 2, L) input against a (2, L) kernel: rows b*2 + h; h=0 rows {0, 2, 4}, h=1 rows {1, 3, 5}
+    pairs = _pairs((3, 2), (2, 512), (512, 1), torch.device("cpu")).tolist()
+    assert pairs == [[0, 2], [4, -1], [1, 3], [5, -1]]
+    # a kernel per row: no pairs
+    assert _pairs((4,), (4, 512), (512, 1), torch.device("cpu"))[:, 1].tolist() == [-1] * 4
+    # odd groups and a single broadcast kernel, through the kernel
+    _check((3, 5, 100), (5, 100), ConvParams(256, 0, 100), torch.float64, D=(5, 1), pre=(3, 5, 100), post=(3, 1, 100))
+    _check((5, 200), (200,), ConvParams(512, 0, 200), torch.float64, D=(5, 200), post=(5, 200))
+
+
 def test_fallback_is_visible_and_exact():
     p = ConvParams(300, 7, 290)  # not a fused size, and wraps: cannot be padded
     reason = tm.plan_for(300, torch.float32, "cpu")

@@ -74,6 +74,27 @@ def _spectrum_rows(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple
     return k_off, torch.argsort(k_off, stable=True)
 
 
+@functools.lru_cache(maxsize=256)
+def _pairs(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
+           device: torch.device) -> Tensor:
+    """(pairs, 2) int64: consecutive rows of the spectrum order that share a spectrum, b = -1 for none.
+
+    Two rows with the same real kernel go through one complex transform (kernels.py)."""
+    k_off, order = _spectrum_rows(batch, shape, stride, device)
+    ks = k_off[order]
+    R = ks.numel()
+    idx = torch.arange(R, device=ks.device)
+    first = torch.ones(R, dtype=torch.bool, device=ks.device)
+    first[1:] = ks[1:] != ks[:-1]
+    pos = idx - torch.cummax(torch.where(first, idx, torch.zeros_like(idx)), 0).values  # position in group
+    head = pos % 2 == 0
+    nxt_same = torch.zeros(R, dtype=torch.bool, device=ks.device)
+    nxt_same[:-1] = ks[1:] == ks[:-1]
+    partner = torch.full((R,), -1, dtype=torch.int64, device=ks.device)
+    partner[:-1] = torch.where(nxt_same[:-1], order[1:], -1)
+    return torch.stack([order[head], partner[head]], dim=1).contiguous()
+
+
 def _int32_axis(t: Tensor | None, n: int) -> Tensor | None:
     """Kernels index the last axis in int32 (index * stride): copy the rare operand that would overflow."""
     if t is not None and t.stride(-1) * max(t.shape[-1], n) >= 2**31:
@@ -172,8 +193,10 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
             HAS_D=D is not None, HAS_POST=post_gate is not None, **flags)
         return out
 
-    _kernels().MONARCH_CONV2[interpret][(rows,)](
-        order, u, u_off, u_s,
+    kshape = tuple(spec.shape[:-d - 1]) + (2 * r.m,)
+    pairs = _pairs(batch, kshape, tuple(spec.stride()[:-d - 1]) + (1,), u.device)
+    _kernels().MONARCH_CONV2[interpret][(pairs.shape[0],)](
+        pairs, u, u_off, u_s,
         pre, pre_off, pre_s,
         spec, k_off,
         D if D is not None else u, d_off, d_s,

@@ -36,9 +36,10 @@ RADICES = (16, 32, 64)
 FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
-# 2048 = 64 x 32 (a radix-64 DFT matmul) compiles for sm90 without spills (fp16: 146 registers,
-# fp32/tf32x3: 255, 24 KB shared); 64 x 64 for 4096 compiles too but at 254 registers (fp16) and
-# with spills (fp32), so 4096 goes through the outer pass instead.  Unmeasured on a GPU.
+# 2048 = 64 x 32 (a radix-64 DFT matmul): the paired-row kernel compiles for sm90 at 154 registers
+# without spills in fp16/bf16 (fp32 with tf32x3 spills 0.5 KB/thread, tf32 none); 64 x 64 for 4096
+# compiled (unpaired) at 254 registers in fp16 and spilled in fp32, so 4096 goes through the outer
+# pass instead.  None of this is measured on a GPU.
 FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32)}
 FUSED_SIZES = tuple(sorted(FACTORS))
 # n -> (N0, N0B, m): an outer radix-N0 pass through GPU memory around a fused size-m transform
