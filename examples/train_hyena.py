@@ -2,7 +2,8 @@
 
     python examples/train_hyena.py                       # convfuse, writes train_hyena.png
     python examples/train_hyena.py --compare             # eager and convfuse from the same seed, side by side
-    python examples/train_hyena.py --policy partial      # exact and an approximate policy, both curves in the plot
+    python examples/train_hyena.py --policy partial:fraction=0.25   # exact and a partial-kernel policy, both plotted
+    python examples/train_hyena.py --policy freq:keep=0.25          # ... a frequency-sparse policy
     python examples/train_hyena.py --eager               # eager only (the baseline)
 
 The task is generated on the fly and has structure a model can only learn by looking
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from convfuse.report import collecting  # noqa: E402
 from examples.hyena import HyenaLM  # noqa: E402
 
 
@@ -84,6 +86,7 @@ class RunResult:
     accuracy: list[float] = field(default_factory=list)  # on masked (recallable) positions
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    report: str = ""  # convfuse's rewrite report of the first step (empty in eager)
 
 
 def build_model(args, seed: int) -> HyenaLM:
@@ -172,9 +175,13 @@ def train(args, mode: str, policy=None, label: str | None = None, progress: bool
     for i in range(args.steps):
         batch = make(gen, args.batch, args.seqlen)
         t0 = time.perf_counter()
-        loss, acc = step(*batch)
         if i == 0:
+            with collecting() as report:
+                loss, acc = step(*batch)
             result.compile_seconds = time.perf_counter() - t0  # the first step compiles (convfuse)
+            result.report = str(report) if report.sites else ""
+        else:
+            loss, acc = step(*batch)
         result.losses.append(loss)
         result.accuracy.append(acc)
         bar.update(i, loss, acc)
@@ -212,9 +219,11 @@ def plot(results: list[RunResult], path: Path, title: str) -> bool:
         print("matplotlib is not installed (pip install -e '.[examples]'): no plot written", file=sys.stderr)
         return False
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        ax_loss.plot(range(1, len(r.losses) + 1), r.losses, label=r.label, linewidth=1.2)
-        ax_acc.plot(range(1, len(r.accuracy) + 1), r.accuracy, label=r.label, linewidth=1.2)
+    styles = [dict(linestyle="-", linewidth=2.2, alpha=0.6), dict(linestyle="--", linewidth=1.2),
+              dict(linestyle="-", linewidth=1.0)]
+    for r, style in zip(results, styles * len(results)):  # identical curves stay visible on top of each other
+        ax_loss.plot(range(1, len(r.losses) + 1), r.losses, label=r.label, **style)
+        ax_acc.plot(range(1, len(r.accuracy) + 1), r.accuracy, label=r.label, **style)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("cross-entropy (all tokens)")
     ax_acc.set_xlabel("step")
@@ -256,12 +265,14 @@ def parse_args(argv=None):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--eager", action="store_true", help="train the eager model only")
     mode.add_argument("--compare", action="store_true", help="train eager and convfuse from the same seed")
-    p.add_argument("--policy", help="also train with this convfuse policy (e.g. 'partial', 'sparse') and plot it")
+    p.add_argument("--policy", help="also train with this convfuse policy, as convfuse.policies.parse_policy reads it "
+                   "('partial:fraction=0.25', 'partial:length=256', 'freq:keep=0.25', 'freq:bins=128'), and plot it")
     p.add_argument("--inner", default="inductor", choices=["inductor", "aot_eager", "eager"],
                    help="what compiles the rest of each graph around convfuse's operator")
     p.add_argument("--first", type=int, default=10, help="--compare prints this many steps side by side")
     p.add_argument("--plot", type=Path, default=Path("train_hyena.png"))
     p.add_argument("--json", type=Path, help="write every run's per-step losses here")
+    p.add_argument("--report", action="store_true", help="print convfuse's rewrite report of each compiled run")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -282,6 +293,8 @@ def main(argv=None) -> int:
         results.append(train(args, "convfuse", policy, label=f"convfuse[{policy}]", progress=progress))
 
     for r in results:
+        if r.report and (args.report or r.label.startswith("convfuse[")):
+            print(f"{r.label} rewrite report:\n{r.report}")
         print(summary(r))
     status = 0
     if args.compare:
