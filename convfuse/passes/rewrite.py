@@ -101,6 +101,9 @@ def rewrite_site(
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:
             out = graph.call_function(torch.movedim, (out, -1, m.axis))
+    # Later sites may read this value (one convolution feeding the next): they reason from meta.
+    out.meta["example_value"] = m.tail.meta.get("example_value")
+    out.meta["stack_trace"] = m.tail.meta.get("stack_trace")
     m.tail.replace_all_uses_with(out)
     order = {node: i for i, node in enumerate(graph.nodes)}
     for node in sorted(set(m.nodes), key=order.__getitem__, reverse=True):
