@@ -152,8 +152,9 @@ def test_two_level_outer_plan(monkeypatch):
     try:
         pl = tm.plan_for(65536, torch.float64, "cpu")
         assert pl.radices == (16, 16, 16, 16) and pl.f0b.shape == (2, 16, 16)
-        _check((1, 40000), (1, 20000), ConvParams(65536, 7, 40000, conj_kernel=True), torch.float64,
-               D=(1, 40000), post=(1, 40000))
+        # 3 rows, one kernel: rows 0 and 1 share a complex transform, row 2 has none to pair with
+        _check((3, 40000), (1, 20000), ConvParams(65536, 7, 40000, conj_kernel=True), torch.float64,
+               D=(3, 40000), post=(1, 40000))
     finally:
         plan_mod._plan_cached.cache_clear()
 

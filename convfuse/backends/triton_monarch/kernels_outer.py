@@ -26,47 +26,60 @@ from triton.runtime.jit import JITFunction
 
 
 def _outer_fwd(
+    pair_ptr,  # (pairs, 2) int64 rows (a, b), b = -1 for none: x = xa + i xb (see kernels.py)
     u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,  # input rows (addressing as the fused kernel)
-    z_ptr,  # (rows, 2, N0, M) compute dtype
+    z_ptr,  # (pairs, 2, N0, M) compute dtype
     f0_ptr,  # (2, N0, N0) dot dtype
     Lu,
     N0: tl.constexpr, M: tl.constexpr, BJ: tl.constexpr, KB: tl.constexpr,
     HALF_IN: tl.constexpr, HAS_PRE: tl.constexpr, PREC: tl.constexpr,
 ):
     KIN: tl.constexpr = N0 // 2 if HALF_IN else N0  # rows j0 that can be nonzero
-    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    ra = tl.load(pair_ptr + 2 * pid).to(tl.int64)
+    rb_raw = tl.load(pair_ptr + 2 * pid + 1).to(tl.int64)
+    rb = tl.maximum(rb_raw, 0)
+    Lub = tl.where(rb_raw >= 0, Lu, 0)  # row b absent: every load of it masked
     jb = tl.program_id(1) * BJ
     CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
     a0 = tl.arange(0, N0)
     kb = tl.arange(0, KB)
     cols = jb + tl.arange(0, BJ)
-    u_base = u_ptr + tl.load(u_off_ptr + row)
+    ua = u_ptr + tl.load(u_off_ptr + ra)
+    ub = u_ptr + tl.load(u_off_ptr + rb)
     if HAS_PRE:
-        pre_base = pre_ptr + tl.load(pre_off_ptr + row)
+        pa = pre_ptr + tl.load(pre_off_ptr + ra)
+        pb = pre_ptr + tl.load(pre_off_ptr + rb)
     # tl.full, not tl.zeros: tl.zeros is itself a @triton.jit function whose build (compiled or
     # interpreted) was fixed when triton was imported, so it breaks the other build of this kernel
     acc_r = tl.full((N0, BJ), 0.0, CT)  # fp32 accumulation (fp64 for fp64 inputs)
     acc_i = tl.full((N0, BJ), 0.0, CT)
     for c in range(0, KIN, KB):
-        # A chunk (KB, BJ) of the (N0, M) input tile; F0[:, chunk] (N0, KB)
+        # A chunk (KB, BJ) of the (N0, M) input tiles; F0[:, chunk] (N0, KB); 4 dots
         j = (c + kb)[:, None] * M + cols[None, :]
         jm = j < Lu
-        x = tl.load(u_base + j * u_s, mask=jm, other=0.0).to(CT)
+        jmb = j < Lub
+        xa = tl.load(ua + j * u_s, mask=jm, other=0.0).to(CT)
+        xb = tl.load(ub + j * u_s, mask=jmb, other=0.0).to(CT)
         if HAS_PRE:
-            x = x * tl.load(pre_base + j * pre_s, mask=jm, other=0.0).to(CT)
-        xd = x.to(DT)
+            xa = xa * tl.load(pa + j * pre_s, mask=jm, other=0.0).to(CT)
+            xb = xb * tl.load(pb + j * pre_s, mask=jmb, other=0.0).to(CT)
+        xad = xa.to(DT)
+        xbd = xb.to(DT)
         f_idx = a0[:, None] * N0 + (c + kb)[None, :]
-        acc_r += tl.dot(tl.load(f0_ptr + f_idx), xd, input_precision=PREC).to(CT)
-        acc_i += tl.dot(tl.load(f0_ptr + N0 * N0 + f_idx), xd, input_precision=PREC).to(CT)
-    z_idx = row * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
-    tl.store(z_ptr + z_idx, acc_r.to(CT))
-    tl.store(z_ptr + N0 * M + z_idx, acc_i.to(CT))
+        fr = tl.load(f0_ptr + f_idx)
+        fi = tl.load(f0_ptr + N0 * N0 + f_idx)
+        acc_r += (tl.dot(fr, xad, input_precision=PREC) - tl.dot(fi, xbd, input_precision=PREC)).to(CT)
+        acc_i += (tl.dot(fr, xbd, input_precision=PREC) + tl.dot(fi, xad, input_precision=PREC)).to(CT)
+    z_idx = pid * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
+    tl.store(z_ptr + z_idx, acc_r)
+    tl.store(z_ptr + N0 * M + z_idx, acc_i)
 
 
 def _inner(
-    z_ptr,  # (rows, 2, NSEQ, M1*M2), read and written in place
-    order_ptr,  # (rows,) int64: rows sharing a kernel spectrum back to back (L2 reuse)
+    z_ptr,  # (pairs, 2, NSEQ, M1*M2), read and written in place
+    pair_ptr,  # (pairs, 2) int64: buffer row p holds rows (a, b), which share row a's spectrum
     k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, NSEQ, M1, M2) in Monarch order
     f1_ptr, f2_ptr, tw_ptr,  # inner plan: (2, M1, M1), (2, M2, M2), (2, M1, M2)
     otw_ptr,  # twiddles of the enclosing level (2, NTW, M): W_(NTW*M)^(j' k0), k0 = sequence % NTW
@@ -77,7 +90,8 @@ def _inner(
     M: tl.constexpr = M1 * M2
     N0: tl.constexpr = NSEQ  # plane size below is NSEQ * M = n
     pid = tl.program_id(0).to(tl.int64)
-    row = tl.load(order_ptr + pid // NSEQ).to(tl.int64)
+    row = pid // NSEQ  # buffer row (pair)
+    ra = tl.load(pair_ptr + 2 * row).to(tl.int64)
     seq = pid % NSEQ
     k0 = seq % NTW
     CT = z_ptr.dtype.element_ty
@@ -117,7 +131,7 @@ def _inner(
     ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT)
 
     # kernel spectrum for this k0 (scale and 1/n folded in)
-    k_base = k_ptr + tl.load(k_off_ptr + row) + seq * M
+    k_base = k_ptr + tl.load(k_off_ptr + ra) + seq * M
     kr = tl.load(k_base + tile)
     ki = tl.load(k_base + N0 * M + tile)
     cr, ci = cr * kr - ci * ki, cr * ki + ci * kr
@@ -150,6 +164,7 @@ def _inner(
 
 
 def _outer_inv(
+    pair_ptr,  # (pairs, 2) int64: Re of buffer row p is row a, Im is row b
     z_ptr, f0_ptr,
     u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,  # for the skip term ue * D
     d_ptr, d_off_ptr, d_s, post_ptr, post_off_ptr, post_s,
@@ -161,41 +176,46 @@ def _outer_inv(
 ):
     NN: tl.constexpr = N0 * M
     ROUT: tl.constexpr = N0 // 2 if HALF_OUT else N0  # rows j0 the window can read
-    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    ra = tl.load(pair_ptr + 2 * pid).to(tl.int64)
+    rb_raw = tl.load(pair_ptr + 2 * pid + 1).to(tl.int64)
+    nrows = tl.where(rb_raw >= 0, 2, 1)
+    rb = tl.maximum(rb_raw, 0)
     jb = tl.program_id(1) * BJ
     CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
     rout = tl.arange(0, ROUT)
     kb = tl.arange(0, KB)
     cols = jb + tl.arange(0, BJ)
-    acc = tl.full((ROUT, BJ), 0.0, CT)
+    acc_r = tl.full((ROUT, BJ), 0.0, CT)
+    acc_i = tl.full((ROUT, BJ), 0.0, CT)
     for c in range(0, N0, KB):
-        # Re(conj(F0)[:ROUT, chunk] @ Z[chunk, cols]) = F0r @ Zr + F0i @ Zi   (ROUT, KB) @ (KB, BJ)
-        z_idx = row * (2 * NN) + (c + kb)[:, None] * M + cols[None, :]
+        # conj(F0)[:ROUT, chunk] @ Z[chunk, cols]   (ROUT, KB) @ (KB, BJ): 4 dots
+        z_idx = pid * (2 * NN) + (c + kb)[:, None] * M + cols[None, :]
         zr = tl.load(z_ptr + z_idx).to(DT)
         zi = tl.load(z_ptr + NN + z_idx).to(DT)
         f_idx = rout[:, None] * N0 + (c + kb)[None, :]
-        acc += tl.dot(tl.load(f0_ptr + f_idx), zr, input_precision=PREC).to(CT)
-        acc += tl.dot(tl.load(f0_ptr + N0 * N0 + f_idx), zi, input_precision=PREC).to(CT)
-    y = acc.to(CT)
+        fr = tl.load(f0_ptr + f_idx)
+        fi = tl.load(f0_ptr + N0 * N0 + f_idx)
+        acc_r += (tl.dot(fr, zr, input_precision=PREC) + tl.dot(fi, zi, input_precision=PREC)).to(CT)
+        acc_i += (tl.dot(fr, zi, input_precision=PREC) - tl.dot(fi, zr, input_precision=PREC)).to(CT)
 
-    # window + epilogue, as in the fused kernel
-    jo = rout[:, None] * M + cols[None, :]
+    # window + epilogue on (ROUT, BJ, 2), as in the fused kernel
+    y = tl.join(acc_r, acc_i)
+    sel = tl.arange(0, 2)[None, None, :]
+    jo = rout[:, None, None] * M + cols[None, :, None]
     t = (jo + (NN - start)) % NN
-    tm = t < length
+    tm = (t < length) & (sel < nrows)
+    rows = tl.where(sel == 0, ra, rb)
     if HAS_D:
         sm = tm & (t < Lskip)
-        u_base = u_ptr + tl.load(u_off_ptr + row)
-        ue = tl.load(u_base + t * u_s, mask=sm, other=0.0).to(CT)
+        ue = tl.load(u_ptr + tl.load(u_off_ptr + rows) + t * u_s, mask=sm, other=0.0).to(CT)
         if HAS_PRE:
-            pre_base = pre_ptr + tl.load(pre_off_ptr + row)
-            ue = ue * tl.load(pre_base + t * pre_s, mask=sm, other=0.0).to(CT)
-        d_base = d_ptr + tl.load(d_off_ptr + row)
-        y = y + ue * tl.load(d_base + t * d_s, mask=tm, other=0.0).to(CT)
+            ue = ue * tl.load(pre_ptr + tl.load(pre_off_ptr + rows) + t * pre_s, mask=sm, other=0.0).to(CT)
+        y = y + ue * tl.load(d_ptr + tl.load(d_off_ptr + rows) + t * d_s, mask=tm, other=0.0).to(CT)
     if HAS_POST:
-        p_base = post_ptr + tl.load(post_off_ptr + row)
-        y = y * tl.load(p_base + t * post_s, mask=tm, other=0.0).to(CT)
-    tl.store(out_ptr + row * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
+        y = y * tl.load(post_ptr + tl.load(post_off_ptr + rows) + t * post_s, mask=tm, other=0.0).to(CT)
+    tl.store(out_ptr + rows * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
 
 
 def _mid(

@@ -150,8 +150,8 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     u, pre_gate, D, post_gate = (_int32_axis(t, r.m) for t in (u, pre_gate, D, post_gate))
     spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
     d = len(plan.radices)
-    k_off, order = _spectrum_rows(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,),
-                                  u.device)
+    k_off, _ = _spectrum_rows(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,),
+                              u.device)
     # u of last size 1 broadcasts against a longer pre-gate: stride 0 along the axis reads it everywhere
     u_off, u_s = _rows(u, batch)
     pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (u_off, 0)
@@ -164,38 +164,40 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
 
+    kshape = tuple(spec.shape[:-d - 1]) + (2 * r.m,)
+    pairs = _pairs(batch, kshape, tuple(spec.stride()[:-d - 1]) + (1,), u.device)
+    P = pairs.shape[0]
+
     if isinstance(plan, OuterPlan):
         from convfuse.backends.triton_monarch import kernels_outer as ko
 
         inner, m = plan.inner, plan.n2  # m: the length of one outer column sequence, n / N0
-        # complex fp32 (fp64) buffer between the passes: (rows, 2, N0, m)
-        z = torch.empty((rows, 2, plan.n0, m), dtype=dtype, device=u.device)
-        grid = (rows, m // OUTER_BJ)
+        # complex fp32 (fp64) buffer between the passes, one row per pair: (pairs, 2, N0, m)
+        z = torch.empty((P, 2, plan.n0, m), dtype=dtype, device=u.device)
+        grid = (P, m // OUTER_BJ)
         mid = dict(N0A=plan.n0, N0B=plan.n0b, M=inner.n, BJ=OUTER_BJ, KB=OUTER_KB, PREC=plan.input_precision,
                    num_warps=NUM_WARPS)
         del flags["HAS_D"], flags["HAS_POST"]
         ko.OUTER_FWD[interpret][grid](
-            u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
+            pairs, u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
             N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=r.half_in, **flags)
         if plan.n0b > 1:
-            ko.MID[interpret][(rows * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
-        ko.INNER[interpret][(rows * (r.m // inner.n),)](
-            z, order, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
+            ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
+        ko.INNER[interpret][(P * (r.m // inner.n),)](
+            z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
             NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision,
             num_warps=NUM_WARPS)
         if plan.n0b > 1:
-            ko.MID[interpret][(rows * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
+            ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
         ko.OUTER_INV[interpret][grid](
-            z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
+            pairs, z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
             D if D is not None else u, d_off, d_s, post_gate if post_gate is not None else u, post_off, post_s,
             out, Lue, p.start, p.length,
             N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_OUT=r.half_out,
             HAS_D=D is not None, HAS_POST=post_gate is not None, **flags)
         return out
 
-    kshape = tuple(spec.shape[:-d - 1]) + (2 * r.m,)
-    pairs = _pairs(batch, kshape, tuple(spec.stride()[:-d - 1]) + (1,), u.device)
-    _kernels().MONARCH_CONV2[interpret][(pairs.shape[0],)](
+    _kernels().MONARCH_CONV2[interpret][(P,)](
         pairs, u, u_off, u_s,
         pre, pre_off, pre_s,
         spec, k_off,
