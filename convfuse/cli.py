@@ -254,7 +254,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.check:
         with ui.stage("checking convfuse against eager"):
             check = _measured(cli_measure.check, model, inputs, options, dynamic)
-        ui.print_check(check)
+        ui.print_check(check, report)
     if args.bench:
         bench = _measured(cli_measure.bench, model, inputs, options, dynamic, args.repeats, ui)
         ui.print_bench(bench)

@@ -6,6 +6,8 @@ prints and writes to ``--json`` under its own top-level key.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import statistics
 import time
@@ -82,14 +84,112 @@ def error_budget(policy: Any) -> float | None:
 
 
 def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -> dict[str, Any]:
-    """Eager vs ``torch.compile(model, backend="convfuse", options=options)``, inference (no_grad)."""
+    """Eager vs ``torch.compile(model, backend="convfuse", options=options)``, inference (no_grad).
+
+    Overall: the model's outputs.  Per site: each graph is kept as Dynamo traced it and as
+    convfuse rewrote it; both run on the inputs the graph saw, and each fused operator's
+    output is compared with the value of the node it replaced.
+    """
     torch._dynamo.reset()
-    compiled = _compile(model, "convfuse", options, dynamic)
+    graphs: list[dict[str, Any]] = []
+    compiled = torch.compile(model, backend=functools.partial(_keeping_graphs, graphs=graphs, options=dict(options)),
+                             dynamic=dynamic)
     with torch.no_grad():
         expected = seeded(model, inputs)
         got = seeded(compiled, inputs)
+        sites = [err for index, g in enumerate(graphs) if g["inputs"] is not None
+                 for err in _site_errors(index, g)]
     torch._dynamo.reset()
-    return compare(expected, got, error_budget(options.get("policy")))
+    result = compare(expected, got, error_budget(options.get("policy")))
+    result["sites"] = sites
+    return result
+
+
+def _keeping_graphs(gm: torch.fx.GraphModule, example_inputs: list, *, graphs: list, options: dict):
+    """The convfuse backend, keeping each graph before and after its rewrite and the inputs of its first run."""
+    from convfuse.backend import convfuse_backend
+
+    entry: dict[str, Any] = {"original": copy.deepcopy(gm), "rewritten": gm, "inputs": None}
+    graphs.append(entry)
+    run = convfuse_backend(gm, example_inputs, options=options)
+
+    def first_inputs_kept(*args: Any) -> Any:
+        if entry["inputs"] is None:
+            entry["inputs"] = [a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args]
+        return run(*args)
+
+    return first_inputs_kept
+
+
+class _Recorder(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        value = super().run_node(n)
+        self.values[n.name] = value
+        return value
+
+
+def _flat_nodes(node: torch.fx.Node) -> list[torch.fx.Node]:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def _replaced_node(out: torch.fx.Node, original: torch.fx.Graph) -> torch.fx.Node | None:
+    """The original node that ``out`` (a fused operator's result) stands in for, read off a shared user."""
+    by_name = {n.name: n for n in original.nodes}
+    for user in out.users:
+        before = by_name.get(user.name)
+        if before is None or before.target != user.target:
+            continue
+        now_args, before_args = _flat_nodes(user), _flat_nodes(before)
+        if len(now_args) == len(before_args):
+            for now, then in zip(now_args, before_args):
+                if now is out:
+                    return then
+    return None
+
+
+def _ancestors(node: torch.fx.Node, limit: int = 256) -> set[str]:
+    seen, todo = set(), [node]
+    while todo and len(seen) < limit:
+        n = todo.pop()
+        if n.name not in seen:
+            seen.add(n.name)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per fused operator of one graph: its output against the replaced node's, same inputs."""
+    from convfuse.passes import find_fft_sites
+
+    original: torch.fx.GraphModule = entry["original"]
+    rewritten: torch.fx.GraphModule = entry["rewritten"]
+    fused = [n for n in rewritten.graph.nodes if n.target is torch.ops.convfuse.fft_conv.default]
+    if not fused:
+        return []
+    before, after = _Recorder(original), _Recorder(rewritten)
+    before.run(*entry["inputs"])
+    after.run(*entry["inputs"])
+    inverses = [n.name for n in find_fft_sites(original.graph)]  # graph order
+    errors = []
+    for node in fused:
+        out = node
+        if len(out.users) == 1 and next(iter(out.users)).target is torch.movedim:
+            out = next(iter(out.users))  # the view back to the user's layout
+        replaced = _replaced_node(out, original.graph)
+        if replaced is None:
+            continue
+        upstream = _ancestors(replaced)
+        inverse = next((name for name in reversed(inverses) if name in upstream), "")
+        err = compare(before.values[replaced.name], after.values[out.name])
+        errors.append({"graph": graph_index, "node": inverse, "replaced": replaced.name,
+                       "max_abs_error": err["max_abs_error"], "max_rel_error": err["max_rel_error"]})
+    return errors
 
 
 def _sync(inputs: tuple) -> None:

@@ -221,7 +221,7 @@ class Console:
             for chunk in textwrap.wrap(head + " ".join(text.split()), width=self.width, subsequent_indent="     "):
                 self._print(chunk)
 
-    def print_check(self, check: dict[str, Any]) -> None:
+    def print_check(self, check: dict[str, Any], report: Any = None) -> None:
         verdict = {True: "ok", False: "MISMATCH", None: "no bound (approximate policy)"}[check["ok"]]
         n = check["outputs"]
         self._print(f"check: eager vs convfuse (no_grad, {n} output{'s' if n != 1 else ''}): {verdict}")
@@ -230,6 +230,14 @@ class Console:
                     + tolerance)
         if check.get("note"):
             self._print(f"  {check['note']}")
+        number = {(site.graph, site.node): i for i, site in enumerate(getattr(report, "sites", []), 1)}
+        if check.get("sites"):
+            self._print("  per site (the fused operator's output vs the node it replaced):")
+        for err in check.get("sites", []):
+            which = number.get((err["graph"], err["node"]))
+            label = f"site {which}" if which is not None else shorten(err["node"] or err["replaced"], 20)
+            self._print(f"    {label}: max abs error {err['max_abs_error']:.2e}, "
+                        f"max rel error {err['max_rel_error']:.2e}")
 
     def print_bench(self, bench: dict[str, Any]) -> None:
         self._print(f"bench (forward, no_grad, median of {bench['repeats']} interleaved samples"

@@ -177,6 +177,10 @@ def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:
         assert f"  {name} " in proc.stdout
     data = json.loads(out.read_text())
     assert data["check"]["ok"] and data["check"]["max_rel_error"] < 1e-4
+    (site_error,) = data["check"]["sites"]  # per site: the fused op's output vs the node it replaced
+    assert (site_error["graph"], site_error["node"]) == (0, data["sites"][0]["node"])
+    assert site_error["max_rel_error"] < 1e-4
+    assert "site 1: max abs error" in proc.stdout
     assert set(data["bench"]["median_ms"]) == {"eager", "inductor", "convfuse"}
     assert data["bench"]["repeats"] == 2
 
