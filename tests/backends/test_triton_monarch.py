@@ -266,6 +266,32 @@ def test_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda u, k, gt: _op(u, k, None, gt, gt, p, "triton"), (u, k, gate))
 
 
+def test_torch_compile_with_kernel_triton():
+    """The whole path: backend="convfuse" rewrites an FFT convolution and options["kernel"] forces Triton."""
+
+    def gated(u, k, D, g1, g2):
+        L = u.shape[-1]
+        ue = u * g1
+        y = torch.fft.irfft(torch.fft.rfft(ue, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+        return (y + ue * D) * g2
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(5)
+    args = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
+            for s in ((2, 3, 200), (3, 200), (3, 1), (2, 3, 200), (2, 3, 200))]
+    fused = torch.compile(gated, backend="convfuse", options={"kernel": "triton", "inner": "eager"})
+    launches = sum(tm.LAUNCHES.values())
+    out = fused(*args)
+    assert sum(tm.LAUNCHES.values()) > launches, "the compiled function did not run the Triton kernel"
+    grads = torch.autograd.grad(out.square().sum(), args)
+    ref = gated(*args)
+    ref_grads = torch.autograd.grad(ref.square().sum(), args)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    torch._dynamo.reset()
+
+
 def test_bf16_on_cpu_is_skipped_for_the_interpreter():
     pytest.skip("bf16: the Triton interpreter's tl.dot multiplies bf16 wrongly; bf16 is tested on CUDA only")
 
