@@ -292,6 +292,30 @@ def test_torch_compile_with_kernel_triton():
     torch._dynamo.reset()
 
 
+def test_measured_choice_is_cached_per_shape():
+    from convfuse.backends.triton_monarch import measured
+
+    calls = []
+
+    def fake_timer(fn, device):  # Triton "faster" at 256, cuFFT "faster" at 512
+        calls.append(fn)
+        fn()
+        return 1.0 if len(calls) % 2 == 1 else (2.0 if n == 256 else 0.5)
+
+    measured.CHOICES.clear()
+    for n, want in ((256, "triton"), (512, "cufft")):
+        u, k = torch.randn(2, n // 2), torch.randn(2, n // 2)
+        p = ConvParams(n, 0, n // 2)
+        assert measured.choose(u, k, None, None, None, p, timer=fake_timer) == want
+        assert measured.choose(u, k, None, None, None, p, timer=None) == want  # cached: no timing
+        torch.testing.assert_close(measured.run_measured(u, k, None, None, None, p),
+                                   fft_conv_reference(u, k, None, None, None, p), rtol=1e-4, atol=1e-4)
+    assert len(calls) == 4
+    p = ConvParams(300, 7, 290)  # no plan: cuFFT without timing
+    assert measured.choose(torch.randn(300), torch.randn(300), None, None, None, p, timer=None) == "cufft"
+    measured.CHOICES.clear()
+
+
 def test_bf16_on_cpu_is_skipped_for_the_interpreter():
     pytest.skip("bf16: the Triton interpreter's tl.dot multiplies bf16 wrongly; bf16 is tested on CUDA only")
 
