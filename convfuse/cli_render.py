@@ -228,8 +228,9 @@ class Console:
         tolerance = f" (tolerance {check['tolerance']:.0e})" if check["tolerance"] is not None else ""
         self._print(f"  max abs error {check['max_abs_error']:.2e}, max rel error {check['max_rel_error']:.2e}"
                     + tolerance)
-        if check.get("note"):
-            self._print(f"  {check['note']}")
+        for chunk in textwrap.wrap(check.get("note", ""), width=self.width, initial_indent="  ",
+                                   subsequent_indent="    "):
+            self._print(chunk)
         number = {(site.graph, site.node): i for i, site in enumerate(getattr(report, "sites", []), 1)}
         if check.get("sites"):
             self._print("  per site (the fused operator's output vs the node it replaced):")
