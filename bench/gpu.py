@@ -165,6 +165,82 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+def compile_report(sizes, out: Path, arch: int = 90) -> Path:
+    """Compile every kernel each plan launches for sm<arch> (no GPU needed) and tabulate its resources.
+
+    Registers, stack (spills) and shared memory per kernel come from the real compiler (Triton's
+    bundled ptxas, read back with cuobjdump): what it can say about the GPU path without a GPU.
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
+    from convfuse.backends.triton_monarch.launch import NUM_WARPS
+    from convfuse.backends.triton_monarch.plan import OUTER, OUTER_BJ, OUTER_KB, OuterPlan, plan_for
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    compute_ptrs = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")
+    epi = dict(HAS_PRE=True, HAS_D=True, HAS_POST=True)
+    seen: dict[tuple, dict] = {}
+    rows = []
+    for n in sizes:
+        for dot in ("fp16", "bf16", "fp32"):
+            plan = plan_for(n, torch.float32, "cpu", DTYPES[dot])
+            if isinstance(plan, str):
+                rows.append({"n": n, "dot": dot, "kernel": "-", "note": plan})
+                continue
+            prec = plan.input_precision
+            half = plan.can_skip_half  # a causal call: L = n/2, window [0, n/2)
+            if isinstance(plan, OuterPlan):
+                i, m = plan.inner, plan.n2
+                launches = [("outer_fwd", ko.OUTER_FWD, dict(N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=half,
+                                                                HAS_PRE=True, PREC=prec))]
+                if plan.n0b > 1:
+                    launches.append(("mid", ko.MID, dict(N0A=plan.n0, N0B=plan.n0b, M=i.n, BJ=OUTER_BJ, KB=OUTER_KB,
+                                                          INVERSE=False, PREC=prec)))
+                launches.append(("inner", ko.INNER, dict(NSEQ=n // i.n, NTW=plan.ntw, M1=i.n1, M2=i.n2, PREC=prec)))
+                launches.append(("outer_inv", ko.OUTER_INV, dict(N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB,
+                                                                  HALF_OUT=half, PREC=prec, **epi)))
+            else:
+                launches = [("fused", kernels.MONARCH_CONV2, dict(N1=plan.n1, N2=plan.n2, HALF_IN=half, HALF_OUT=half,
+                                                                   PREC=prec, **epi))]
+            for name, builds, consts in launches:
+                fn = builds[False]
+                key = (name, dot, tuple(sorted(consts.items())))
+                if key not in seen:
+                    sig = {a: "constexpr" if a in consts else
+                           "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
+                           "*fp32" if a in compute_ptrs else
+                           f"*{dot}" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+                    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
+                                       options={"num_warps": NUM_WARPS})
+                    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                        f.write(k.asm["cubin"])
+                        f.flush()
+                        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True,
+                                               text=True).stdout
+                    num = lambda tag: int(m.group(1)) if (m := re.search(tag + r":(\d+)", usage)) else None  # noqa: E731
+                    seen[key] = {"regs": num("REG"), "stack_B": num("STACK"), "shared_B": k.metadata.shared}
+                rows.append({"n": n, "dot": dot, "kernel": name, **seen[key], "note": ""})
+                print(json.dumps(rows[-1]), flush=True)
+    lines = [f"Triton kernels compiled for sm{arch} ({NUM_WARPS} warps), triton {triton.__version__}: "
+             "registers per thread, stack bytes per thread (spills), shared memory per block.\n",
+             "| n | dot dtype | kernel | regs | stack B | shared B | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n']} | {r['dot']} | {r['kernel']} | {r.get('regs', '-')} | {r.get('stack_B', '-')} | "
+                     f"{r.get('shared_B', '-')} | {r['note']} |")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"triton-sm{arch}-resources.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test under TRITON_INTERPRET=1 with tiny sizes")
@@ -174,7 +250,15 @@ def main(argv=None) -> int:
     ap.add_argument("--H", type=int, default=None)
     ap.add_argument("--no-inductor", action="store_true", help="skip the torch.compile default baseline")
     ap.add_argument("--reps", type=int, default=3, help="timing repetitions on CPU (CUDA uses do_bench)")
+    ap.add_argument("--compile-report", action="store_true",
+                    help="no timing: compile every plan's kernels for sm90 (no GPU needed) and write their resources")
     a = ap.parse_args(argv)
+
+    if a.compile_report:
+        from convfuse.backends.triton_monarch.plan import PLAN_SIZES
+
+        compile_report(a.sizes or list(PLAN_SIZES), a.out)
+        return 0
 
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"

@@ -42,3 +42,11 @@ def test_refuses_without_cuda(tmp_path):
     r = _run("--out", str(tmp_path), tmp_path=tmp_path)
     assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr and "--dry-run" in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_compile_report_needs_no_gpu(tmp_path):
+    pytest.importorskip("triton.backends.nvidia")
+    r = _run("--compile-report", "--sizes", "256", "--out", str(tmp_path), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (tmp_path / "triton-sm90-resources.md").read_text()
+    assert "| 256 | fp16 | fused |" in table and "| 256 | fp32 | fused |" in table
