@@ -32,13 +32,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-# Bytes of complex FFT buffer per tile: about half of the 1 MiB per-core L2 measured
-# on this EPYC, leaving room for the real input/output tile.  Measured on 2 cores,
-# (4,256,4096): 16 rows (528 KiB) 9.6 ms, 64 rows (2.1 MiB) 8.6 ms, 4 rows 15 ms; the
-# per-call overhead of small tiles dominates below ~256 KiB, so the target is 512 KiB.
-# Rows longer than that (n = 262144: 1 MiB of spectrum per row) go one per tile: more
-# rows per tile would only add memory (bench: 92 MiB peak at 8 rows, (1, 64, 131072)).
-TILE_BYTES = 512 * 1024
+# Bytes of complex FFT buffer per tile.  A tile costs ~14 Python-level torch calls
+# (~50 us) besides its FFTs, which matters for short rows (64 rows at n = 2048 take
+# ~260 us), so tiles are as large as still runs from cache: about the 1 MiB per-core
+# L2 of complex spectrum (the real input/output tiles then live in the 32 MiB L3).
+# Measured, one thread, best of 12 rounds (machine shared, load ~6): (4,256,1024)
+# 512 KiB tiles 8.4 ms, 1 MiB 4.8 ms, 2 MiB 8.8 ms; (4,256,4096) 512 KiB 67.9 ms,
+# 1 MiB 52.3 ms, 2 MiB 49.3 ms.  Rows longer than that (n = 262144: 1 MiB of spectrum
+# per row) go one per tile: more rows per tile would only add memory (the benchmark
+# measured 92 MiB peak at 8 rows per tile vs 75 MiB at 1, shape (1, 64, 131072)).
+TILE_BYTES = 1024 * 1024
 MIN_TILE_ROWS = 1
 
 
@@ -132,19 +135,21 @@ def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]]) ->
     (the kernel block it prepared last).
     """
     threads = min(torch.get_num_threads(), len(units))
-    if threads <= 1 or getattr(_in_worker, "active", False):
-        worker = make_worker()
-        for unit in units:
-            worker(unit)
-        return
     counter = itertools.count()  # next() is atomic under the GIL
 
     def drain() -> None:
-        worker = make_worker()
-        for i in iter(lambda: next(counter), None):
-            if i >= len(units):
-                return
-            worker(units[i])
+        # Grad mode and the operator's below-autograd dispatch state are thread-local: a pool
+        # thread would otherwise record autograd graphs for inputs that require grad.
+        with torch.no_grad():
+            worker = make_worker()
+            for i in iter(lambda: next(counter), None):
+                if i >= len(units):
+                    return
+                worker(units[i])
+
+    if threads <= 1 or getattr(_in_worker, "active", False):
+        drain()
+        return
 
     pool = _get_pool(threads - 1)
     saved = torch.get_num_threads()

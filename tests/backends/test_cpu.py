@@ -135,6 +135,13 @@ def test_gradients_match_reference(algo, conj, monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{(ub, kb, L, K, n, start, length)}")
 
 
+def test_inputs_requiring_grad_give_a_plain_result():
+    u = torch.randn(2, 64, 256, requires_grad=True)
+    k = torch.randn(64, 256, requires_grad=True)
+    out = fft_conv_cpu(u, k, None, None, None, params(512, 0, 256, False))
+    assert out.grad_fn is None and not out.requires_grad  # the operator's autograd owns gradients
+
+
 def test_cost_model_choices():
     assert describe_cpu_algorithm(2048, 1024, 32, 0, 1024, 8).startswith("cpu-direct")
     assert describe_cpu_algorithm(2 * 16384, 16384, 256, 0, 16384, 8).startswith("cpu-overlap-save")
