@@ -259,7 +259,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     mode = p.add_mutually_exclusive_group()
