@@ -206,3 +206,16 @@ def mutated_between(u, k):
     U = torch.fft.rfft(u, n=2 * L)
     u.mul_(2)
     return torch.fft.irfft(U * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+
+
+class SpectrumParameterConv(torch.nn.Module):
+    """A kernel given directly as its spectrum: a complex parameter (view_as_complex of a real one)."""
+
+    def __init__(self, H=4, L=32):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(H, L + 1, 2) * 0.1)  # one-sided bins of n = 2L
+
+    def forward(self, u):
+        L = u.shape[-1]
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.view_as_complex(self.w), n=2 * L)
+        return y[..., :L]

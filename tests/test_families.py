@@ -70,3 +70,17 @@ def test_in_place_product_with_other_readers_is_left_alone():
     (a, s), (ea, es) = compiled(u, k), shared(u, k)
     torch.testing.assert_close(a, ea, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s, es, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_given_as_a_spectrum_parameter():
+    model = sp.SpectrumParameterConv()
+    twin = sp.SpectrumParameterConv()
+    twin.load_state_dict(model.state_dict())
+    u = torch.randn(2, 4, 32)
+    compiled = Compiled(twin)
+    got, expected = compiled(u), model(u)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(twin.w.grad, model.w.grad, rtol=1e-4, atol=1e-5)
+    assert compiled.report.sites[0].status == "rewritten" and compiled.op_calls() == 1

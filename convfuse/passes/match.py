@@ -52,7 +52,7 @@ class Match:
 
     @property
     def constant_kernel(self) -> bool:
-        return self.k.terms is None and self.k.align is None and is_module_state(self.k.signal)
+        return not self.k.built and self.k.align is None and is_module_state(self.k.signal)
 
     def spec(self) -> ConvSpec:
         n, L, K = self.n.value, self.u.length, self.k.length
@@ -89,14 +89,30 @@ def _inverse_head(inverse: Node, sided: str) -> tuple[Node, list[Node]]:
 
 
 def _order_operands(a: Operand, b: Operand) -> tuple[Operand, Operand]:
-    """(u, k): a summed or conjugated spectrum is the kernel's."""
-    if a.terms is not None and b.terms is not None:
-        raise Refusal("both spectra are sums of spectra: no single input signal to convolve")
-    if a.terms is not None or (a.conj and b.terms is None):
+    """(u, k): a summed, given or conjugated spectrum is the kernel's."""
+    if a.built and b.built:
+        raise Refusal("neither spectrum is the transform of an input signal")
+    if a.built or (a.conj and not b.built):
         a, b = b, a
+    if b.spectrum is not None:
+        _resolve_given_spectrum(b, a)
     if a.conj and b.conj:
         raise Refusal("both spectra are conjugated (a time-reversed convolution): not supported yet")
     return a, b
+
+
+def _resolve_given_spectrum(k: Operand, u: Operand) -> None:
+    """A parameter spectrum takes the input's size and axis; its bins must be exactly the spectrum's."""
+    value = example_value(k.spectrum)
+    if value.dim() < -u.axis:
+        raise Refusal(f"the spectrum parameter `{k.spectrum.name}` has no axis {u.axis}")
+    bins = u.n.value // 2 + 1 if u.sided == ONE_SIDED else u.n.value
+    if not same(value.shape[u.axis], bins):
+        raise Refusal(
+            f"the spectrum parameter `{k.spectrum.name}` has {value.shape[u.axis]} bins along axis {u.axis}, "
+            f"not the {bins} of a size-{u.n} spectrum (a broadcast filter is not supported)"
+        )
+    k.n, k.axis, k.sided = u.n, u.axis, u.sided
 
 
 def _check_sizes(inverse: Node, args: dict, u: Operand, k: Operand, product: Node) -> int:
@@ -175,10 +191,10 @@ def match_site(inverse: Node) -> Match:
     head, head_nodes = _inverse_head(inverse, u.sided)
     epi = walk_epilogue(head, axis, n, [u, k])
     if epi.skip_operand is k:
-        if k.conj or k.terms is not None:
+        if k.conj or k.built:
             raise Refusal("the skip term adds the kernel's signal, not the input's: not supported")
         u, k = k, u
-    elif epi.D is None and epi.post_gate is None and not k.conj and k.terms is None:
+    elif epi.D is None and epi.post_gate is None and not k.conj and not k.built:
         # Nothing tells them apart: the larger signal is the input, the other the kernel.
         if proven(example_value(k.signal).numel() > example_value(u.signal).numel()):
             u, k = k, u

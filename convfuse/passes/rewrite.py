@@ -67,6 +67,14 @@ def _combined_kernel(graph: Graph, m: Match, n: Any, rank: int) -> Node:
     return total
 
 
+def _kernel_of_spectrum(graph: Graph, m: Match, n: Any, rank: int) -> Node:
+    """irfft(W, n) for a one-sided parameter spectrum, ifft(W, n).real for a full one."""
+    W = _to_last_axis(graph, m.k.spectrum, m.k.align, m.axis, rank)
+    if m.k.sided == "one-sided":
+        return graph.call_function(torch.fft.irfft, (W,), {"n": n, "dim": -1})
+    return graph.call_function(torch.real, (graph.call_function(torch.fft.ifft, (W,), {"n": n, "dim": -1}),))
+
+
 def rewrite_site(
     gm: GraphModule,
     m: Match,
@@ -86,6 +94,8 @@ def rewrite_site(
             k = _combined_kernel(graph, m, n, rank)
             if m.k.align is not None:
                 k = graph.call_function(operator.getitem, (k, m.k.align))
+        elif m.k.spectrum is not None:
+            k = _kernel_of_spectrum(graph, m, n, rank)
         else:
             k = _to_last_axis(graph, m.k.signal, m.k.align, m.axis, rank)
         if kernel_transform is not None:

@@ -18,7 +18,9 @@ import torch
 from torch.fx import Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal, is_tensor, same_shape, scaled, slice_along, strip_exact_upcasts
+from convfuse.passes.algebra import (
+    Refusal, is_module_state, is_tensor, same_shape, scaled, slice_along, strip_exact_upcasts,
+)
 from convfuse.passes.einsum import elementwise_einsum
 from convfuse.passes.sizes import SymSize, example_value, same
 
@@ -42,11 +44,17 @@ class Operand:
     align: tuple | None = None  # getitem index aligning the signal to the product's layout
     nodes: list[Node] = field(default_factory=list)
     terms: list["Operand"] | None = None
+    spectrum: Node | None = None  # a kernel given as its spectrum (a complex parameter)
+
+    @property
+    def built(self) -> bool:
+        """The kernel signal is built at rewrite time (a sum of spectra, or a given spectrum)."""
+        return self.terms is not None or self.spectrum is not None
 
     @property
     def length(self):
-        if self.terms is not None:
-            return self.n.value  # a combined kernel is built at the FFT size
+        if self.built:
+            return self.n.value  # a built kernel has the FFT size
         return example_value(self.signal).shape[self.axis]
 
 
@@ -90,8 +98,25 @@ def spectrum_operand(node: Any) -> Operand:
     return operand
 
 
+def given_spectrum(node: Node) -> Operand | None:
+    """A complex parameter, or view_as_complex of a real one: the spectrum of a kernel.
+
+    irfft(X * W, n) == irfft(X * rfft(irfft(W, n), n), n) for the one-sided spectrum X of a
+    real signal and any complex W: the inverse reads only W's Hermitian part, which is exactly
+    what the round trip keeps.  So W is the kernel irfft(W, n), built once per call.  Only
+    module state qualifies: a spectrum computed from the input may hide a nonlinearity.
+    """
+    base = node.args[0] if node.op == "call_function" and node.target is torch.view_as_complex else node
+    value = example_value(node)
+    if not (isinstance(value, torch.Tensor) and value.is_complex() and is_module_state(base)):
+        return None
+    return Operand(signal=None, n=None, axis=None, power=Fraction(0), factors=[], spectrum=node, nodes=[])
+
+
 def transformed_signal(node: Node) -> Operand:
     transform = facts.transform_of(node)
+    if transform is None and (given := given_spectrum(node)) is not None:
+        return given
     if transform is None or transform.inverse:
         raise Refusal(
             f"the spectrum factor `{node.name}` is {_what(node)}, not the transform of a signal: "
@@ -140,6 +165,8 @@ def spectral_sum(node: Node) -> Operand:
         for term in b.terms or [b]:
             term.factors.append((-1, 1))
     terms = (a.terms or [a]) + (b.terms or [b])
+    if any(t.spectrum is not None for t in terms):
+        raise Refusal(f"`{node.name}` adds a parameter spectrum to a transform: not supported yet")
     for term in terms:
         if not (same(term.n.value, a.n.value) and term.axis == a.axis and term.sided == a.sided):
             raise Refusal(f"`{node.name}` adds spectra of different sizes, axes or sidedness")

@@ -1,0 +1,120 @@
+"""``torch.ops.convfuse.fft_convnd``: the cyclic convolution over the last d axes (GFNet-style 2-D).
+
+    y[..., t1..td] = scale * N**n_power * c[(start_i + t_i) mod n_i]_i,   N = n1 * ... * nd
+    c = u (*) k, the d-dimensional cyclic convolution at sizes n (the correlation when conj_kernel)
+
+It is the multi-axis sibling of ``fft_conv`` (convfuse/ops.py): the same definition axis by
+axis, signals truncated or zero-padded to n as ``rfftn(x, s=n)`` does, batch dimensions
+broadcast, fp32 compute for fp16/bf16/fp32 inputs.  Its implementation is ``torch.fft``
+(pocketfft/MKL on CPU, cuFFT on GPUs) with the product, scale and window in one place; its
+backward is two more calls of itself, exactly as in 1-D.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convfuse.backends.common import compute_dtype
+
+
+def _window_nd(c: Tensor, starts: list[int], lengths: list[int]) -> Tensor:
+    d = len(starts)
+    for i, (start, length) in enumerate(zip(starts, lengths)):
+        axis = c.dim() - d + i
+        idx = (torch.arange(length, device=c.device) + start) % c.shape[axis]
+        c = c.index_select(axis, idx) if start + length > c.shape[axis] else c.narrow(axis, start, length)
+    return c
+
+
+def _batch_shape(u: Tensor, k: Tensor, d: int) -> torch.Size:
+    return torch.broadcast_shapes(u.shape[:-d], k.shape[:-d])
+
+
+@torch.library.custom_op("convfuse::fft_convnd", mutates_args=())
+def fft_convnd(
+    u: Tensor,
+    k: Tensor,
+    n: list[int],
+    start: list[int],
+    length: list[int],
+    scale: float,
+    n_power: float,
+    conj_kernel: bool,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    d = len(n)
+    _check(u, k, n, start, length)
+    dtype = compute_dtype(u, k)
+    shape = (*_batch_shape(u, k, d), *length)
+    if torch.Size(shape).numel() == 0:
+        return torch.zeros(shape, dtype=out_dtype, device=u.device)
+    axes = list(range(-d, 0))
+    U = torch.fft.rfftn(u.to(dtype), s=n, dim=axes)
+    K = torch.fft.rfftn(k.to(dtype), s=n, dim=axes)
+    if conj_kernel:
+        K = K.conj()
+    total = scale * float(torch.tensor(n).prod().item()) ** n_power
+    c = torch.fft.irfftn(U * (K * total), s=n, dim=axes)
+    return _window_nd(c, start, length).to(out_dtype).contiguous()
+
+
+def _check(u, k, n, start, length) -> None:
+    d = len(n)
+    if not (len(start) == len(length) == d >= 1):
+        raise ValueError("convfuse.fft_convnd: n, start and length need one entry per convolved axis")
+    for name, t in (("u", u), ("k", k)):
+        if not t.is_floating_point():
+            raise TypeError(f"convfuse.fft_convnd: {name} must be a real floating tensor, got {t.dtype}")
+        if t.dim() < d:
+            raise ValueError(f"convfuse.fft_convnd: {name} has fewer than {d} dimensions")
+    for ni, si, li in zip(n, start, length):
+        if ni < 1 or not 0 <= si < ni or not 0 <= li <= ni:
+            raise ValueError(f"convfuse.fft_convnd: window start {si}, length {li} outside FFT size {ni}")
+
+
+@fft_convnd.register_fake
+def _(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype):
+    _check(u, k, n, start, length)
+    return u.new_empty((*_batch_shape(u, k, len(n)), *length), dtype=out_dtype)
+
+
+def _setup(ctx, inputs, output):
+    u, k, n, start, length, scale, n_power, conj_kernel, out_dtype = inputs
+    ctx.save_for_backward(u, k)
+    ctx.params = (list(n), list(start), list(length), scale, n_power, conj_kernel)
+
+
+def _backward(ctx, grad):
+    """Axis by axis the 1-D formulas (convfuse/ops.py, _cyclic_grads): correlations for a
+    convolution, a convolution and a correlation for a correlation, windows at -start."""
+    u, k = ctx.saved_tensors
+    n, start, length, scale, n_power, conj = ctx.params
+    d = len(n)
+    dtype = compute_dtype(u, k)
+    g = grad.to(dtype)
+    back = [(-s) % ni for s, ni in zip(start, n)]
+    du = dk = None
+
+    def fit(x: Tensor, like: Tensor) -> Tensor:
+        pad = []
+        for i in reversed(range(d)):
+            pad += [0, like.shape[like.dim() - d + i] - x.shape[x.dim() - d + i]]
+        return F.pad(x, pad) if any(pad) else x
+
+    if ctx.needs_input_grad[0]:
+        du = fft_convnd(g, k, n, back, [min(u.shape[u.dim() - d + i], n[i]) for i in range(d)],
+                        scale, n_power, not conj, dtype)
+        du = fit(du, u).sum_to_size(u.shape).to(u.dtype)
+    if ctx.needs_input_grad[1]:
+        klen = [min(k.shape[k.dim() - d + i], n[i]) for i in range(d)]
+        if conj:
+            dk = fft_convnd(u.to(dtype), g, n, start, klen, scale, n_power, True, dtype)
+        else:
+            dk = fft_convnd(g, u.to(dtype), n, back, klen, scale, n_power, True, dtype)
+        dk = fit(dk, k).sum_to_size(k.shape).to(k.dtype)
+    return du, dk, None, None, None, None, None, None, None
+
+
+fft_convnd.register_autograd(_backward, setup_context=_setup)
