@@ -257,7 +257,7 @@ def run_report(args: argparse.Namespace) -> int:
         ui.print_check(check, report)
     if args.bench:
         bench = _measured(cli_measure.bench, model, inputs, options, dynamic, args.repeats, ui)
-        ui.print_bench(bench)
+        ui.print_bench(bench, report)
     if args.json:
         _write_json(args.json, report, label, options, dynamic, check, bench, breaks)
         if args.json != "-":

@@ -7,6 +7,7 @@ prints and writes to ``--json`` under its own top-level key.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 import statistics
@@ -169,20 +170,31 @@ def _ancestors(node: torch.fx.Node, limit: int = 256) -> set[str]:
     return seen
 
 
-def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per fused operator of one graph: its output against the replaced node's, same inputs."""
+@dataclasses.dataclass
+class _Site:
+    """One rewritten site of a kept graph: the original node and the fused operator that replaced it."""
+
+    graph: int
+    inverse: str  # the site's inverse-transform node: SiteReport.node
+    replaced: torch.fx.Node  # in the original graph
+    fused: torch.fx.Node  # the fft_conv call in the rewritten graph
+    out: torch.fx.Node  # what stands in for ``replaced`` (``fused``, or its movedim back)
+
+
+def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site], _Recorder, _Recorder]:
+    """The rewritten sites of one kept graph, and both graphs run on the inputs the graph first saw."""
     from convfuse.passes import find_fft_sites
 
     original: torch.fx.GraphModule = entry["original"]
     rewritten: torch.fx.GraphModule = entry["rewritten"]
+    before, after = _Recorder(original), _Recorder(rewritten)
     fused = [n for n in rewritten.graph.nodes if n.target is torch.ops.convfuse.fft_conv.default]
     if not fused or entry["inputs"] is None:
-        return []
-    before, after = _Recorder(original), _Recorder(rewritten)
+        return [], before, after
     before.run(*entry["inputs"])
     after.run(*entry["inputs"])
     inverses = [n.name for n in find_fft_sites(original.graph)]  # graph order
-    errors = []
+    sites = []
     for node in fused:
         out = node
         if len(out.users) == 1 and next(iter(out.users)).target is torch.movedim:
@@ -192,10 +204,61 @@ def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]
             continue
         upstream = _ancestors(replaced)
         inverse = next((name for name in reversed(inverses) if name in upstream), "")
-        err = compare(before.values[replaced.name], after.values[out.name])
-        errors.append({"graph": graph_index, "node": inverse, "replaced": replaced.name,
+        sites.append(_Site(graph_index, inverse, replaced, node, out))
+    return sites, before, after
+
+
+def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per fused operator of one graph: its output against the replaced node's, same inputs."""
+    sites, before, after = _paired_sites(graph_index, entry)
+    errors = []
+    for site in sites:
+        err = compare(before.values[site.replaced.name], after.values[site.out.name])
+        errors.append({"graph": site.graph, "node": site.inverse, "replaced": site.replaced.name,
                        "max_abs_error": err["max_abs_error"], "max_rel_error": err["max_rel_error"]})
     return errors
+
+
+def _site_programs(site: _Site, original: torch.fx.GraphModule, rewritten: torch.fx.GraphModule,
+                   before: _Recorder, after: _Recorder) -> tuple[Callable, tuple, Callable, tuple]:
+    """(eager site, its inputs, fused operator, its arguments): the nodes the rewrite removed, as a
+    graph of their own fed by the values the model computed, and the one operator call that replaced them."""
+    kept = {n.name for n in rewritten.graph.nodes}
+    upstream = _ancestors(site.replaced)
+    removed = [n for n in original.graph.nodes if n.name in upstream and n.name not in kept]
+    graph, env, names = torch.fx.Graph(), {}, []
+
+    def value_of(node: torch.fx.Node) -> torch.fx.Node:
+        if node not in env:
+            env[node] = graph.placeholder(node.name)
+            names.append(node.name)
+        return env[node]
+
+    for node in removed:
+        for arg in node.all_input_nodes:
+            if arg not in removed:
+                value_of(arg)
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[site.replaced])
+    eager = torch.fx.GraphModule(original, graph)
+    eager_args = tuple(before.values[name] for name in names)
+    op_args = torch.fx.node.map_arg(site.fused.args, lambda n: after.values[n.name])
+    return eager, eager_args, site.fused.target, op_args
+
+
+def _site_times(graphs: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
+    """Median times of each rewritten site: its eager nodes vs the fused operator, interleaved."""
+    rows = []
+    for index, entry in enumerate(graphs):
+        sites, before, after = _paired_sites(index, entry)
+        for site in sites:
+            eager, eager_args, op, op_args = _site_programs(site, entry["original"], entry["rewritten"],
+                                                            before, after)
+            times = _interleaved({"eager": lambda: eager(*eager_args), "convfuse": lambda: op(*op_args)},
+                                 repeats, eager_args)
+            rows.append({"graph": index, "node": site.inverse, "median_ms": times,
+                         "speedup": times["eager"] / times["convfuse"] if times["convfuse"] > 0 else math.inf})
+    return rows
 
 
 def _sync(inputs: tuple) -> None:
@@ -203,14 +266,38 @@ def _sync(inputs: tuple) -> None:
         torch.cuda.synchronize()
 
 
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, inputs: tuple) -> dict[str, float]:
+    """Median ms per call of each no-argument function, samples interleaved so noise hits all alike.
+
+    Calls per sample: enough that a sample of the first function lasts about a millisecond.
+    """
+    first = next(iter(fns.values()))
+    start = time.perf_counter()
+    first()
+    _sync(inputs)
+    number = max(1, min(100, math.ceil(1e-3 / max(time.perf_counter() - start, 1e-7))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            _sync(inputs)
+            times[name].append((time.perf_counter() - start) * 1e3 / number)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def bench(model: Callable, inputs: tuple, options: dict, dynamic: bool | None, repeats: int,
           ui: Any = None) -> dict[str, Any]:
-    """Median forward times (no_grad) of eager, torch.compile's default and convfuse, runs interleaved."""
+    """Median forward times (no_grad) of eager, torch.compile's default and convfuse, runs interleaved;
+    then each rewritten site alone: its eager nodes vs the fused operator."""
     torch._dynamo.reset()
+    graphs: list[dict[str, Any]] = []
     variants: dict[str, Callable] = {
         "eager": model,
         "inductor": torch.compile(model, dynamic=dynamic),
-        "convfuse": _compile(model, "convfuse", options, dynamic),
+        "convfuse": torch.compile(model, dynamic=dynamic, backend=functools.partial(
+            _keeping_graphs, graphs=graphs, options=dict(options))),
     }
     stage = ui.stage if ui is not None else _no_stage
     with torch.no_grad():
@@ -219,29 +306,24 @@ def bench(model: Callable, inputs: tuple, options: dict, dynamic: bool | None, r
                 for _ in range(2):
                     fn(*inputs)
                 _sync(inputs)
-        # Calls per sample: enough that one sample of the fastest variant lasts about a millisecond.
-        start = time.perf_counter()
-        model(*inputs)
-        _sync(inputs)
-        one = time.perf_counter() - start
-        number = max(1, min(100, math.ceil(1e-3 / max(one, 1e-7))))
-        times: dict[str, list[float]] = {name: [] for name in variants}
         with stage(f"timing {repeats} x {len(variants)} interleaved samples"):
-            for _ in range(repeats):
-                for name, fn in variants.items():
-                    start = time.perf_counter()
-                    for _ in range(number):
-                        fn(*inputs)
-                    _sync(inputs)
-                    times[name].append((time.perf_counter() - start) * 1e3 / number)
+            medians = _interleaved({name: functools.partial(fn, *inputs) for name, fn in variants.items()},
+                                   repeats, inputs)
+        with stage("timing each rewritten site"):
+            try:
+                sites, note = _site_times(graphs, repeats), ""
+            except Exception as exc:  # the per-site view is extra: never lose the model's times to it
+                sites, note = [], f"per-site times not measured: {type(exc).__name__}: {exc}".splitlines()[0]
     torch._dynamo.reset()
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    return {
+    result = {
         "repeats": repeats,
-        "calls_per_sample": number,
         "median_ms": medians,
         "speedup_vs_eager": {name: medians["eager"] / ms if ms > 0 else math.inf for name, ms in medians.items()},
+        "sites": sites,
     }
+    if note:
+        result["note"] = note
+    return result
 
 
 class _no_stage:

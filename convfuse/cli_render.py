@@ -240,9 +240,20 @@ class Console:
             self._print(f"    {label}: max abs error {err['max_abs_error']:.2e}, "
                         f"max rel error {err['max_rel_error']:.2e}")
 
-    def print_bench(self, bench: dict[str, Any]) -> None:
-        self._print(f"bench (forward, no_grad, median of {bench['repeats']} interleaved samples"
-                    f" x {bench['calls_per_sample']} call{'s' if bench['calls_per_sample'] != 1 else ''}):")
+    def print_bench(self, bench: dict[str, Any], report: Any = None) -> None:
+        self._print(f"bench (forward, no_grad, median of {bench['repeats']} interleaved samples):")
         for name, ms in bench["median_ms"].items():
             speedup = bench["speedup_vs_eager"][name]
             self._print(f"  {name:<9} {ms:10.3f} ms  {speedup:5.2f}x vs eager")
+        number = {(site.graph, site.node): i for i, site in enumerate(getattr(report, "sites", []), 1)}
+        if bench.get("sites"):
+            self._print("  per site (its eager nodes vs the fused operator, alone):")
+        for row in bench.get("sites", []):
+            which = number.get((row["graph"], row["node"]))
+            label = f"site {which}" if which is not None else shorten(row["node"], 20)
+            t = row["median_ms"]
+            self._print(f"    {label}: eager {t['eager']:.3f} ms, convfuse {t['convfuse']:.3f} ms "
+                        f"({row['speedup']:.2f}x)")
+        for chunk in textwrap.wrap(bench.get("note", ""), width=self.width, initial_indent="  ",
+                                   subsequent_indent="    "):
+            self._print(chunk)

@@ -183,6 +183,9 @@ def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:
     assert "site 1: max abs error" in proc.stdout
     assert set(data["bench"]["median_ms"]) == {"eager", "inductor", "convfuse"}
     assert data["bench"]["repeats"] == 2
+    (site_time,) = data["bench"]["sites"]  # per site: its eager nodes vs the fused operator
+    assert set(site_time["median_ms"]) == {"eager", "convfuse"} and site_time["speedup"] > 0
+    assert "site 1: eager " in proc.stdout
 
 
 def test_graph_breaks_dynamic_and_json_on_stdout(model_file: Path, tmp_path: Path) -> None:
