@@ -58,3 +58,24 @@ def test_reproducer_points_at_the_generated_source():
 
     assert linecache.getline(filename, 1).startswith("def program(")
     assert "torch.fft.irfft" in src
+
+
+def test_numerics_check_catches_a_wrong_value_and_tolerates_rounding_noise():
+    import torch
+
+    found = []
+
+    def bad(kind, detail):
+        found.append(detail)
+
+    x = torch.randn(4, 16, dtype=torch.float64)
+    exp = x.float()
+    P._compare(bad, "wrong", exp * 1.001, exp, lambda: x, 1e-4)  # a 0.1% error is a mismatch
+    assert len(found) == 1
+    # an exact zero that eager computes as rounding noise of O(1) terms: any noise of that size passes
+    zero = torch.zeros(4, 16, dtype=torch.float64)
+    noise = torch.randn(4, 16) * 1e-7
+    P._compare(bad, "noise", torch.randn(4, 16) * 1e-7, noise, lambda: zero, 1e-4)
+    assert len(found) == 1
+    P._compare(bad, "not noise", noise + 1e-3, noise, lambda: zero, 1e-4)
+    assert len(found) == 2
