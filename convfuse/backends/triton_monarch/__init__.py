@@ -6,8 +6,14 @@ Monarch plan run the reference; ``plan_for(n, dtype, device)`` says which plan a
 none, and ``explain(u, k, D, pre_gate, post_gate, p)`` what one call runs.
 
 Modules: ``plan`` (factorizations, DFT/twiddle matrices, kernel spectra, padding rules),
-``kernels`` (the Triton kernel, imported lazily so the interpreter flag can be set first),
-``launch`` (offsets, launch, fallback).
+``kernels`` (the fused kernel, n <= 2048) and ``kernels_outer`` (outer/middle passes through GPU
+memory, n = 4K..4M), both imported on first launch and built twice (compiled and interpreted),
+``launch`` (offsets, row pairs, launches, fallback), ``measured`` (a cached per-shape
+Triton-vs-cuFFT choice for CUDA, ``AUTO_IMPLEMENTATION``).
+
+Status: correct under the Triton interpreter (tests/backends/test_triton_monarch.py) and compiled
+for sm80/sm90 without a GPU (tests/backends/test_triton_compile.py, bench/results/
+triton-sm90-resources.md); GPU speed is unmeasured (no GPU was available when it was written).
 """
 
 from __future__ import annotations

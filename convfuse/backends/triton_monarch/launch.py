@@ -1,10 +1,12 @@
-"""Launcher: from the operator's arguments to one fused-kernel launch, or a stated fallback.
+"""Launcher: from the operator's arguments to the Triton launches, or a stated fallback.
 
 ``run`` resolves a ``CallPlan`` (size, padding, causal skips), computes the kernel spectrum in
-Monarch order (cached for constant kernels), builds per-row element offsets for every operand so
-broadcast batch dimensions need no copies, and launches one program per output row.  Calls with
-no plan run the reference implementation; the reason is counted in ``FALLBACKS`` and returned
-by ``explain``.
+Monarch order (cached for constant kernels only on request, see plan.py), builds per-row element
+offsets for every operand so broadcast batch dimensions need no copies, pairs rows that share a
+kernel (one complex transform computes both), and launches either the fused kernel (n <= 2048,
+one program per pair) or the outer passes through GPU memory (n = 4K..4M: 3 or 5 launches).
+Calls with no plan run the reference implementation; the reason is counted in ``FALLBACKS`` and
+returned by ``explain``.
 """
 
 from __future__ import annotations
@@ -139,7 +141,6 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     shape = output_shape(u, k, pre_gate, p.length)
     batch = tuple(shape[:-1])
     out = torch.empty(shape, dtype=p.out_dtype or dtype, device=u.device)
-    rows = out.numel() // max(p.length, 1)
     if out.numel() == 0:
         return out
     Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
@@ -149,9 +150,12 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
 
     u, pre_gate, D, post_gate = (_int32_axis(t, r.m) for t in (u, pre_gate, D, post_gate))
     spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
+    # spectrum rows: (*k batch, 2, *radices) viewed as (*k batch, 2m); offsets and row pairs per output row
     d = len(plan.radices)
-    k_off, _ = _spectrum_rows(batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,),
-                              u.device)
+    k_rows = (batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
+    k_off, _ = _spectrum_rows(*k_rows)
+    pairs = _pairs(*k_rows)
+    P = pairs.shape[0]
     # u of last size 1 broadcasts against a longer pre-gate: stride 0 along the axis reads it everywhere
     u_off, u_s = _rows(u, batch)
     pre_off, pre_s = _rows(pre_gate, batch) if pre_gate is not None else (u_off, 0)
@@ -164,9 +168,6 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
     LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
 
-    kshape = tuple(spec.shape[:-d - 1]) + (2 * r.m,)
-    pairs = _pairs(batch, kshape, tuple(spec.stride()[:-d - 1]) + (1,), u.device)
-    P = pairs.shape[0]
 
     if isinstance(plan, OuterPlan):
         from convfuse.backends.triton_monarch import kernels_outer as ko
