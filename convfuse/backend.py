@@ -15,7 +15,7 @@ from torch.fx import GraphModule
 
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
-from convfuse.passes import Match, find_fft_sites, match_or_refuse, rewrite_site
+from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
 from convfuse.passes.policy import SitePlan, apply_policy, choose_policies, resolve_late
 from convfuse.policies import Exact
 from convfuse.passes.sizes import example_value
@@ -36,7 +36,7 @@ def convfuse_backend(gm: GraphModule, example_inputs, *, mode=None, options=None
 def _shapes(m: Match) -> dict[str, list]:
     return {
         name: [str(d) for d in example_value(node).shape]
-        for name, node in (("u", m.u.signal), ("k", m.k.signal or m.k.terms[0].signal), ("out", m.tail))
+        for name, node in (("u", m.u.signal), ("k", m.k.signal or m.k.spectrum or m.k.terms[0].signal), ("out", m.tail))
     }
 
 
@@ -52,11 +52,11 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
         plan = (plans or {}).get(site) or SitePlan(asked=opts.policy)
         outcome = match_or_refuse(site)
         source = user_source(site.meta.get("stack_trace"))
-        if isinstance(outcome, Match) and plan.in_scope and plan.applied is None and not plan.reason:
+        if not isinstance(outcome, Refusal) and plan.in_scope and plan.applied is None and not plan.reason:
             resolve_late(plan, outcome)  # not resolved before rewriting (no plans, or matched only now)
-        if isinstance(outcome, Match) and plan.applied is not None and plan.in_scope:
+        if not isinstance(outcome, Refusal) and plan.applied is not None and plan.in_scope:
             record = _rewrite_one(gm, outcome, opts, source, plan)
-        elif isinstance(outcome, Match):
+        elif not isinstance(outcome, Refusal):
             record = SiteReport(SKIPPED, outcome.family(), source, reason=plan.reason, spec=outcome.spec(),
                                 policy=str(plan.asked), policy_note=plan.note, node=site.name, shapes=_shapes(outcome))
         else:
@@ -84,7 +84,8 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
     out = rewrite_site(gm, m, opts.kernel)
     apply_policy(out, applied)
     exact = isinstance(applied, Exact)
-    return SiteReport(REWRITTEN, family, source, spec=spec, kernel=impl.name, policy=str(plan.asked),
+    kernel_name = impl.name if isinstance(m, Match) else "torch.fft-nd"  # fft_convnd has one implementation
+    return SiteReport(REWRITTEN, family, source, spec=spec, kernel=kernel_name, policy=str(plan.asked),
                       policy_applied=str(applied), rel_error=0.0 if exact else plan.rel_error,
                       flops_saved=plan.flops_saved if not exact else 0.0,
                       bytes_saved=plan.bytes_saved if not exact else 0.0, policy_note=plan.note,

@@ -104,7 +104,7 @@ class ConvSpec:
     def describe(self) -> str:
         kind = "causal" if self.causal else ("circular" if self.causal is False else "cyclic")
         parts = [f"{kind} axis={self.axis} L={self.L} K={self.K} n={self.n}"]
-        if self.start:
+        if any(self.start) if isinstance(self.start, (list, tuple)) else self.start:
             parts.append(f"offset={self.start}")
         if self.conj_kernel:
             parts.append("correlation")

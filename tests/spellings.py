@@ -219,3 +219,18 @@ class SpectrumParameterConv(torch.nn.Module):
         L = u.shape[-1]
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.view_as_complex(self.w), n=2 * L)
         return y[..., :L]
+
+
+def conv2d_ortho(x, k):
+    # A 2-D circular convolution over (H, W) of a channels-last map, norm="ortho" on all three.
+    H, W = x.shape[1], x.shape[2]
+    X = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
+    Kf = torch.fft.rfft2(k, dim=(0, 1), norm="ortho")
+    return torch.fft.irfft2(X * Kf, s=(H, W), dim=(1, 2), norm="ortho")
+
+
+def conv2d_magnitude_filter(x, k):
+    # Near miss: the kernel spectrum's magnitude (a nonlinearity) is no transform of a signal.
+    X = torch.fft.rfft2(x, dim=(1, 2))
+    Kf = torch.fft.rfft2(k, dim=(0, 1)).abs()
+    return torch.fft.irfft2(X * Kf, s=(x.shape[1], x.shape[2]), dim=(1, 2))

@@ -15,7 +15,7 @@ from conftest import Compiled, assert_close_rel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.models import MODELS  # noqa: E402
 
-NOT_YET = {"gfnet": "2-D transforms (rfft2/irfft2) are not rewritten yet"}
+NOT_YET: dict[str, str] = {}  # model name -> why its sites are expected to stay skipped
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -84,3 +84,19 @@ def test_kernel_given_as_a_spectrum_parameter():
     expected.square().sum().backward()
     torch.testing.assert_close(twin.w.grad, model.w.grad, rtol=1e-4, atol=1e-5)
     assert compiled.report.sites[0].status == "rewritten" and compiled.op_calls() == 1
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_two_dimensional_convolution(dynamic):
+    x, k = _t(2, 6, 8, 3), _t(6, 8, 3)
+    compiled = assert_matches_eager(sp.conv2d_ortho, (x, k), dynamic=dynamic)
+    site = compiled.report.sites[0]
+    assert site.status == "rewritten" and site.pattern == "circular-conv-2d"
+    assert sum(n.target is torch.ops.convfuse.fft_convnd.default for gm in compiled.graphs for n in gm.graph.nodes) == 1
+
+
+def test_two_dimensional_near_miss_is_left_alone():
+    x, k = _t(2, 6, 8, 3), _t(6, 8, 3)
+    compiled = assert_matches_eager(sp.conv2d_magnitude_filter, (x, k))
+    site = compiled.report.sites[0]
+    assert site.status == "skipped" and site.pattern == "spectral-filter" and site.reason

@@ -7,9 +7,10 @@ from torch.fx import Graph, Node
 from convfuse.passes import facts
 from convfuse.passes.algebra import Refusal, mutates
 from convfuse.passes.match import Match, match_site
+from convfuse.passes.match_nd import MatchND, match_site_nd
 from convfuse.passes.rewrite import rewrite_site
 
-__all__ = ["Match", "Refusal", "find_fft_sites", "match_or_refuse", "match_site", "rewrite_site"]
+__all__ = ["Match", "MatchND", "Refusal", "find_fft_sites", "match_or_refuse", "match_site", "rewrite_site"]
 
 
 def _reaches_inverse(node: Node, limit: int = 64) -> bool:
@@ -39,7 +40,7 @@ def find_fft_sites(graph: Graph) -> list[Node]:
     return sites
 
 
-def match_or_refuse(site: Node) -> Match | Refusal:
+def match_or_refuse(site: Node) -> Match | MatchND | Refusal:
     if not facts.is_inverse_fft(site):
         return Refusal(
             "a forward transform whose spectrum reaches no inverse transform in this graph "
@@ -47,6 +48,8 @@ def match_or_refuse(site: Node) -> Match | Refusal:
             family="forward-only",
         )
     try:
+        if facts.multi_axis_transform_of(site) is not None:
+            return match_site_nd(site)
         return match_site(site)
     except Refusal as refusal:
         return refusal

@@ -51,9 +51,18 @@ TRANSFORMS: dict[Callable, Transform] = {
     torch.fft.fft: Transform("fft", inverse=False, one_sided=False, signature=_ONE_AXIS),
     torch.fft.ifft: Transform("ifft", inverse=True, one_sided=False, signature=_ONE_AXIS),
 }
+_MULTI_AXIS = _signature("input", ("s", None), ("dim", None), ("norm", None))
+_TWO_AXIS = _signature("input", ("s", None), ("dim", (-2, -1)), ("norm", None))
+# The same theorem over several axes (GFNet's global filters): irfftn(rfftn(u) * rfftn(k)).
+MULTI_AXIS_TRANSFORMS: dict[Callable, Transform] = {
+    torch.fft.rfft2: Transform("rfft2", inverse=False, one_sided=True, signature=_TWO_AXIS),
+    torch.fft.irfft2: Transform("irfft2", inverse=True, one_sided=True, signature=_TWO_AXIS),
+    torch.fft.rfftn: Transform("rfftn", inverse=False, one_sided=True, signature=_MULTI_AXIS),
+    torch.fft.irfftn: Transform("irfftn", inverse=True, one_sided=True, signature=_MULTI_AXIS),
+}
 # Transforms convfuse recognises as FFTs (so the report lists them) without yet rewriting them.
 OTHER_FFTS = {
-    torch.fft.rfft2, torch.fft.irfft2, torch.fft.rfftn, torch.fft.irfftn,
+    *MULTI_AXIS_TRANSFORMS,
     torch.fft.fft2, torch.fft.ifft2, torch.fft.fftn, torch.fft.ifftn, torch.fft.hfft, torch.fft.ihfft,
 }
 
@@ -61,6 +70,12 @@ OTHER_FFTS = {
 def transform_of(node: Node) -> Transform | None:
     if node.op == "call_function":
         return TRANSFORMS.get(node.target)
+    return None
+
+
+def multi_axis_transform_of(node: Node) -> Transform | None:
+    if node.op == "call_function":
+        return MULTI_AXIS_TRANSFORMS.get(node.target)
     return None
 
 

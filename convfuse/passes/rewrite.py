@@ -18,6 +18,7 @@ from torch.fx import Graph, GraphModule, Node
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 from convfuse.passes.match import Match
+from convfuse.passes.match_nd import MatchND
 from convfuse.passes.sizes import example_value, proven
 
 _SIZE_OPS = {"sub": operator.sub, "add": operator.add, "mod": operator.mod}
@@ -75,6 +76,39 @@ def _kernel_of_spectrum(graph: Graph, m: Match, n: Any, rank: int) -> Node:
     return graph.call_function(torch.real, (graph.call_function(torch.fft.ifft, (W,), {"n": n, "dim": -1}),))
 
 
+def rewrite_site_nd(gm: GraphModule, m: MatchND, kernel: str) -> Node:
+    """One fft_convnd call over ``m.axes`` moved last (the 1-D kernel options do not apply)."""
+    graph = gm.graph
+    d = len(m.axes)
+    last = tuple(range(-d, 0))
+    with graph.inserting_before(m.tail):
+        n = [_materialize(graph, s.arg) for s in m.n]
+        u = graph.call_function(torch.movedim, (m.u.signal, m.axes, last))
+        if m.k.spectrum is not None:
+            k = graph.call_function(torch.fft.irfftn, (m.k.spectrum,), {"s": n, "dim": m.axes})
+        else:
+            k = m.k.signal
+        k = graph.call_function(torch.movedim, (k, m.axes, last))
+        out = graph.call_function(
+            torch.ops.convfuse.fft_convnd.default,
+            (u, k, n, [0] * d, n, m.scale, float(m.power), m.conj_kernel, m.out_dtype),
+        )
+        out = graph.call_function(torch.movedim, (out, last, m.axes))
+    return _replace(graph, m, out)
+
+
+def _replace(graph: Graph, m: Match | MatchND, out: Node) -> Node:
+    # Later sites may read this value (one convolution feeding the next): they reason from meta.
+    out.meta["example_value"] = m.tail.meta.get("example_value")
+    out.meta["stack_trace"] = m.tail.meta.get("stack_trace")
+    m.tail.replace_all_uses_with(out)
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for node in sorted(set(m.nodes), key=order.__getitem__, reverse=True):
+        if not node.users:
+            graph.erase_node(node)
+    return out
+
+
 def rewrite_site(
     gm: GraphModule,
     m: Match,
@@ -85,6 +119,10 @@ def rewrite_site(
 ) -> Node:
     """Insert the operator call; ``kernel_transform`` (a policy) rewrites the kernel operand first,
     and ``constant_kernel=False`` says the kernel it produces is no longer module state."""
+    if isinstance(m, MatchND):
+        if kernel_transform is not None:
+            raise ValueError("convfuse: approximate policies apply to 1-D convolutions only")
+        return rewrite_site_nd(gm, m, kernel)
     graph = gm.graph
     rank = example_value(m.tail).dim()
     with graph.inserting_before(m.tail):
@@ -111,12 +149,4 @@ def rewrite_site(
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:
             out = graph.call_function(torch.movedim, (out, -1, m.axis))
-    # Later sites may read this value (one convolution feeding the next): they reason from meta.
-    out.meta["example_value"] = m.tail.meta.get("example_value")
-    out.meta["stack_trace"] = m.tail.meta.get("stack_trace")
-    m.tail.replace_all_uses_with(out)
-    order = {node: i for i, node in enumerate(graph.nodes)}
-    for node in sorted(set(m.nodes), key=order.__getitem__, reverse=True):
-        if not node.users:
-            graph.erase_node(node)
-    return out
+    return _replace(graph, m, out)
