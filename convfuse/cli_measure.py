@@ -26,13 +26,6 @@ def seeded(model: Callable, inputs: tuple) -> Any:
     return model(*inputs)
 
 
-def _compile(model: Callable, backend: str, options: dict | None, dynamic: bool | None) -> Callable:
-    kwargs: dict[str, Any] = {"backend": backend, "dynamic": dynamic}
-    if options:
-        kwargs["options"] = dict(options)
-    return torch.compile(model, **kwargs)
-
-
 def _tolerance(dtype: torch.dtype) -> float:
     if dtype in (torch.float16, torch.bfloat16, torch.complex32):
         return 1e-2
@@ -93,8 +86,7 @@ def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -
     """
     torch._dynamo.reset()
     graphs: list[dict[str, Any]] = []
-    compiled = torch.compile(model, backend=functools.partial(_keeping_graphs, graphs=graphs, options=dict(options)),
-                             dynamic=dynamic)
+    compiled = _compile_keeping_graphs(model, options, dynamic, graphs)
     with torch.no_grad():
         expected = seeded(model, inputs)
         got = seeded(compiled, inputs)
@@ -110,6 +102,13 @@ def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -
     if failed:
         result["note"] = "per-site errors not measured for " + "; ".join(failed)
     return result
+
+
+def _compile_keeping_graphs(model: Callable, options: dict, dynamic: bool | None, graphs: list) -> Callable:
+    """``torch.compile(model, backend="convfuse", options=options)``, appending each graph it compiles
+    (before and after the rewrite, with the inputs of its first run) to ``graphs``."""
+    backend = functools.partial(_keeping_graphs, graphs=graphs, options=dict(options))
+    return torch.compile(model, backend=backend, dynamic=dynamic)
 
 
 def _keeping_graphs(gm: torch.fx.GraphModule, example_inputs: list, *, graphs: list, options: dict):
@@ -160,11 +159,12 @@ def _replaced_node(out: torch.fx.Node, original: torch.fx.Graph) -> torch.fx.Nod
     return None
 
 
-def _ancestors(node: torch.fx.Node, limit: int = 256) -> set[str]:
+def _upstream(node: torch.fx.Node, within: Callable[[torch.fx.Node], bool] = lambda n: True) -> set[str]:
+    """Names of ``node`` and the nodes it reads from, walking back only through nodes ``within`` accepts."""
     seen, todo = set(), [node]
-    while todo and len(seen) < limit:
+    while todo:
         n = todo.pop()
-        if n.name not in seen:
+        if n.name not in seen and within(n):
             seen.add(n.name)
             todo.extend(n.all_input_nodes)
     return seen
@@ -177,6 +177,7 @@ class _Site:
     graph: int
     inverse: str  # the site's inverse-transform node: SiteReport.node
     replaced: torch.fx.Node  # in the original graph
+    removed: list[torch.fx.Node]  # the original nodes the rewrite removed to compute ``replaced``
     fused: torch.fx.Node  # the fft_conv call in the rewritten graph
     out: torch.fx.Node  # what stands in for ``replaced`` (``fused``, or its movedim back)
 
@@ -194,6 +195,7 @@ def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site],
     before.run(*entry["inputs"])
     after.run(*entry["inputs"])
     inverses = [n.name for n in find_fft_sites(original.graph)]  # graph order
+    kept = {n.name for n in rewritten.graph.nodes}
     sites = []
     for node in fused:
         out = node
@@ -202,9 +204,11 @@ def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site],
         replaced = _replaced_node(out, original.graph)
         if replaced is None:
             continue
-        upstream = _ancestors(replaced)
+        removed = _upstream(replaced, lambda n: n.name not in kept)
+        upstream = removed if any(name in removed for name in inverses) else _upstream(replaced)
         inverse = next((name for name in reversed(inverses) if name in upstream), "")
-        sites.append(_Site(graph_index, inverse, replaced, node, out))
+        ordered = [n for n in original.graph.nodes if n.name in removed]
+        sites.append(_Site(graph_index, inverse, replaced, ordered, node, out))
     return sites, before, after
 
 
@@ -219,13 +223,11 @@ def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]
     return errors
 
 
-def _site_programs(site: _Site, original: torch.fx.GraphModule, rewritten: torch.fx.GraphModule,
-                   before: _Recorder, after: _Recorder) -> tuple[Callable, tuple, Callable, tuple]:
+def _site_programs(site: _Site, original: torch.fx.GraphModule, before: _Recorder,
+                   after: _Recorder) -> tuple[Callable, tuple, Callable, tuple]:
     """(eager site, its inputs, fused operator, its arguments): the nodes the rewrite removed, as a
     graph of their own fed by the values the model computed, and the one operator call that replaced them."""
-    kept = {n.name for n in rewritten.graph.nodes}
-    upstream = _ancestors(site.replaced)
-    removed = [n for n in original.graph.nodes if n.name in upstream and n.name not in kept]
+    removed = set(site.removed)
     graph, env, names = torch.fx.Graph(), {}, []
 
     def value_of(node: torch.fx.Node) -> torch.fx.Node:
@@ -234,7 +236,7 @@ def _site_programs(site: _Site, original: torch.fx.GraphModule, rewritten: torch
             names.append(node.name)
         return env[node]
 
-    for node in removed:
+    for node in site.removed:  # graph order
         for arg in node.all_input_nodes:
             if arg not in removed:
                 value_of(arg)
@@ -252,8 +254,7 @@ def _site_times(graphs: list[dict[str, Any]], repeats: int) -> list[dict[str, An
     for index, entry in enumerate(graphs):
         sites, before, after = _paired_sites(index, entry)
         for site in sites:
-            eager, eager_args, op, op_args = _site_programs(site, entry["original"], entry["rewritten"],
-                                                            before, after)
+            eager, eager_args, op, op_args = _site_programs(site, entry["original"], before, after)
             times = _interleaved({"eager": lambda: eager(*eager_args), "convfuse": lambda: op(*op_args)},
                                  repeats, eager_args)
             rows.append({"graph": index, "node": site.inverse, "median_ms": times,
@@ -296,8 +297,7 @@ def bench(model: Callable, inputs: tuple, options: dict, dynamic: bool | None, r
     variants: dict[str, Callable] = {
         "eager": model,
         "inductor": torch.compile(model, dynamic=dynamic),
-        "convfuse": torch.compile(model, dynamic=dynamic, backend=functools.partial(
-            _keeping_graphs, graphs=graphs, options=dict(options))),
+        "convfuse": _compile_keeping_graphs(model, options, dynamic, graphs),
     }
     stage = ui.stage if ui is not None else _no_stage
     with torch.no_grad():
