@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", metavar="PATH",
                         help="also write the report as JSON to PATH ('-': JSON on stdout, the table on stderr)")
     report.add_argument("--check", action="store_true",
-                        help="run eager and convfuse-compiled; print the max abs/rel error")
+                        help="run eager and convfuse-compiled; max abs/rel error, overall and per site")
     report.add_argument("--bench", action="store_true",
-                        help="median times of eager, torch.compile (inductor) and convfuse")
+                        help="median times of eager, torch.compile (inductor) and convfuse; "
+                             "each site alone: eager vs the fused operator")
     report.add_argument("--repeats", type=int, default=20, metavar="N",
                         help="timed samples per variant for --bench (default: 20)")
     report.add_argument("--fail-on-skip", action="store_true", help="exit with 1 when any FFT site was skipped")
