@@ -126,6 +126,26 @@ def test_fallback_is_visible_and_exact():
     assert "reference fallback" in tm.explain(torch.randn(2, 300), torch.randn(2, 300), p=p)
 
 
+def test_out_of_resources_falls_back_and_is_remembered(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from convfuse.backends.triton_monarch import launch
+
+    calls = []
+
+    def too_big(*args):
+        calls.append(1)
+        raise OutOfResources(300000, 101376, "shared memory")
+
+    monkeypatch.setattr(launch, "_launch", too_big)
+    monkeypatch.setattr(launch, "_REFUSED", {})
+    u, k, p = torch.randn(2, 100), torch.randn(2, 100), ConvParams(256, 0, 100)
+    for _ in range(2):
+        torch.testing.assert_close(tm.run(u, k, None, None, None, p), fft_conv_reference(u, k, None, None, None, p))
+    assert len(calls) == 1  # the second call does not try again
+    assert any("do not fit this device" in reason for reason in tm.FALLBACKS)
+
+
 def test_correlation_reading_negative_lags_is_not_padded():
     # at n=600 lags -1..-K+1 sit at 600-K+1..599: a padded size would move them, so no padding
     assert plan_mod.padded_size(600, 100, 50, 560, 40, conj_kernel=True) is None

@@ -131,13 +131,33 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
             + f", dots in {str(pl.dot_dtype).removeprefix('torch.')}" + (f", skips {' and '.join(skips)}" if skips else ""))
 
 
+_REFUSED: dict[tuple, str] = {}  # (n, dot dtype, device) -> why the compiled kernels could not launch
+
+
 def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_gate: Tensor | None,
         p: ConvParams) -> Tensor:
     _check_device(u.device)
     r = resolve(u, k, D, pre_gate, post_gate, p)
+    if not isinstance(r, str):
+        r = _REFUSED.get((r.m, r.plan.dot_dtype, u.device), r)
     if isinstance(r, str):
         FALLBACKS[r] += 1
         return fft_conv_reference(u, k, D, pre_gate, post_gate, p)
+    try:
+        return _launch(r, u, k, D, pre_gate, post_gate, p)
+    except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught, below)
+        from triton.runtime.errors import OutOfResources
+
+        if not isinstance(e, OutOfResources):
+            raise
+        reason = f"n={r.m}: the compiled kernels do not fit this device ({e})"
+        _REFUSED[(r.m, r.plan.dot_dtype, u.device)] = reason
+        FALLBACKS[reason] += 1
+        return fft_conv_reference(u, k, D, pre_gate, post_gate, p)
+
+
+def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None,
+            post_gate: Tensor | None, p: ConvParams) -> Tensor:
     plan = r.plan
     dtype = plan.compute_dtype
     shape = output_shape(u, k, pre_gate, p.length)

@@ -54,9 +54,15 @@ OUTER: dict[int, tuple[int, int, int]] = {
 PLAN_SIZES = tuple(sorted({*FACTORS, *OUTER}))
 OUTER_BJ = 32  # columns j' per program in the outer passes
 OUTER_KB = 16  # K chunk of the outer DFT matmuls
-# Working set of the fused kernel, in compute-dtype elements, per n: ~8 (N1, N2) planes
-# live at once plus the constant matrices.  Used to size plans by shared memory.
-_LIVE_PLANES = 8
+# Shared memory per block, in bytes, of the largest kernel each plan launches, as the sm90 compiler
+# reported it (bench/results/triton-sm90-resources.md, max over fp16/bf16/fp32 dots).  Tiles live
+# in registers; shared memory only stages tl.dot operands, so every plan fits consumer GPUs
+# (~99 KB).  Plans are refused where a device has less; a launch that still runs out of
+# resources falls back to the reference at run time (launch.py).
+SMEM_SM90: dict[int, int] = {
+    256: 1024, 512: 4096, 1024: 8192, 2048: 24576, 4096: 2048, 8192: 12288, 16384: 12288, 32768: 12288,
+    65536: 40960, 131072: 57344, 262144: 8192, 524288: 12288, 1 << 20: 20480, 1 << 21: 32768, 1 << 22: 40960,
+}
 
 
 def check_dot_shape(m: int, n: int, k: int) -> None:
@@ -104,9 +110,8 @@ class MonarchPlan:
         return (self.n1, self.n2)
 
     def smem_bytes(self) -> int:
-        c = torch.finfo(self.compute_dtype).bits // 8
-        d = torch.finfo(self.dot_dtype).bits // 8
-        return _LIVE_PLANES * self.n * c + 2 * (self.n1**2 + self.n2**2) * d + 2 * self.n * c
+        # fp64 tiles are twice fp32's (fp64 dots were compiled at 2x the fp32 figure)
+        return SMEM_SM90[self.n] * (2 if self.compute_dtype == torch.float64 else 1)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ class OuterPlan:
                 (rows_out, OUTER_BJ, OUTER_KB)]
 
     def smem_bytes(self) -> int:
-        return self.inner.smem_bytes()  # the inner kernel is the largest; outer tiles are (N0, 32)
+        return SMEM_SM90[self.n] * (2 if self.compute_dtype == torch.float64 else 1)
 
 
 def _dft(rows: int, cols: int, denom: int) -> Tensor:
@@ -194,8 +199,11 @@ def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.d
             check_dot_shape(r, OUTER_BJ, OUTER_KB)
         mat = lambda r: _dft(r, r, r).to(device=device, dtype=dot).contiguous()  # noqa: E731
         ntw = n0b if n0b > 1 else n0
-        return OuterPlan(n, n0, n0b, inner, f0=mat(n0), f0b=mat(n0b) if n0b > 1 else None,
+        plan = OuterPlan(n, n0, n0b, inner, f0=mat(n0), f0b=mat(n0b) if n0b > 1 else None,
                          otw=_dft(ntw, m, ntw * m).to(device=device, dtype=compute).contiguous())
+        if plan.smem_bytes() > device_smem(device):
+            return f"n={n}: kernels need ~{plan.smem_bytes() // 1024} KB of shared memory, device has {device_smem(device) // 1024} KB"
+        return plan
     n1, n2 = FACTORS[n]
     check_dot_shape(n1, n2, n1)
     plan = MonarchPlan(
@@ -205,7 +213,7 @@ def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.d
         tw=_dft(n1, n2, n).to(device=device, dtype=compute).contiguous(),
     )
     if plan.smem_bytes() > device_smem(device):
-        return f"n={n}: fused kernel needs ~{plan.smem_bytes() // 1024} KB, device has {device_smem(device) // 1024} KB"
+        return f"n={n}: fused kernel needs ~{plan.smem_bytes() // 1024} KB of shared memory, device has {device_smem(device) // 1024} KB"
     return plan
 
 
