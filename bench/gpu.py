@@ -181,7 +181,7 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
 
     from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
     from convfuse.backends.triton_monarch.launch import NUM_WARPS
-    from convfuse.backends.triton_monarch.plan import OUTER, OUTER_BJ, OUTER_KB, OuterPlan, plan_for
+    from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     compute_ptrs = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")
