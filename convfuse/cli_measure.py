@@ -90,15 +90,17 @@ def check(model: Callable, inputs: tuple, options: dict, dynamic: bool | None) -
     with torch.no_grad():
         expected = seeded(model, inputs)
         got = seeded(compiled, inputs)
-        sites, failed = [], []
+        sites, failed, unmeasured = [], [], 0
         for index, entry in enumerate(graphs):
             try:
-                sites += _site_errors(index, entry)
+                rows, missing = _site_errors(index, entry)
+                sites, unmeasured = sites + rows, unmeasured + missing
             except Exception as exc:  # the per-site view is extra: never lose the overall check to it
                 failed.append(f"graph {index}: {type(exc).__name__}: {exc}".splitlines()[0])
     torch._dynamo.reset()
     result = compare(expected, got, error_budget(options.get("policy")))
     result["sites"] = sites
+    result["sites_not_measured"] = unmeasured
     if failed:
         result["note"] = "per-site errors not measured for " + "; ".join(failed)
     return result
@@ -178,12 +180,15 @@ class _Site:
     inverse: str  # the site's inverse-transform node: SiteReport.node
     replaced: torch.fx.Node  # in the original graph
     removed: list[torch.fx.Node]  # the original nodes the rewrite removed to compute ``replaced``
+    alone: bool  # ``removed`` holds this site's nodes only (no unidentified site upstream folded in)
     fused: torch.fx.Node  # the fft_conv call in the rewritten graph
     out: torch.fx.Node  # what stands in for ``replaced`` (``fused``, or its movedim back)
 
 
-def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site], _Recorder, _Recorder]:
-    """The rewritten sites of one kept graph, and both graphs run on the inputs the graph first saw."""
+def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site], int, _Recorder, _Recorder]:
+    """The rewritten sites of one kept graph that can be identified, how many cannot (a site whose
+    output feeds only other rewritten sites has no surviving user to identify it by), and both
+    graphs run on the inputs the graph first saw."""
     from convfuse.passes import find_fft_sites
 
     original: torch.fx.GraphModule = entry["original"]
@@ -191,36 +196,42 @@ def _paired_sites(graph_index: int, entry: dict[str, Any]) -> tuple[list[_Site],
     before, after = _Recorder(original), _Recorder(rewritten)
     fused = [n for n in rewritten.graph.nodes if n.target is torch.ops.convfuse.fft_conv.default]
     if not fused or entry["inputs"] is None:
-        return [], before, after
+        return [], 0, before, after
     before.run(*entry["inputs"])
     after.run(*entry["inputs"])
     inverses = [n.name for n in find_fft_sites(original.graph)]  # graph order
     kept = {n.name for n in rewritten.graph.nodes}
-    sites = []
+    pairs = []
     for node in fused:
         out = node
         if len(out.users) == 1 and next(iter(out.users)).target is torch.movedim:
             out = next(iter(out.users))  # the view back to the user's layout
         replaced = _replaced_node(out, original.graph)
-        if replaced is None:
+        if replaced is not None:
+            pairs.append((node, out, replaced))
+    outputs = {replaced.name for _, _, replaced in pairs}
+    sites = []
+    for node, out, replaced in pairs:
+        # The site's own removed nodes: back from its result, through removed nodes, not into another site's.
+        removed = _upstream(replaced, lambda n: n.name not in kept and (n is replaced or n.name not in outputs))
+        own = [name for name in inverses if name in removed]  # more than one: an unidentified site folded in
+        if not own:
             continue
-        removed = _upstream(replaced, lambda n: n.name not in kept)
-        upstream = removed if any(name in removed for name in inverses) else _upstream(replaced)
-        inverse = next((name for name in reversed(inverses) if name in upstream), "")
         ordered = [n for n in original.graph.nodes if n.name in removed]
-        sites.append(_Site(graph_index, inverse, replaced, ordered, node, out))
-    return sites, before, after
+        sites.append(_Site(graph_index, own[-1], replaced, ordered, len(own) == 1, node, out))
+    return sites, len(fused) - len(sites), before, after
 
 
-def _site_errors(graph_index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per fused operator of one graph: its output against the replaced node's, same inputs."""
-    sites, before, after = _paired_sites(graph_index, entry)
+def _site_errors(graph_index: int, entry: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Per fused operator of one graph: its output against the replaced node's, same inputs;
+    and how many could not be measured alone."""
+    sites, unmeasured, before, after = _paired_sites(graph_index, entry)
     errors = []
     for site in sites:
         err = compare(before.values[site.replaced.name], after.values[site.out.name])
         errors.append({"graph": site.graph, "node": site.inverse, "replaced": site.replaced.name,
                        "max_abs_error": err["max_abs_error"], "max_rel_error": err["max_rel_error"]})
-    return errors
+    return errors, unmeasured
 
 
 def _site_programs(site: _Site, original: torch.fx.GraphModule, before: _Recorder,
@@ -248,18 +259,20 @@ def _site_programs(site: _Site, original: torch.fx.GraphModule, before: _Recorde
     return eager, eager_args, site.fused.target, op_args
 
 
-def _site_times(graphs: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
-    """Median times of each rewritten site: its eager nodes vs the fused operator, interleaved."""
-    rows = []
+def _site_times(graphs: list[dict[str, Any]], repeats: int) -> tuple[list[dict[str, Any]], int]:
+    """Median times of each rewritten site: its eager nodes vs the fused operator, interleaved;
+    and how many sites could not be timed alone."""
+    rows, unmeasured = [], 0
     for index, entry in enumerate(graphs):
-        sites, before, after = _paired_sites(index, entry)
-        for site in sites:
+        sites, missing, before, after = _paired_sites(index, entry)
+        unmeasured += missing + sum(not site.alone for site in sites)
+        for site in (site for site in sites if site.alone):
             eager, eager_args, op, op_args = _site_programs(site, entry["original"], before, after)
             times = _interleaved({"eager": lambda: eager(*eager_args), "convfuse": lambda: op(*op_args)},
                                  repeats, eager_args)
             rows.append({"graph": index, "node": site.inverse, "median_ms": times,
                          "speedup": times["eager"] / times["convfuse"] if times["convfuse"] > 0 else math.inf})
-    return rows
+    return rows, unmeasured
 
 
 def _sync(inputs: tuple) -> None:
@@ -311,15 +324,17 @@ def bench(model: Callable, inputs: tuple, options: dict, dynamic: bool | None, r
                                    repeats, inputs)
         with stage("timing each rewritten site"):
             try:
-                sites, note = _site_times(graphs, repeats), ""
+                (sites, unmeasured), note = _site_times(graphs, repeats), ""
             except Exception as exc:  # the per-site view is extra: never lose the model's times to it
-                sites, note = [], f"per-site times not measured: {type(exc).__name__}: {exc}".splitlines()[0]
+                sites, unmeasured = [], 0
+                note = f"per-site times not measured: {type(exc).__name__}: {exc}".splitlines()[0]
     torch._dynamo.reset()
     result = {
         "repeats": repeats,
         "median_ms": medians,
         "speedup_vs_eager": {name: medians["eager"] / ms if ms > 0 else math.inf for name, ms in medians.items()},
         "sites": sites,
+        "sites_not_measured": unmeasured,
     }
     if note:
         result["note"] = note

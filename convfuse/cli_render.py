@@ -239,6 +239,7 @@ class Console:
             label = f"site {which}" if which is not None else shorten(err["node"] or err["replaced"], 20)
             self._print(f"    {label}: max abs error {err['max_abs_error']:.2e}, "
                         f"max rel error {err['max_rel_error']:.2e}")
+        self._unmeasured(check)
 
     def print_bench(self, bench: dict[str, Any], report: Any = None) -> None:
         self._print(f"bench (forward, no_grad, median of {bench['repeats']} interleaved samples):")
@@ -254,6 +255,14 @@ class Console:
             t = row["median_ms"]
             self._print(f"    {label}: eager {t['eager']:.3f} ms, convfuse {t['convfuse']:.3f} ms "
                         f"({row['speedup']:.2f}x)")
+        self._unmeasured(bench)
         for chunk in textwrap.wrap(bench.get("note", ""), width=self.width, initial_indent="  ",
                                    subsequent_indent="    "):
+            self._print(chunk)
+
+    def _unmeasured(self, result: dict[str, Any]) -> None:
+        n = result.get("sites_not_measured", 0)
+        text = (f"{n} rewritten site{'s' if n != 1 else ''} not measured alone (an output that feeds only "
+                "other rewritten sites cannot be told apart from them)")
+        for chunk in textwrap.wrap(text, width=self.width, initial_indent="    ", subsequent_indent="    ") if n else ():
             self._print(chunk)

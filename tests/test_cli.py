@@ -78,6 +78,20 @@ MODEL = textwrap.dedent('''
         return broken, (torch.randn(2, 4, 32),)
 
 
+    class Chained(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = HyenaConv(), HyenaConv()
+
+        def forward(self, u):
+            return self.b(self.a(u))
+
+
+    def chained():
+        torch.manual_seed(0)
+        return Chained(), (torch.randn(2, 4, 32),)
+
+
     def not_a_pair():
         return HyenaConv()
 
@@ -335,3 +349,21 @@ def test_convfuse_failure_is_exit_3(in_process, capsys, monkeypatch: pytest.Monk
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["convfuse report: convfuse.explain failed: RuntimeError: kernel exploded "
                    "(rerun with --verbose for the traceback)"]
+
+
+def test_check_per_site_on_chained_sites(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first conv's output feeds only the second conv: it has no surviving user to be identified by.
+    from convfuse import cli_measure
+
+    monkeypatch.syspath_prepend(str(model_file.parent))
+    import usermodel  # type: ignore[import-not-found]
+
+    try:
+        model, inputs = usermodel.chained()
+        result = cli_measure.check(model, inputs, {"kernel": "auto", "policy": None}, None)
+    finally:
+        sys.modules.pop("usermodel", None)
+    assert result["ok"] and result["outputs"] == 1
+    (second,) = result["sites"]
+    assert second["max_rel_error"] < 1e-4 and second["node"]
+    assert result["sites_not_measured"] == 1
