@@ -6,10 +6,10 @@ the kernel is real, conv(xa + i xb, k) = conv(xa, k) + i conv(xb, k), so one com
 gives both results, as real and imaginary parts (16 dots per pair instead of 2 x 12).  Forward
 transform, real/imag planes, all on-chip:
 
-    B = F1 @ X          (N1, N2)   4 dots (only N1/2 columns of F1 when the input is causal-padded)
+    B = F1 @ X / N1     (N1, N2)   4 dots (only N1/2 columns of F1 when the input is causal-padded)
     B = B * TW          (N1, N2)   twiddle, elementwise complex
-    C = B @ F2          (N1, N2)   4 dots; C[k1, k2] = spectrum at k1 + N1*k2 (Monarch order)
-    C = C * Kspec       (N1, N2)   kernel spectrum, already in Monarch order, scaled by scale/n
+    C = B @ F2 / N2     (N1, N2)   4 dots; C[k1, k2] = spectrum/n at k1 + N1*k2 (Monarch order)
+    C = C * Kspec       (N1, N2)   kernel spectrum, already in Monarch order, times scale
     D = C @ conj(F2)    (N1, N2)   4 dots
     D = D * conj(TW)
     Y = conj(F1) @ D    (R, N2)    4 dots; R = N1/2 rows when the window lies in the first half;
@@ -83,8 +83,10 @@ def _monarch_conv2(
     f1_idx = a1[:, None] * N1 + rin[None, :]
     f1r = tl.load(f1_ptr + f1_idx)
     f1i = tl.load(f1_ptr + N1 * N1 + f1_idx)
-    br = (tl.dot(f1r, xad, input_precision=PREC) - tl.dot(f1i, xbd, input_precision=PREC)).to(CT)
-    bi = (tl.dot(f1r, xbd, input_precision=PREC) + tl.dot(f1i, xad, input_precision=PREC)).to(CT)
+    # each forward stage divides by its radix (exact: a power of two), so every tl.dot operand stays
+    # at the data's scale: fp16 operands would overflow on DC-heavy rows otherwise (a sum of n samples)
+    br = (tl.dot(f1r, xad, input_precision=PREC) - tl.dot(f1i, xbd, input_precision=PREC)).to(CT) * (1.0 / N1)
+    bi = (tl.dot(f1r, xbd, input_precision=PREC) + tl.dot(f1i, xad, input_precision=PREC)).to(CT) * (1.0 / N1)
 
     # ---- twiddle: B[k1, j2] *= exp(-2i pi j2 k1 / n)  (complex products written out: no nested jit calls)
     twr = tl.load(tw_ptr + tile)
@@ -97,10 +99,10 @@ def _monarch_conv2(
     f2i = tl.load(f2_ptr + N2 * N2 + f2_idx)
     brd = br.to(DT)
     bid = bi.to(DT)
-    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT)
-    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT)
+    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT) * (1.0 / N2)
+    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT) * (1.0 / N2)
 
-    # ---- pointwise product with the kernel spectrum (Monarch order, scale/n folded in); a and b share it
+    # ---- pointwise product with the kernel spectrum (Monarch order, scale folded in); a and b share it
     k_base = k_ptr + tl.load(k_off_ptr + ra)
     kr = tl.load(k_base + tile)
     ki = tl.load(k_base + NN + tile)

@@ -73,8 +73,9 @@ def _outer_fwd(
         acc_r += (tl.dot(fr, xad, input_precision=PREC) - tl.dot(fi, xbd, input_precision=PREC)).to(CT)
         acc_i += (tl.dot(fr, xbd, input_precision=PREC) + tl.dot(fi, xad, input_precision=PREC)).to(CT)
     z_idx = pid * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
-    tl.store(z_ptr + z_idx, acc_r)
-    tl.store(z_ptr + N0 * M + z_idx, acc_i)
+    # forward stages divide by their radix (exact), keeping half-precision dot operands in range (kernels.py)
+    tl.store(z_ptr + z_idx, acc_r * (1.0 / N0))
+    tl.store(z_ptr + N0 * M + z_idx, acc_i * (1.0 / N0))
 
 
 def _inner(
@@ -115,8 +116,8 @@ def _inner(
     f1i = tl.load(f1_ptr + M1 * M1 + f1_idx)
     zrd = zr.to(DT)
     zid = zi.to(DT)
-    br = (tl.dot(f1r, zrd, input_precision=PREC) - tl.dot(f1i, zid, input_precision=PREC)).to(CT)
-    bi = (tl.dot(f1r, zid, input_precision=PREC) + tl.dot(f1i, zrd, input_precision=PREC)).to(CT)
+    br = (tl.dot(f1r, zrd, input_precision=PREC) - tl.dot(f1i, zid, input_precision=PREC)).to(CT) * (1.0 / M1)
+    bi = (tl.dot(f1r, zid, input_precision=PREC) + tl.dot(f1i, zrd, input_precision=PREC)).to(CT) * (1.0 / M1)
     twr = tl.load(tw_ptr + tile)
     twi = tl.load(tw_ptr + M + tile)
     br, bi = br * twr - bi * twi, br * twi + bi * twr
@@ -127,10 +128,10 @@ def _inner(
     f2i = tl.load(f2_ptr + M2 * M2 + f2_idx)
     brd = br.to(DT)
     bid = bi.to(DT)
-    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT)
-    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT)
+    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT) * (1.0 / M2)
+    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT) * (1.0 / M2)
 
-    # kernel spectrum for this k0 (scale and 1/n folded in)
+    # kernel spectrum for this k0 (scale folded in; the forward stages already divided by n)
     k_base = k_ptr + tl.load(k_off_ptr + ra) + seq * M
     kr = tl.load(k_base + tile)
     ki = tl.load(k_base + N0 * M + tile)
@@ -263,6 +264,9 @@ def _mid(
             acc_r += (tl.dot(fr, zrd, input_precision=PREC) - tl.dot(fi, zid, input_precision=PREC)).to(CT)
             acc_i += (tl.dot(fr, zid, input_precision=PREC) + tl.dot(fi, zrd, input_precision=PREC)).to(CT)
     jo = ab[:, None] * M + cols[None, :]  # (N0B, BJ) output positions
+    if not INVERSE:  # forward stages divide by their radix (kernels.py)
+        acc_r = acc_r * (1.0 / N0B)
+        acc_i = acc_i * (1.0 / N0B)
     if INVERSE:
         ang = (jo * k0a).to(CT) * (6.283185307179586 / NN)
         wr = tl.cos(ang)

@@ -300,12 +300,12 @@ _SPECTRA_MAX = 16
 
 def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
                     radices: tuple[int, ...]) -> Tensor:
-    """(..., 2, *radices) planes of scale/m * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
+    """(..., 2, *radices) planes of scale * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
 
     Monarch order for radices (R0, R1, ...): entry [k0, k1, ...] holds frequency
     k0 + R0*(k1 + R1*(...)), i.e. the natural spectrum viewed with the radices reversed and its
-    axes reversed ((N2, N1) transposed for a fused plan).  The inverse transform's 1/m and the
-    operator's scale are folded in.
+    axes reversed ((N2, N1) transposed for a fused plan).  The operator's scale is folded in; the
+    inverse transform's 1/m is not: the kernels divide each forward stage by its radix instead.
     """
     key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute, radices)
     version = None
@@ -321,7 +321,7 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     kf = torch.fft.fft(k[..., :n].to(compute), n=m)  # (..., m) complex
     if conj:
         kf = kf.conj()
-    kf = kf * (scale / m)
+    kf = kf * scale  # the inverse transform's 1/m is spent in the forward stages (kernels.py)
     d, nb = len(radices), kf.dim() - 1
     kf = kf.reshape(*kf.shape[:-1], *reversed(radices))
     kf = kf.permute(*range(nb), *range(nb + d - 1, nb - 1, -1))  # [k0, k1, ..] = k0 + R0*(k1 + R1*..)
