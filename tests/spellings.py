@@ -234,3 +234,18 @@ def conv2d_magnitude_filter(x, k):
     X = torch.fft.rfft2(x, dim=(1, 2))
     Kf = torch.fft.rfft2(k, dim=(0, 1)).abs()
     return torch.fft.irfft2(X * Kf, s=(x.shape[1], x.shape[2]), dim=(1, 2))
+
+
+def distributed_products(u, k1, k2):
+    # U * K1 - U * (0.5 K2): one input, a summed kernel, written as a sum of products.
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    Y = U * torch.fft.rfft(k1, n=2 * L) - 2 * (U * (0.5 * torch.fft.rfft(k2, n=2 * L)))
+    return torch.fft.irfft(Y, n=2 * L)[..., :L]
+
+
+def nested_scaled_sum(u, k1, k2, k3):
+    # (2 (K1 + K2)) + K3: factors on an inner sum apply to each of its terms.
+    L = u.shape[-1]
+    Kf = 2 * (torch.fft.rfft(k1, n=2 * L) + torch.fft.rfft(k2, n=2 * L)) + torch.fft.rfft(k3, n=2 * L)
+    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * Kf, n=2 * L)[..., :L]

@@ -24,6 +24,8 @@ FAMILIES = {
     "sum-of-spectra": (sp.bidirectional_sum_of_spectra, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32))),
     "pad-flip-bidirectional": (sp.bidirectional_pad_flip, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32), _t(4))),
     "s4-einsum-skip": (sp.s4_einsum_skip, lambda: (_t(2, 4, 32), _t(3, 4, 32), _t(3, 4))),
+    "distributed-products": (sp.distributed_products, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32))),
+    "nested-scaled-sum": (sp.nested_scaled_sum, lambda: (_t(2, 4, 32), _t(4, 32), _t(4, 32), _t(4, 32))),
     "pre-gated": (sp.pre_gated, lambda: (_t(2, 4, 32), _t(2, 4, 32), _t(4, 32), _t(4))),
 }
 

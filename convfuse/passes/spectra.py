@@ -161,10 +161,22 @@ def spectral_sum(node: Node) -> Operand:
     if ops is None or not all(is_tensor(x) for x in ops):
         raise Refusal(f"`{node.name}` adds a non-spectrum to a spectrum")
     a, b = (spectrum_operand(x) for x in ops)
+    return summed_kernel(node, a, b)
+
+
+def _terms_of(operand: Operand) -> list[Operand]:
+    """The terms of a (possibly summed) operand, each carrying the factors applied to the whole."""
+    if operand.terms is None:
+        return [operand]
+    for term in operand.terms:
+        term.factors = term.factors + operand.factors
+    return operand.terms
+
+
+def summed_kernel(node: Node, a: Operand, b: Operand) -> Operand:
     if facts.is_call(node, facts.SUB_FUNCTIONS, facts.SUB_METHODS):
-        for term in b.terms or [b]:
-            term.factors.append((-1, 1))
-    terms = (a.terms or [a]) + (b.terms or [b])
+        b.factors = b.factors + [(-1, 1)]
+    terms = _terms_of(a) + _terms_of(b)
     if any(t.spectrum is not None for t in terms):
         raise Refusal(f"`{node.name}` adds a parameter spectrum to a transform: not supported yet")
     for term in terms:
@@ -176,6 +188,31 @@ def spectral_sum(node: Node) -> Operand:
         raise Refusal(f"`{node.name}` adds spectra of signals with different shapes")
     return Operand(signal=None, n=a.n, axis=a.axis, power=Fraction(0), factors=[], sided=a.sided,
                    nodes=[node] + a.nodes + b.nodes, terms=terms)
+
+
+def _same_spectrum(x: Operand, y: Operand) -> bool:
+    return (
+        not x.built and not y.built and x.signal is y.signal and x.conj == y.conj and x.align == y.align
+        and x.axis == y.axis and x.power == y.power and x.sided == y.sided and same(x.n.value, y.n.value)
+    )
+
+
+def distributed_product(node: Node) -> tuple[list[Operand], list, list[Node], list[str]]:
+    """U * K1 + U * K2 (or -): one input's spectrum times a summed kernel, U * (K1 + K2)."""
+    ops = facts.binary_operands(node)
+    if ops is None or not all(is_tensor(x) for x in ops):
+        raise Refusal(f"`{node.name}` adds a non-spectrum to a spectral product")
+    (left, lf, ln, lnotes), (right, rf, rn, rnotes) = (spectral_product(x) for x in ops)
+    for x in left:
+        for y in right:
+            if _same_spectrum(x, y):
+                kl, kr = (o for o in left if o is not x), (o for o in right if o is not y)
+                kl, kr = next(kl), next(kr)
+                kl.factors = kl.factors + lf + x.factors
+                kr.factors = kr.factors + rf + y.factors
+                x.factors = []
+                return [x, summed_kernel(node, kl, kr)], [], [node] + ln + rn, lnotes + rnotes
+    raise Refusal(f"`{node.name}` adds two spectral products that share no input spectrum")
 
 
 def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operand], list, list[Node], list[str]]:
@@ -210,6 +247,10 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
             operand.axis = term.output_axis(letter)
             operand.align = term.align
         return operands, [], [node], [f"einsum {equation!r}"]
+    if facts.is_call(node, facts.ADD_FUNCTIONS, facts.ADD_METHODS) or facts.is_call(
+        node, facts.SUB_FUNCTIONS, facts.SUB_METHODS
+    ):
+        return distributed_product(node)
     in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
     if len(in_place) == 1 and len(node.users) == 2:
         # U.mul_(K); irfft(U): the inverse reads U after the in-place product.
