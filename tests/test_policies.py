@@ -274,6 +274,22 @@ def test_auto_keeps_exact_when_nothing_fits_or_the_kernel_is_computed():
     assert site.policy_applied == "exact" and "computed" in site.policy_note
 
 
+@pytest.mark.parametrize("n, K", [(128, 64), (127, 100), (64, 80)])
+def test_kernel_change_bound_equals_the_direct_norm(n, K):
+    from convfuse.passes.policy import SiteValues, apply_to_tensor
+
+    k = torch.randn(3, K, dtype=torch.float64)
+    values = SiteValues([None, k, None, None, None, n])
+    k_eff = k[..., :n]
+    for policy in (convfuse.PartialKernel(length=5), convfuse.PartialKernel(length=K + 3),
+                   convfuse.FrequencySparse(bins=7), convfuse.FrequencySparse(bins=n)):
+        k_new = apply_to_tensor(policy, k, n)[..., :n].double()
+        width = max(k_eff.shape[-1], k_new.shape[-1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))  # noqa: E731
+        direct = float((pad(k_new) - pad(k_eff)).norm() / k_eff.norm())
+        assert values.kernel_change(policy) == pytest.approx(direct, rel=1e-9, abs=1e-12)
+
+
 def test_policy_under_dynamic_shapes():
     model = DecayingFilter()
     c = Compiled(model, dynamic=True, policy="partial:length=8")
