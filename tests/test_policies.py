@@ -13,7 +13,7 @@ import convfuse
 from convfuse.options import BackendOptions
 from convfuse.policies import PolicyError
 from conftest import Compiled, assert_close_rel
-from spellings import channels_last_conv, hyena_fftconv
+from spellings import bidirectional_pad_flip, bidirectional_sum_of_spectra, channels_last_conv, hyena_fftconv
 
 B, H, L = 2, 4, 64
 
@@ -222,6 +222,26 @@ def test_policy_that_cannot_find_the_kernel_skips_with_a_reason():
     site = c.report.sites[0]
     assert not site.rewritten and c.op_calls() == 0
     assert "partial:length=8 cannot apply" in site.reason and "kernel" in site.reason
+
+
+@pytest.mark.parametrize("fn, with_D", [(bidirectional_sum_of_spectra, False), (bidirectional_pad_flip, True)])
+def test_partial_kernel_refuses_bidirectional_kernels(fn, with_D):
+    args = [torch.randn(B, H, L), torch.randn(H, L), torch.randn(H, L)] + ([torch.randn(H)] if with_D else [])
+    c = Compiled(fn, policy="partial:length=8")
+    torch.testing.assert_close(c(*args), fn(*args))
+    site = c.report.sites[0]
+    assert not site.rewritten and "partial:length=8 cannot apply" in site.reason and "bidirectional" in site.reason
+
+
+def test_frequency_sparse_on_a_bidirectional_kernel():
+    def definition(u, k_fwd, k_bwd):
+        n = 2 * u.shape[-1]
+        Kf = torch.fft.rfft(k_fwd, n=n) + torch.fft.rfft(k_bwd, n=n).conj()
+        mask = (torch.arange(n // 2 + 1) < 10).to(torch.float32)
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * (Kf * mask), n=n)[..., : u.shape[-1]]
+
+    args = (torch.randn(B, H, L), torch.randn(H, L), torch.randn(H, L))
+    check_against(bidirectional_sum_of_spectra, definition, args, policy="freq:bins=10")
 
 
 # ---- Auto ------------------------------------------------------------------------------------------

@@ -114,6 +114,9 @@ def kernel_identified(m: Match, spec: Any) -> str:
     """'' when the match's kernel operand is known to be the kernel, else why not."""
     if spec.skip:
         return ""  # the skip term binds the input
+    k_operand = getattr(m, "k", None)
+    if getattr(k_operand, "terms", None) is not None or getattr(k_operand, "built", False):
+        return ""  # the matcher built the kernel (a sum of spectra): it is the kernel
     u = getattr(getattr(m, "u", None), "signal", None)
     if spec.constant_kernel and not (isinstance(u, Node) and is_module_state(u)):
         return ""
@@ -143,6 +146,12 @@ def resolve_static(asked: Policy, m: Match) -> tuple[Policy | None, str]:
         if n is None or K is None:
             return Exact(), "auto: symbolic sizes: kept exact"
         return None, ""
+    if isinstance(asked, PartialKernel) and (getattr(getattr(m, "k", None), "terms", None) is not None or spec.start != 0):
+        what = "a sum of spectra" if getattr(m.k, "terms", None) is not None else f"read at offset {spec.start}"
+        return None, (
+            f"policy {asked} cannot apply: the kernel is {what} (bidirectional or centred), so its first "
+            "taps are not its nearest ones; FrequencySparse applies to any kernel"
+        )
     why = kernel_identified(m, spec)
     if why:
         return None, f"policy {asked} cannot apply: {why}"
