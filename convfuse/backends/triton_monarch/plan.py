@@ -173,8 +173,9 @@ def dot_dtype_for(compute: torch.dtype, u_dtype: torch.dtype, out_dtype: torch.d
 
     The result is rounded to half anyway, and half operands with fp32 accumulation add an error of
     the same order (FlashFFTConv does the same); the kernel spectrum and every elementwise step stay
-    in the compute dtype.  Caveat for fp16: intermediate spectra grow up to n * max|u| and overflow
-    fp16 above 65504 (bf16 has fp32's range).  fp64 computes in fp64 throughout.
+    in the compute dtype.  fp16's range: forward stages divide by their radix, so forward operands
+    stay within max|u| and inverse ones within a partial sum of the output; a result near fp16's
+    limit can still overflow (bf16 has fp32's range).  fp64 computes in fp64 throughout.
     """
     if compute == torch.float32 and out_dtype in (torch.float16, torch.bfloat16):
         return out_dtype
