@@ -37,7 +37,7 @@ FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
 # 2048 = 64 x 32 (a radix-64 DFT matmul): the paired-row kernel compiles for sm90 at 154 registers
-# without spills in fp16/bf16 (fp32 with tf32x3 spills 0.5 KB/thread, tf32 none); 64 x 64 for 4096
+# without spills in fp16/bf16 (fp32 with tf32x3 spills ~0.7 KB/thread, tf32 none); 64 x 64 for 4096
 # compiled (unpaired) at 254 registers in fp16 and spilled in fp32, so 4096 goes through the outer
 # pass instead.  None of this is measured on a GPU.
 FACTORS: dict[int, tuple[int, int]] = {256: (16, 16), 512: (32, 16), 1024: (32, 32), 2048: (64, 32)}
@@ -91,7 +91,7 @@ class MonarchPlan:
     @property
     def input_precision(self) -> str:
         # fp32 operands: tf32x3 keeps ~fp32 accuracy on tensor cores (plain tf32 loses ~3 digits).
-        # Compiled for sm90, tf32x3 spills ~0.9 KB/thread of stack in the 32x32 inner kernel where tf32
+        # Compiled for sm90, tf32x3 spills ~0.8 KB/thread of stack in the 32x32 inner kernel where tf32
         # spills none and ieee (no tensor cores) spills 5 KB: CONVFUSE_TRITON_FP32_DOT picks.
         if self.dot_dtype != torch.float32:
             return "ieee"
