@@ -5,6 +5,7 @@
 """
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
+import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 from convfuse.api import compile, explain
 from convfuse.backend import convfuse_backend
 from convfuse.ops import fft_conv

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.fx import Graph, GraphModule, Node
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
+import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 from convfuse.passes.match import Match
 from convfuse.passes.match_nd import MatchND
 from convfuse.passes.sizes import example_value, proven
