@@ -38,11 +38,13 @@ from torch import Tensor
 # L2 of complex spectrum (the real input/output tiles then live in the 32 MiB L3).
 # Measured, one thread, best of 12 rounds (machine shared, load ~6): (4,256,1024)
 # 512 KiB tiles 8.4 ms, 1 MiB 4.8 ms, 2 MiB 8.8 ms; (4,256,4096) 512 KiB 67.9 ms,
-# 1 MiB 52.3 ms, 2 MiB 49.3 ms.  Rows longer than that (n = 262144: 1 MiB of spectrum
-# per row) go one per tile: more rows per tile would only add memory (the benchmark
-# measured 92 MiB peak at 8 rows per tile vs 75 MiB at 1, shape (1, 64, 131072)).
+# 1 MiB 52.3 ms, 2 MiB 49.3 ms.
+# Long rows still go at least 4 to a tile: MKL transforms a single row of n = 262144
+# several times slower than a batch of a few (measured, (1, 64, 131072), kernel as input,
+# 5 rounds: 1 row per tile 897 ms wall / 583 ms CPU, 2 rows 278 / 173, 4 rows 251 / 153,
+# 8 rows 305 / 179; eager 668 / 434).  Peak memory then: ~4 rows of buffers per thread.
 TILE_BYTES = 1024 * 1024
-MIN_TILE_ROWS = 1
+MIN_TILE_ROWS = 4
 
 
 @dataclass
