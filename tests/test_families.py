@@ -102,3 +102,11 @@ def test_two_dimensional_near_miss_is_left_alone():
     compiled = assert_matches_eager(sp.conv2d_magnitude_filter, (x, k))
     site = compiled.report.sites[0]
     assert site.status == "skipped" and site.pattern == "spectral-filter" and site.reason
+
+
+def test_approximate_policy_on_a_two_dimensional_site_is_a_skip_with_a_reason():
+    x, k = _t(2, 6, 8, 3), _t(6, 8, 3)
+    compiled = Compiled(sp.conv2d_ortho, policy="partial:length=4")
+    torch.testing.assert_close(compiled(x, k), sp.conv2d_ortho(x, k), rtol=1e-5, atol=1e-5)
+    site = compiled.report.sites[0]
+    assert site.status == "skipped" and "1-D" in site.reason and "partial" in site.reason

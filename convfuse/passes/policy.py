@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch.fx import GraphModule, Node
 
-from convfuse.passes import Match, match_or_refuse, rewrite_site
+from convfuse.passes import Match, MatchND, match_or_refuse, rewrite_site
 from convfuse.passes.match import is_module_state
 from convfuse.passes.sizes import example_value, proven
 from convfuse.policies import Auto, Exact, FrequencySparse, PartialKernel, Policy
@@ -374,6 +374,10 @@ def choose_policies(gm: GraphModule, sites: list[Node], opts: Any, example_input
             plan.applied = sc.policy
             continue
         m = match_or_refuse(site)
+        if isinstance(m, MatchND):
+            plan.reason = (f"policy {sc.policy} applies to 1-D convolutions; this {len(m.axes)}-D convolution "
+                           "is left to eager (ask for exact to fuse it)")
+            continue
         if not isinstance(m, Match):
             continue  # the rewrite step reports the refusal
         plan.applied, plan.note = resolve_static(sc.policy, m)
