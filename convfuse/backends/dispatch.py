@@ -32,10 +32,20 @@ class Implementation:
 
 def _triton_impl() -> Implementation | None:
     try:
-        from convfuse.backends import triton_monarch  # noqa: F401  (issue: Triton Monarch kernels)
+        from convfuse.backends import triton_monarch
     except ImportError:
         return None
     return triton_monarch.IMPLEMENTATION
+
+
+def _cuda_auto_impl() -> Implementation:
+    """On CUDA, "auto" measures Triton against cuFFT once per shape and keeps the faster
+    (convfuse/backends/triton_monarch/measured.py); without Triton it is cuFFT."""
+    try:
+        from convfuse.backends.triton_monarch.measured import AUTO_IMPLEMENTATION
+    except ImportError:
+        return IMPLEMENTATIONS["cufft"]
+    return AUTO_IMPLEMENTATION
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
@@ -60,9 +70,9 @@ def default_kernel() -> str:
 def choose_kernel(requested: str, device_type: str) -> Implementation:
     """The implementation that runs ``requested`` on ``device_type``; raises KernelUnavailable."""
     if requested == "auto":
-        requested = "cufft" if device_type == "cuda" else "cpu"
-        if device_type not in ("cpu", "cuda"):
-            requested = "reference"
+        if device_type == "cuda":
+            return _cuda_auto_impl()
+        requested = "cpu" if device_type == "cpu" else "reference"
     if requested == "triton":
         impl = _triton_impl()
         if impl is None:

@@ -5,12 +5,13 @@
 (``fft_conv_reference``: torch.fft with the prologue and epilogue around it) and keeps the
 faster, so a shape never runs slower than cuFFT by more than the timing noise.  Calls with no
 Triton plan go to cuFFT without measuring.  During CUDA-graph capture nothing is timed: an
-unmeasured shape runs cuFFT.  ``AUTO_IMPLEMENTATION`` is ready for the dispatcher's "auto" choice
-on CUDA; it is not wired there (convfuse/backends/dispatch.py belongs to the dispatch owner).
+unmeasured shape runs cuFFT.  ``AUTO_IMPLEMENTATION`` is what kernel="auto" runs on CUDA
+(convfuse/backends/dispatch.py).  A Triton failure while measuring means cuFFT for that shape.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -22,6 +23,7 @@ from convfuse.backends.reference import fft_conv_reference
 from convfuse.backends.triton_monarch import launch
 from convfuse.spec import ConvParams
 
+log = logging.getLogger("convfuse")
 CHOICES: dict[tuple, str] = {}  # shape signature -> "triton" | "cufft"
 REPS = 5
 
@@ -58,7 +60,12 @@ def choose(u, k, D, pre_gate, post_gate, p: ConvParams, timer=_time_ms) -> str:
         return "cufft"  # cannot time inside a graph capture; decide on a later eager call
     else:
         args = (u, k, D, pre_gate, post_gate, p)
-        t_triton = timer(lambda: launch.run(*args), u.device)
+        try:
+            t_triton = timer(lambda: launch.run(*args), u.device)
+        except Exception as exc:  # a kernel that fails to compile or launch here: cuFFT, said once
+            log.warning("convfuse: Triton kernels failed for %s (%s: %s); using cuFFT for this shape",
+                        key[0], type(exc).__name__, exc)
+            t_triton = float("inf")
         t_cufft = timer(lambda: fft_conv_reference(*args), u.device)
         choice = "triton" if t_triton < t_cufft else "cufft"
     CHOICES[key] = choice
