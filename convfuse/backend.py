@@ -49,19 +49,7 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
     """
     report = RewriteReport(graphs=1)
     for site in sites:
-        plan = (plans or {}).get(site) or SitePlan(asked=opts.policy)
-        outcome = match_or_refuse(site)
-        source = user_source(site.meta.get("stack_trace"))
-        if not isinstance(outcome, Refusal) and plan.in_scope and plan.applied is None and not plan.reason:
-            resolve_late(plan, outcome)  # not resolved before rewriting (no plans, or matched only now)
-        if not isinstance(outcome, Refusal) and plan.applied is not None and plan.in_scope:
-            record = _rewrite_one(gm, outcome, opts, source, plan)
-        elif not isinstance(outcome, Refusal):
-            record = SiteReport(SKIPPED, outcome.family(), source, reason=plan.reason, spec=outcome.spec(),
-                                policy=str(plan.asked), policy_note=plan.note, node=site.name, shapes=_shapes(outcome))
-        else:
-            record = SiteReport(SKIPPED, outcome.family, source, reason=outcome.reason,
-                                policy=str(plan.asked), node=site.name)
+        record = rewrite_one_site(gm, site, opts, (plans or {}).get(site) or SitePlan(asked=opts.policy))
         log_site(record)
         report.sites.append(record)
     if report.rewritten:
@@ -69,6 +57,20 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
         gm.recompile()
         log.debug("convfuse: rewritten graph\n%s", gm.code)
     return report
+
+
+def rewrite_one_site(gm: GraphModule, site, opts: BackendOptions, plan: SitePlan) -> SiteReport:
+    outcome = match_or_refuse(site)
+    source = user_source(site.meta.get("stack_trace"))
+    if isinstance(outcome, Refusal):
+        return SiteReport(SKIPPED, outcome.family, source, reason=outcome.reason, policy=str(plan.asked),
+                          node=site.name)
+    if plan.in_scope and plan.applied is None and not plan.reason:
+        resolve_late(plan, outcome)  # not resolved before rewriting (no plans, or matched only now)
+    if plan.applied is None or not plan.in_scope:
+        return SiteReport(SKIPPED, outcome.family(), source, reason=plan.reason, spec=outcome.spec(),
+                          policy=str(plan.asked), policy_note=plan.note, node=site.name, shapes=_shapes(outcome))
+    return _rewrite_one(gm, outcome, opts, source, plan)
 
 
 def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, plan: SitePlan) -> SiteReport:
