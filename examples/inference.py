@@ -1,14 +1,16 @@
 """Inference with constant kernels: the example models under torch.inference_mode(), eager vs Inductor vs convfuse.
 
-    python examples/inference.py                    # every model under examples/ that has an example()
-    python examples/inference.py --models hyena --repeats 21
+    python examples/inference.py                    # Hyena, M2 bidirectional, S4D, H3, GFNet
+    python examples/inference.py --models hyena s4d --repeats 21
+    python examples/inference.py --all              # also every other layer in examples/models.py (tiny sizes)
 
 At inference the long filters do not change, so a model can hold them as buffers: convfuse
 then sees the kernel as module state (``constant_kernel`` in the report) and its CPU path
-computes each kernel's spectrum once instead of on every call. For the Hyena LM this script
-materializes each implicit filter (an MLP over positions) into a buffer; another example
-module can offer the same with a ``constant_kernels(model, *inputs)`` function, or is run as
-it is.
+computes each kernel's spectrum once instead of on every call. This script replaces every
+filter module that computes a kernel from parameters (Hyena's implicit filter, S4D's kernel)
+by the kernels it computed in one eager pass, stored as buffers; kernels that are parameters
+(H3's shift kernel, GFNet's weight) are constant already; a kernel assembled in the layer's own
+forward (M2's pad + flip) stays as written. The report's constant-kernel count says which.
 
 Each model runs three ways under ``torch.inference_mode()``: eager, ``torch.compile`` with
 its default backend (Inductor), and ``torch.compile(backend="convfuse")`` (convfuse's fused
@@ -19,7 +21,6 @@ three, so machine noise hits them alike); ratios matter more than absolute times
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import time
@@ -31,55 +32,82 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-NOT_MODELS = {"__init__", "inference", "train_hyena", "ddp_train"}
-
-
 class ConstantFilter(nn.Module):
-    """A Hyena implicit filter evaluated once: forward(L) returns the stored (H, L) kernel as a buffer."""
+    """A filter module evaluated once per length: forward(L) returns a stored (H, L) kernel buffer."""
 
-    def __init__(self, kernel: torch.Tensor):
+    def __init__(self, kernels: dict[int, torch.Tensor]):
         super().__init__()
-        self.register_buffer("kernel", kernel.detach().clone())
+        for L, k in kernels.items():
+            self.register_buffer(f"k{L}", k.detach().clone())
 
     def forward(self, L: int) -> torch.Tensor:
-        return self.kernel if self.kernel.shape[-1] == L else self.kernel[..., :L]
+        return getattr(self, f"k{L}")
 
 
-def hyena_constant_kernels(model: nn.Module, tokens: torch.Tensor) -> nn.Module:
-    from examples.hyena import HyenaOperator
+class _Recording(nn.Module):
+    """Runs the original filter and remembers its output for every length asked for."""
 
-    L = tokens.shape[-1]
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.seen = inner, {}
+
+    def forward(self, L: int) -> torch.Tensor:
+        self.seen[L] = k = self.inner(L)
+        return k
+
+
+def filter_classes() -> tuple[type, ...]:
+    """Modules whose forward(L) computes a long filter from parameters: Hyena's implicit filter, S4D's kernel."""
+    from examples.hyena import ImplicitFilter
+
+    classes = [ImplicitFilter]
+    try:
+        from examples.models import S4DKernel
+
+        classes.append(S4DKernel)
+    except Exception:
+        pass
+    return tuple(classes)
+
+
+def constant_kernels(model: nn.Module, inputs) -> tuple[nn.Module, int]:
+    """Replace every filter module by the kernels it computes for ``inputs`` (one eager pass records them)."""
+    classes = filter_classes()
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, classes)]
+    for parent, name, child in targets:
+        setattr(parent, name, _Recording(child))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, HyenaOperator):
-                m.filter = ConstantFilter(m.filter(L))
-    return model
+        model(*inputs)
+    for parent, name, child in targets:
+        setattr(parent, name, ConstantFilter(getattr(parent, name).seen))
+    return model, len(targets)
 
 
-def discover(names: list[str] | None) -> list[tuple[str, object]]:
-    """(name, module) for each example module with an ``example()`` returning (model, inputs)."""
-    found = []
-    for path in sorted((ROOT / "examples").glob("*.py")):
-        name = path.stem
-        if name in NOT_MODELS or (names and name not in names):
-            continue
-        try:
-            module = importlib.import_module(f"examples.{name}")
-        except Exception as exc:  # an example being written right now must not stop the others
-            print(f"skipping examples/{name}.py: import failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            continue
-        if callable(getattr(module, "example", None)):
-            found.append((name, module))
+# The models of the issue at sizes where time is worth measuring (examples/models.py's MODELS
+# are tiny, for tests); any other MODELS entry runs at its own size with --all.
+def bench_models() -> dict[str, object]:
+    from examples import hyena
+
+    found = {"hyena": lambda: hyena.example()}
+    try:
+        from examples import models as m
+    except Exception as exc:  # an example being written right now must not stop the others
+        print(f"skipping examples/models.py: import failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return found
+    B, H, L = 4, 64, 1024
+    sized = {
+        "m2_bidirectional": lambda: (m.M2BidirectionalConv(d=H, L=L), (torch.randn(B, L, H),)),
+        "s4d": lambda: (m.S4DConv(d=H), (torch.randn(B, H, L),)),
+        "h3": lambda: (m.H3Conv(d=H), (torch.randn(B, L, H),)),
+        "gfnet": lambda: (m.GFNetFilter(dim=H, h=32, w=32), (torch.randn(B, 32, 32, H),)),
+    }
+    for name, make in sized.items():
+        if name in getattr(m, "MODELS", {}):
+            found[name] = make
+    for name, make in getattr(m, "MODELS", {}).items():
+        found.setdefault(f"models.{name}" if name in found else name, make)
     return found
-
-
-def constant(name: str, module, model: nn.Module, inputs) -> tuple[nn.Module, str]:
-    if name == "hyena":
-        return hyena_constant_kernels(model, *inputs), "constant"
-    hook = getattr(module, "constant_kernels", None)
-    if callable(hook):
-        return hook(model, *inputs), "constant"
-    return model, "as defined"
 
 
 def interleaved_medians(fns: dict, inputs, repeats: int) -> dict[str, float]:
@@ -103,13 +131,15 @@ def shape_of(inputs) -> str:
     return " ".join("x".join(map(str, t.shape)) for t in inputs if isinstance(t, torch.Tensor))
 
 
-def run_model(name: str, module, repeats: int, warmup: int, mode: str = "inference_mode") -> dict:
+def run_model(name: str, make, repeats: int, warmup: int, mode: str = "inference_mode") -> dict:
     from convfuse.report import collecting
 
     torch._dynamo.reset()
-    model, inputs = module.example()
+    torch.manual_seed(0)
+    model, inputs = make()
     model = model.eval()
-    model, kernels = constant(name, module, model, inputs)
+    model, frozen = constant_kernels(model, inputs)
+    kernels = "constant" if frozen else "as defined"
     with (torch.inference_mode() if mode == "inference_mode" else torch.no_grad()):
         default = torch.compile(model)
         fused = torch.compile(model, backend="convfuse")
@@ -134,13 +164,13 @@ def run_model(name: str, module, repeats: int, warmup: int, mode: str = "inferen
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<10} {'mode':<14} {'input':<10} {'kernels':<10} {'sites':>9} {'eager ms':>9} {'inductor ms':>11} "
+    head = (f"{'model':<16} {'mode':<14} {'input':<14} {'kernels':<10} {'sites':>9} {'eager ms':>9} {'inductor ms':>11} "
             f"{'convfuse ms':>11} {'vs eager':>8} {'vs inductor':>11} {'max rel err':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         sites = f"{r['rewritten']}/{r['sites']}"
         lines.append(
-            f"{r['model']:<10} {r['mode']:<14} {r['inputs']:<10} {r['kernels']:<10} {sites:>9} {r['eager']:>9.1f} {r['inductor']:>11.1f} "
+            f"{r['model']:<16} {r['mode']:<14} {r['inputs']:<14} {r['kernels']:<10} {sites:>9} {r['eager']:>9.1f} {r['inductor']:>11.1f} "
             f"{r['convfuse']:>11.1f} {r['eager'] / r['convfuse']:>7.2f}x {r['inductor'] / r['convfuse']:>10.2f}x "
             f"{r['err']:>11.1e}")
     return "\n".join(lines)
@@ -148,16 +178,23 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="*", help="example module names (default: all with an example())")
+    p.add_argument("--models", nargs="*", help="model names (default: hyena m2_bidirectional s4d h3 gfnet)")
+    p.add_argument("--all", action="store_true", help="also every other model in examples/models.py, at its size")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--report", action="store_true", help="print convfuse's rewrite report for each model")
     args = p.parse_args(argv)
     rows = []
-    for name, module in discover(args.models):
+    models = bench_models()
+    default = ["hyena", "m2_bidirectional", "s4d", "h3", "gfnet"]
+    names = args.models or (list(models) if args.all else [n for n in default if n in models])
+    for name in names:
+        if name not in models:
+            print(f"{name}: no such example model (have: {', '.join(models)})", file=sys.stderr)
+            continue
         print(f"{name}: compiling and timing ...", file=sys.stderr, flush=True)
         try:
-            row = run_model(name, module, args.repeats, args.warmup)
+            row = run_model(name, models[name], args.repeats, args.warmup)
         except RuntimeError as exc:
             if "inference tensor" not in str(exc):
                 print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -166,7 +203,7 @@ def main(argv=None) -> int:
             # the caller's inference mode; until it does, measure all three under no_grad.
             print(f"{name}: convfuse failed under torch.inference_mode() ({str(exc).split('.')[0]}); "
                   "measuring under torch.no_grad() instead", file=sys.stderr)
-            row = run_model(name, module, args.repeats, args.warmup, mode="no_grad")
+            row = run_model(name, models[name], args.repeats, args.warmup, mode="no_grad")
         except Exception as exc:
             print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
