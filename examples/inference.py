@@ -195,15 +195,6 @@ def main(argv=None) -> int:
         print(f"{name}: compiling and timing ...", file=sys.stderr, flush=True)
         try:
             row = run_model(name, models[name], args.repeats, args.warmup)
-        except RuntimeError as exc:
-            if "inference tensor" not in str(exc):
-                print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
-            # convfuse's CPU kernel writes its output from pool threads, which do not inherit
-            # the caller's inference mode; until it does, measure all three under no_grad.
-            print(f"{name}: convfuse failed under torch.inference_mode() ({str(exc).split('.')[0]}); "
-                  "measuring under torch.no_grad() instead", file=sys.stderr)
-            row = run_model(name, models[name], args.repeats, args.warmup, mode="no_grad")
         except Exception as exc:
             print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue

@@ -138,11 +138,13 @@ def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]]) ->
     """
     threads = min(torch.get_num_threads(), len(units))
     counter = itertools.count()  # next() is atomic under the GIL
+    inference = torch.is_inference_mode_enabled()
 
     def drain() -> None:
-        # Grad mode and the operator's below-autograd dispatch state are thread-local: a pool
-        # thread would otherwise record autograd graphs for inputs that require grad.
-        with torch.no_grad():
+        # Grad mode, inference mode and the operator's below-autograd dispatch state are
+        # thread-local: a pool thread would otherwise record autograd graphs for inputs that
+        # require grad, or write into an inference-mode output outside inference mode.
+        with torch.inference_mode(inference), torch.no_grad():
             worker = make_worker()
             for i in iter(lambda: next(counter), None):
                 if i >= len(units):
