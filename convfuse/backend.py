@@ -13,6 +13,7 @@ import logging
 import torch
 from torch.fx import GraphModule
 
+from convfuse.backends.cpu import describe_cpu_algorithm
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
@@ -86,12 +87,27 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
     out = rewrite_site(gm, m, opts.kernel)
     apply_policy(out, applied)
     exact = isinstance(applied, Exact)
-    kernel_name = impl.name if isinstance(m, Match) else "torch.fft-nd"  # fft_convnd has one implementation
+    kernel_name = _kernel_description(impl.name, m, spec)
     return SiteReport(REWRITTEN, family, source, spec=spec, kernel=kernel_name, policy=str(plan.asked),
                       policy_applied=str(applied), rel_error=0.0 if exact else plan.rel_error,
                       flops_saved=plan.flops_saved if not exact else 0.0,
                       bytes_saved=plan.bytes_saved if not exact else 0.0, policy_note=plan.note,
                       node=name, shapes=shapes)
+
+
+def _kernel_description(name: str, m, spec) -> str:
+    """What runs: for the CPU path with static sizes, the algorithm its cost model picks."""
+    if not isinstance(m, Match):
+        return "torch.fft-nd"  # fft_convnd has one implementation
+    sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)
+    out_shape = example_value(m.tail).shape
+    if name != "cpu" or not all(isinstance(v, int) for v in (*sizes, *out_shape)):
+        return name if name != "cpu" else "cpu (algorithm chosen per call)"
+    rows = 1
+    for i, d in enumerate(out_shape):
+        rows *= d if i != len(out_shape) + m.axis else 1
+    # "cpu-direct", "cpu-fft", "cpu-overlap-save": sizes and rows are in the spec and shapes
+    return describe_cpu_algorithm(*sizes, rows).split("(")[0]
 
 
 def log_site(record: SiteReport) -> None:

@@ -102,7 +102,7 @@ def site_rows(report: Any) -> list[dict[str, str]]:
 
 # Columns of the plain table, in order; those that shrink first when 80 columns are too few.
 COLUMNS = ("#", "graph", "status", "family", "source", "axis", "n", "kernel", "policy")
-SHRINK = (("source", 14), ("policy", 6), ("family", 8), ("n", 5), ("kernel", 6))
+SHRINK = (("source", 14), ("kernel", 10), ("policy", 6), ("family", 8), ("n", 5))  # abbreviated cells get a full-text line
 
 
 def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:

@@ -94,7 +94,7 @@ def test_explain_report_api():
     assert site.status == "rewritten" and site.reason == "" and site.pattern == "causal-conv"
     assert "spellings.py:" in site.source
     d = site.to_dict()
-    assert d["spec"]["n"] == 32 and d["spec"]["skip"] is True and d["kernel"] == "cpu" and d["policy"] == "exact"
+    assert d["spec"]["n"] == 32 and d["spec"]["skip"] is True and d["kernel"].startswith("cpu") and d["policy"] == "exact"
     assert '"rewritten"' in report.to_json() and "1 FFT site, 1 rewritten (100%)" in str(report)
     skipped = convfuse.explain(sp.real_mask_filter, torch.randn(2, 4, 16), torch.randn(4, 17))
     assert skipped.sites[0].status == "skipped" and skipped.sites[0].reason

@@ -40,7 +40,7 @@ def test_convolution_is_rewritten_and_matches_eager(name, dynamic):
     assert compiled.fft_calls() == 0, "the transforms should be gone from the graph"
     site = report.sites[0]
     assert site.source.endswith(".py:" + site.source.rsplit(":", 1)[1]) and "spellings.py" in site.source
-    assert site.kernel == "cpu"
+    assert site.kernel.startswith("cpu")
 
 
 def test_hyena_spec_is_exact():
