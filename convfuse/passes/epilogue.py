@@ -7,7 +7,6 @@ them: window and scales, then ``+ u * D``, then ``* gate``, then the final cast.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -15,11 +14,11 @@ from torch.fx import Node
 
 from convfuse.passes import facts
 from convfuse.passes.algebra import (
-    Refusal, is_float_tensor, is_tensor, same, same_shape, scaled, slice_along, slice_bounds, sole_user,
+    Refusal, is_float_tensor, is_tensor, same_shape, scaled, slice_along, slice_bounds, sole_user,
     strip_exact_upcasts,
 )
 from convfuse.passes.einsum import elementwise_einsum
-from convfuse.passes.sizes import SymSize, example_value, proven
+from convfuse.passes.sizes import SymSize, example_value, proven, same
 from convfuse.passes.spectra import Operand
 
 
@@ -84,14 +83,19 @@ def _shifted(start: SymSize, offset: SymSize, n: SymSize) -> SymSize:
     raise Refusal("cannot prove the rolled window stays inside one period of the FFT size")
 
 
-def _skip_term(add: Node, tail: Node, operands: list[Operand]):
-    """(operand, D, D_align, nodes) when ``add`` is tail + signal * D (any order, mul or einsum)."""
-    if not facts.is_call(add, facts.ADD_FUNCTIONS, facts.ADD_METHODS):
+def _other_operand(node: Node, tail: Node, functions: set, methods: set):
+    """x when ``node`` is the binary call tail (op) x or x (op) tail, else None."""
+    if not facts.is_call(node, functions, methods):
         return None
-    ops = facts.binary_operands(add)
+    ops = facts.binary_operands(node)
     if ops is None or tail not in ops:
         return None
-    other = ops[1] if ops[0] is tail else ops[0]
+    return ops[1] if ops[0] is tail else ops[0]
+
+
+def _skip_term(add: Node, tail: Node, operands: list[Operand]):
+    """(operand, D, D_align, nodes) when ``add`` is tail + signal * D (any order, mul or einsum)."""
+    other = _other_operand(add, tail, facts.ADD_FUNCTIONS, facts.ADD_METHODS)
     if not isinstance(other, Node):
         return None
     if facts.is_call(other, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
@@ -117,13 +121,8 @@ def _skip_term(add: Node, tail: Node, operands: list[Operand]):
 
 
 def _post_gate(mul: Node, tail: Node) -> Node | None:
-    if not facts.is_call(mul, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
-        return None
-    ops = facts.binary_operands(mul)
-    if ops is None or tail not in ops:
-        return None
-    gate = ops[1] if ops[0] is tail else ops[0]
-    return gate if gate is not tail and is_float_tensor(gate) else None
+    gate = _other_operand(mul, tail, facts.MUL_FUNCTIONS, facts.MUL_METHODS)
+    return gate if gate is not None and gate is not tail and is_float_tensor(gate) else None
 
 
 def walk_epilogue(head: Node, axis: int, n: SymSize, operands: list[Operand]) -> Epilogue:
