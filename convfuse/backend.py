@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch.fx import GraphModule
 
 from convfuse.backends.cpu import describe_cpu_algorithm

@@ -8,7 +8,6 @@ goes through Inductor, as `examples/train_hyena.py` does.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path

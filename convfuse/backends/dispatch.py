@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from convfuse.backends.cpu import fft_conv_cpu
