@@ -42,9 +42,10 @@ def run_one(p: P.Program, seed: int) -> list[P.Mismatch]:
 
 
 def group_key(m: P.Mismatch) -> str:
-    detail = re.sub(r"[-+]?\d[\d.e+-]*", "#", m.detail)
-    detail = re.sub(r"reasons: .*", "reasons: ...", detail)
-    return f"{m.kind}: {detail[:160]}"
+    detail = re.sub(r"\bs\d+", "s#", m.detail)  # symbolic sizes
+    detail = re.sub(r"`[^`]*`", "`.`", detail)  # node names
+    detail = re.sub(r"[-+]?\d[\d.e+-]*", "#", detail)
+    return f"{m.kind}: {detail[:220]}"  # the skip reason is part of the group
 
 
 def shrink(m: P.Mismatch, seed: int, budget: int = 25) -> tuple[P.Mismatch, int]:
