@@ -110,3 +110,14 @@ def test_approximate_policy_on_a_two_dimensional_site_is_a_skip_with_a_reason():
     torch.testing.assert_close(compiled(x, k), sp.conv2d_ortho(x, k), rtol=1e-5, atol=1e-5)
     site = compiled.report.sites[0]
     assert site.status == "skipped" and "1-D" in site.reason and "partial" in site.reason
+
+
+def test_two_dimensional_correlation_leaves_no_transform_behind():
+    def corr2d(u, k):
+        n = 2 * u.shape[-1]
+        U = torch.fft.rfft2(u, s=(u.shape[-2], n))
+        Kf = torch.fft.rfft2(k, s=(u.shape[-2], n)).conj()
+        return torch.fft.irfft2(U * Kf, s=(u.shape[-2], n))[..., : u.shape[-1]]
+
+    compiled = assert_matches_eager(corr2d, (_t(2, 4, 8), _t(4, 8)))
+    assert compiled.report.sites[0].status == "rewritten" and compiled.fft_calls() == 0

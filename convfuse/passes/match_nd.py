@@ -79,6 +79,7 @@ def _factor(node: Any, axes: tuple[int, ...]) -> tuple[Operand, list[Node]]:
             factors += more
             nodes += used
         elif facts.is_call(node, facts.CONJ_FUNCTIONS, facts.CONJ_METHODS) and len(node.args) == 1:
+            nodes.append(node)  # consumed: erased with the site once nothing else reads it
             conj, node = not conj, node.args[0]
         else:
             break
