@@ -249,3 +249,10 @@ def nested_scaled_sum(u, k1, k2, k3):
     L = u.shape[-1]
     Kf = 2 * (torch.fft.rfft(k1, n=2 * L) + torch.fft.rfft(k2, n=2 * L)) + torch.fft.rfft(k3, n=2 * L)
     return torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * Kf, n=2 * L)[..., :L]
+
+
+def in_place_product_after_scale(u, k):
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L) / 3.0
+    U.mul_(torch.fft.rfft(k, n=2 * L))
+    return torch.fft.irfft(U, n=2 * L)[..., :L]

@@ -17,6 +17,7 @@ FAMILIES = {
     "one-sided-half": (sp.one_sided_half_of_fft, lambda: (_t(2, 4, 32), _t(4, 32), _t(2, 4, 32))),
     "ifft-real": (sp.full_spectra_real_part, lambda: (_t(2, 4, 32), _t(4, 32))),
     "in-place-imul": (sp.in_place_product, lambda: (_t(2, 4, 32), _t(4, 32))),
+    "in-place-mul_-after-scale": (sp.in_place_product_after_scale, lambda: (_t(2, 4, 32), _t(4, 32))),
     "in-place-mul_": (sp.in_place_method_product, lambda: (_t(2, 4, 32), _t(4, 32))),
     "ema-correlation-roll": (sp.ema_correlation, lambda: (_t(2, 4, 32), _t(4, 32))),
     "arange-window": (sp.arange_window, lambda: (_t(2, 4, 32), _t(4, 32))),

@@ -223,6 +223,11 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
     """
     if not isinstance(node, Node):
         raise Refusal("the inverse transform's input is not a graph value")
+    in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
+    if reader is None and len(in_place) == 1 and len(node.users) == 2:
+        # U.mul_(K); irfft(U): the inverse reads U after the in-place product (checked before
+        # anything else: U itself may be a scaled spectrum).
+        return spectral_product(in_place[0], reader=next(u for u in node.users if u is not in_place[0]))
     if (inner := scaled(node)) is not None:
         inner_node, factors, used = inner
         operands, more, nodes, notes = spectral_product(inner_node)
@@ -251,9 +256,5 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
         node, facts.SUB_FUNCTIONS, facts.SUB_METHODS
     ):
         return distributed_product(node)
-    in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
-    if len(in_place) == 1 and len(node.users) == 2:
-        # U.mul_(K); irfft(U): the inverse reads U after the in-place product.
-        return spectral_product(in_place[0], reader=next(u for u in node.users if u is not in_place[0]))
     spectrum_operand(node)  # raises a precise reason when it is no lone transform either
     raise Refusal("the inverse transform's input is a single spectrum, not a product of two")
