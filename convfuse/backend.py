@@ -74,7 +74,8 @@ def rewrite_one_site(gm: GraphModule, site, opts: BackendOptions, plan: SitePlan
 
 
 def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, plan: SitePlan) -> SiteReport:
-    spec, family, shapes = m.spec(), m.family(), _shapes(m)
+    spec = m.spec()
+    family, shapes = m.family(spec), _shapes(m)
     device = example_value(m.u.signal).device.type
     try:
         impl = choose_kernel(opts.kernel, device)

@@ -232,7 +232,6 @@ def test_report_help_explains_target(capsys) -> None:
     assert_plain(out)
 
 
-@pytest.mark.skipif(not (REPO / "examples" / "hyena.py").exists(), reason="examples/hyena.py not written yet")
 def test_examples_hyena(tmp_path: Path) -> None:
     proc = run_cli("report", "examples/hyena.py:example", "--json", str(tmp_path / "h.json"), cwd=REPO)
     assert proc.returncode == 0, proc.stderr

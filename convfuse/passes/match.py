@@ -72,8 +72,8 @@ class Match:
             notes=list(self.notes[1:]),
         )
 
-    def family(self) -> str:
-        spec = self.spec()
+    def family(self, spec: ConvSpec | None = None) -> str:
+        spec = spec or self.spec()
         kind = {True: "causal", False: "circular", None: "cyclic"}[spec.causal]
         return f"{kind}-{'correlation' if self.conj_kernel else 'conv'}"
 
@@ -202,14 +202,13 @@ def match_site(inverse: Node) -> Match:
     power = u.power + k.power + facts.norm_power(args["norm"], inverse=True) + facts.CONVOLUTION_NORM_POWER
     scale, extra = resolve_scale(factors + u.factors + k.factors + epi.factors, n)
     power += extra
-    weights = []
-    for term in k.terms or []:
-        const, term_power = resolve_scale(term.factors, n)
-        weights.append(const)
-        if term_power + term.power != k.terms[0].power + resolve_scale(k.terms[0].factors, n)[1]:
-            raise Refusal("the summed kernel spectra carry different powers of the symbolic FFT size")
-    if k.terms:
-        power += k.terms[0].power + resolve_scale(k.terms[0].factors, n)[1]
+    # A summed kernel: each term's constant becomes its weight; their powers of n must agree.
+    term_scales = [resolve_scale(term.factors, n) for term in k.terms or []]
+    term_powers = {term.power + p for term, (_, p) in zip(k.terms or [], term_scales)}
+    if len(term_powers) > 1:
+        raise Refusal("the summed kernel spectra carry different powers of the symbolic FFT size")
+    weights = [const for const, _ in term_scales]
+    power += term_powers.pop() if term_powers else 0
     if n.static and power:
         scale, power = scale * float(n.value) ** power, Fraction(0)  # one exact constant
 

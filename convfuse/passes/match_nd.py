@@ -55,7 +55,7 @@ class MatchND:
             causal=False, transforms=f"{len(self.axes)}-D rfftn/irfftn",
         )
 
-    def family(self) -> str:
+    def family(self, spec: ConvSpec | None = None) -> str:
         return f"circular-{'correlation' if self.conj_kernel else 'conv'}-{len(self.axes)}d"
 
 
