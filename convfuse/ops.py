@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convfuse.backends.common import check_epilogue_operand, compute_dtype, output_shape
-from convfuse.backends.dispatch import run_fft_conv
+from convfuse.backends.dispatch import run_fft_conv, run_fft_conv_grad
 from convfuse.spec import ConvParams
 
 
@@ -37,13 +37,16 @@ def fft_conv(
     out_dtype: torch.dtype,
     kernel: str,
     constant_kernel: bool = False,
+    spectrum_bins: int = 0,
 ) -> Tensor:
     """out = ((scale * n**n_power * window(u*pre_gate (*) k) + u*pre_gate*D) * post_gate).to(out_dtype).
 
     u: (..., Lu) and k: (..., Lk), convolved along the last axis at FFT size n,
-    batch dimensions broadcast; the result is (broadcast(...), length).
+    batch dimensions broadcast; the result is (broadcast(...), length).  With
+    spectrum_bins = M > 0, k stands for the kernel whose one-sided spectrum at size n
+    keeps only its lowest M bins (FrequencySparse).
     """
-    p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel)
+    p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel, spectrum_bins)
     p.validate()
     _check_inputs(u, k, D, pre_gate, post_gate, length)
     # The fake implementation promises a fresh contiguous tensor; a window is a strided view.
@@ -64,19 +67,22 @@ def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:
 
 @fft_conv.register_fake
 def _(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel,
-      constant_kernel=False):
+      constant_kernel=False, spectrum_bins=0):
     shape = _check_inputs(u, k, D, pre_gate, post_gate, length)
     return u.new_empty(shape, dtype=out_dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel, *_ = inputs
+    u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel, *rest = inputs
     ctx.save_for_backward(u, k, D, pre_gate, post_gate)
-    ctx.params = (n, start, length, scale, n_power, conj_kernel, kernel)
+    constant_kernel = rest[0] if rest else False
+    spectrum_bins = rest[1] if len(rest) > 1 else 0
+    ctx.params = (n, start, length, scale, n_power, conj_kernel, kernel, constant_kernel, spectrum_bins)
 
 
-def _cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k):
-    """Gradients of h = scale * window(ue (*) k) with respect to ue and k.
+def cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, spectrum_bins=0):
+    """Gradients of h = s * window(ue (*) k) (s = scale * n**n_power) w.r.t. ue and k, as calls
+    of the operator itself (so they are differentiable again, and run on every kernel).
 
     Forward (convolution): h[t] = s * sum_j ue[j] k[(start + t - j) mod n], so
       d ue[j] = s * sum_t g[t] k[(t - (j - start)) mod n]  = correlation of g with k, window at -start
@@ -84,26 +90,72 @@ def _cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_
     Forward (correlation): h[t] = s * sum_j ue[j] k[(j - start - t) mod n], so
       d ue[j] = s * (g (*) k)[(j - start) mod n]            = convolution, window at -start
       d k[i]  = s * sum_j ue[j] g[(j - (i + start)) mod n]  = correlation of ue with g, window at start
-    Signals longer than n were truncated by the forward: their tail gets zero gradient.
+    A spectrum mask (spectrum_bins) is real and even, so it moves onto whichever operand
+    plays the kernel.  Signals longer than n were truncated by the forward: their tail
+    gets zero gradient.  d k is returned at the output's batch shape (not yet summed).
     """
     Lu, Lk = ue.shape[-1], k.shape[-1]
     back = (-start) % n
     du = dk = None
     if need_u:
-        du = fft_conv(g, k, None, None, None, n, back, min(Lu, n), scale, n_power, not conj_kernel, g.dtype, kernel)
+        du = fft_conv(g, k, None, None, None, n, back, min(Lu, n), scale, n_power, not conj_kernel, g.dtype, kernel,
+                      spectrum_bins=spectrum_bins)
         du = F.pad(du, (0, Lu - du.shape[-1])) if Lu > n else du
     if need_k:
         if conj_kernel:
-            dk = fft_conv(ue, g, None, None, None, n, start, min(Lk, n), scale, n_power, True, g.dtype, kernel)
+            dk = fft_conv(ue, g, None, None, None, n, start, min(Lk, n), scale, n_power, True, g.dtype, kernel,
+                          spectrum_bins=spectrum_bins)
         else:
-            dk = fft_conv(g, ue, None, None, None, n, back, min(Lk, n), scale, n_power, True, g.dtype, kernel)
+            dk = fft_conv(g, ue, None, None, None, n, back, min(Lk, n), scale, n_power, True, g.dtype, kernel,
+                          spectrum_bins=spectrum_bins)
         dk = F.pad(dk, (0, Lk - dk.shape[-1])) if Lk > n else dk
+    return du, dk
+
+
+@torch.library.custom_op("convfuse::fft_conv_grad", mutates_args=())
+def fft_conv_grad(
+    g: Tensor,
+    ue: Tensor,
+    k: Tensor,
+    n: int,
+    start: int,
+    scale: float,
+    n_power: float,
+    conj_kernel: bool,
+    kernel: str,
+    need_u: bool,
+    need_k: bool,
+    constant_kernel: bool = False,
+    spectrum_bins: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """(d ue, d k) of the cyclic part of ``fft_conv`` in one call: d ue at the output's batch
+    shape, d k summed to k's shape; a gradient not asked for is an empty tensor.
+
+    One operator, so an implementation can share the transform of g between both
+    gradients and sum d k over the batch in the frequency domain (the CPU path does);
+    elsewhere it is the two ``fft_conv`` calls of ``cyclic_grads``.
+    """
+    p = ConvParams(n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, constant_kernel, spectrum_bins)
+    p.validate()
+    du, dk = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k)
+    if du is None and dk is None and (need_u or need_k):
+        du, dk = cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, spectrum_bins)
+        dk = dk.sum_to_size(k.shape) if dk is not None else None
+    empty = g.new_empty(0)
+    return (du.contiguous() if du is not None else empty), (dk.contiguous() if dk is not None else empty)
+
+
+@fft_conv_grad.register_fake
+def _(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, constant_kernel=False,
+      spectrum_bins=0):
+    du = g.new_empty(output_shape(g, k, None, ue.shape[-1])) if need_u else g.new_empty(0)
+    dk = g.new_empty(k.shape) if need_k else g.new_empty(0)
     return du, dk
 
 
 def _backward(ctx, grad):
     u, k, D, pre_gate, post_gate = ctx.saved_tensors
-    n, start, length, scale, n_power, conj_kernel, kernel = ctx.params
+    n, start, length, scale, n_power, conj_kernel, kernel, constant_kernel, bins = ctx.params
     need = ctx.needs_input_grad
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
     ue = u.to(dtype) if pre_gate is None else u.to(dtype) * pre_gate.to(dtype)
@@ -114,14 +166,21 @@ def _backward(ctx, grad):
         if need[4]:
             # h before the post gate is recomputed rather than saved: it costs one more
             # forward call only when the gate itself needs a gradient.
-            h = fft_conv(u, k, D, pre_gate, None, n, start, length, scale, n_power, conj_kernel, dtype, kernel)
+            h = fft_conv(u, k, D, pre_gate, None, n, start, length, scale, n_power, conj_kernel, dtype, kernel,
+                         constant_kernel, bins)
             d_post = (g * h).sum_to_size(post_gate.shape).to(post_gate.dtype)
         g = g * post_gate.to(dtype)
 
     d_D = (g * ue).sum_to_size(D.shape).to(D.dtype) if D is not None and need[2] else None
 
     need_ue = need[0] or need[3]
-    due, dk = _cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1])
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward): the composed form is differentiable.
+        due, dk = cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1], bins)
+    else:
+        due, dk = fft_conv_grad(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1],
+                                constant_kernel, bins)
+        due, dk = (due if need_ue else None), (dk if need[1] else None)
     if due is not None and D is not None:
         due = due + g * D.to(dtype)
     du = d_pre = None
@@ -132,7 +191,7 @@ def _backward(ctx, grad):
         d_pre = (due * u.to(dtype)).sum_to_size(pre_gate.shape).to(pre_gate.dtype)
     if dk is not None:
         dk = dk.sum_to_size(k.shape).to(k.dtype)
-    return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None
+    return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None, None
 
 
 fft_conv.register_autograd(_backward, setup_context=_setup_context)

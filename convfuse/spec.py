@@ -44,10 +44,24 @@ class ConvParams:
     # The compiler proved k is a module parameter/buffer read as is: an implementation may
     # cache its spectrum (keyed by the tensor's version). Never set for a computed kernel.
     constant_kernel: bool = False
+    # FrequencySparse: the kernel's one-sided spectrum at size n keeps bins [0, spectrum_bins)
+    # and the rest are zero (0: all bins).  Part of the definition, not a hint: every
+    # implementation masks, and may skip the work the zero bins remove.
+    spectrum_bins: int = 0
 
     @property
     def total_scale(self) -> float:
         return self.scale * float(self.n) ** self.n_power
+
+    @property
+    def kept_bins(self) -> int:
+        """One-sided bins of the kernel spectrum that may be nonzero (n // 2 + 1 when dense)."""
+        total = self.n // 2 + 1
+        return min(self.spectrum_bins, total) if self.spectrum_bins > 0 else total
+
+    @property
+    def sparse_spectrum(self) -> bool:
+        return self.kept_bins < self.n // 2 + 1
 
     def validate(self) -> None:
         if self.n < 1:
@@ -56,6 +70,8 @@ class ConvParams:
             raise ValueError(f"convfuse.fft_conv: window start {self.start} outside [0, n={self.n})")
         if not 0 <= self.length <= self.n:
             raise ValueError(f"convfuse.fft_conv: window length {self.length} outside [0, n={self.n}]")
+        if self.spectrum_bins < 0:
+            raise ValueError(f"convfuse.fft_conv: spectrum_bins must be >= 0 (0: all bins), got {self.spectrum_bins}")
 
 
 def is_linear(n: int, L: int, K: int, start: int, length: int) -> bool:

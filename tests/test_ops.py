@@ -57,6 +57,31 @@ def test_gradcheck_all_inputs(kernel, conj, geometry):
     assert torch.autograd.gradcheck(f, (u, k, pre, post) + ((D,) if D is not None else ()))
 
 
+def masked_kernel(k, n, bins):
+    """FrequencySparse's definition in plain torch: the kernel whose spectrum keeps bins [0, bins)."""
+    return torch.fft.irfft(torch.fft.rfft(k, n=n)[..., :bins], n=n)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "cpu"])
+@pytest.mark.parametrize("conj", [False, True])
+@pytest.mark.parametrize("geometry,bins", [((16, 0, 8, 8, 8), 3), ((8, 3, 8, 8, 8), 1), ((6, 2, 5, 8, 9), 2),
+                                           ((16, 5, 8, 8, 4), 9), ((16, 0, 8, 8, 8), 100)])
+def test_spectrum_bins_is_the_masked_kernel(kernel, conj, geometry, bins):
+    n, start, length, Lu, Lk = geometry
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    u, k = torch.randn(2, 3, Lu, **f64), torch.randn(3, Lk, **f64)
+    got = op(u, k, None, None, None, n, start, length, 1.5, 0.0, conj, torch.float64, kernel, spectrum_bins=bins)
+    want = op(u, masked_kernel(k, n, bins), None, None, None, n, start, length, 1.5, 0.0, conj, torch.float64,
+              "reference")
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    for a, b in zip(torch.autograd.grad(got, (u, k), g), torch.autograd.grad(want, (u, k), g)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda u, k: op(u, k, None, None, None, n, start, length, 1.5, 0.0, conj, torch.float64, kernel,
+                        spectrum_bins=bins), (u, k))
+
+
 def test_gradients_only_where_required():
     u = torch.randn(2, 3, 8, requires_grad=True)
     k = torch.randn(3, 8)
@@ -108,12 +133,13 @@ def test_empty_batch_and_unit_length(kernel):
     (dict(n=0), "FFT size"),
     (dict(start=16), "window start"),
     (dict(length=17), "window length"),
+    (dict(bins=-1), "spectrum_bins"),
     (dict(D=torch.randn(5, 2, 8)), "broadcast"),
     (dict(kernel="nonsense"), "unknown kernel"),
 ])
 def test_bad_arguments_raise_clear_errors(bad, message):
-    args = dict(u=torch.randn(2, 8), k=torch.randn(8), D=None, n=16, start=0, length=8, kernel="cpu")
+    args = dict(u=torch.randn(2, 8), k=torch.randn(8), D=None, n=16, start=0, length=8, kernel="cpu", bins=0)
     args.update(bad)
     with pytest.raises(Exception, match=message):
         op(args["u"], args["k"], args["D"], None, None, args["n"], args["start"], args["length"], 1.0, 0.0, False,
-           torch.float32, args["kernel"])
+           torch.float32, args["kernel"], spectrum_bins=args["bins"])

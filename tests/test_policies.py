@@ -12,7 +12,7 @@ import torch
 import convfuse
 from convfuse.options import BackendOptions
 from convfuse.policies import PolicyError
-from conftest import Compiled, assert_close_rel
+from conftest import FFT_CONV, Compiled, assert_close_rel
 from spellings import bidirectional_pad_flip, bidirectional_sum_of_spectra, channels_last_conv, hyena_fftconv
 
 B, H, L = 2, 4, 64
@@ -173,6 +173,29 @@ def test_frequency_sparse_is_the_masked_spectrum_convolution(policy, bins):
     u, k = torch.randn(B, H, L), torch.randn(H, L)
     c = check_against(causal_conv, lambda u, k: freq_sparse_conv(u, k, bins), (u, k), policy=policy)
     assert c.report.sites[0].policy_applied == f"freq:bins={bins}"
+    # The operator masks the spectrum itself (spectrum_bins): no kernel transform in the graph.
+    (op,) = [node for gm in c.graphs for node in gm.graph.nodes if node.target is FFT_CONV]
+    assert op.kwargs["spectrum_bins"] == bins and c.fft_calls() == 0
+
+
+class FrozenFilter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.randn(H, L))
+
+    def forward(self, u):
+        return causal_conv(u, self.k)
+
+
+def test_frequency_sparse_keeps_a_constant_kernel_cacheable():
+    model = FrozenFilter()
+    c = Compiled(model, policy="freq:bins=9", kernel="cpu")
+    u = torch.randn(B, H, L)
+    with torch.no_grad():
+        got, want = c(u), freq_sparse_conv(u, model.k, 9)
+    assert_close_rel(got, want, 1e-5)
+    (op,) = [node for gm in c.graphs for node in gm.graph.nodes if node.target is FFT_CONV]
+    assert op.args[13] is True and op.kwargs["spectrum_bins"] == 9
 
 
 def test_frequency_sparse_all_bins_is_exact():

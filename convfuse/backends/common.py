@@ -42,6 +42,16 @@ def window(c: Tensor, start: int, length: int) -> Tensor:
     return torch.cat([head, c[..., : length - head.shape[-1]]], dim=-1)
 
 
+def spectrum_mask(spectrum: Tensor, bins: int) -> Tensor:
+    """A one-sided spectrum with bins [bins, end) zeroed (FrequencySparse), in place when it
+    owns its memory; the mask is real and even, so it commutes with conj and with the product."""
+    if bins >= spectrum.shape[-1]:
+        return spectrum
+    spectrum = spectrum.resolve_conj() if spectrum.is_conj() else spectrum
+    spectrum[..., bins:] = 0
+    return spectrum
+
+
 def prologue(u: Tensor, pre_gate: Tensor | None, dtype: torch.dtype) -> Tensor:
     ue = u.to(dtype)
     return ue if pre_gate is None else ue * pre_gate.to(dtype)

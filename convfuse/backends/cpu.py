@@ -19,6 +19,7 @@ windows), so everything here serves forward and backward.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ from convfuse.backends import cpu_cache
 from convfuse.backends.common import compute_dtype, output_shape
 from convfuse.backends.cpu_algos import Plan, compute_tile, prepare
 from convfuse.backends.cpu_cost import choose_plan, describe
-from convfuse.backends.cpu_exec import grid_view, make_layout, run_tiles, tiles
+from convfuse.backends.cpu_exec import Layout, grid_view, make_layout, run_tiles, tiles
 from convfuse.spec import ConvParams
 
 # CONVFUSE_CPU_ALGO=fft|direct|ols forces an algorithm where it is valid (tests, benchmarks).
@@ -36,7 +37,8 @@ _FORCE_ENV = "CONVFUSE_CPU_ALGO"
 
 def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
     force = force or os.environ.get(_FORCE_ENV) or None
-    return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force)
+    bins = p.kept_bins if p.sparse_spectrum else 0
+    return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins)
 
 
 def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int) -> str:
@@ -44,6 +46,33 @@ def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batc
     ``cpu-fft(n=2048)``, ``cpu-direct(K=16)`` or ``cpu-overlap-save(N=512, block=449, K=64)``."""
     plan = choose_plan(n, L, K, start, length, False, 1.0)
     return f"{describe(plan)} x {batch_rows} rows"
+
+
+def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: bool) -> Callable[[], Callable]:
+    """A factory of per-thread getters ``(h0, h1) -> prepared kernel rows h0:h1``.
+
+    A constant kernel (only the compiler can prove one: module state read as is) is
+    prepared once for all its rows and cached across calls until it changes; otherwise,
+    or on its first sighting, each thread prepares the block of rows it works on and
+    keeps the last one (a tile takes all rows sharing a kernel block, so a block is
+    prepared once per call).
+    """
+    cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype)) if constant else None
+
+    def per_thread() -> Callable[[int, int], Tensor]:
+        last: dict[tuple[int, int], Tensor] = {}
+
+        def get(h0: int, h1: int) -> Tensor:
+            if cached is not None:
+                return cached[h0:h1]
+            if (h0, h1) not in last:
+                last.clear()
+                last[(h0, h1)] = prepare(plan, lay.k2[h0:h1], dtype)
+            return last[(h0, h1)]
+
+        return get
+
+    return per_thread
 
 
 def fft_conv_cpu(
@@ -73,31 +102,17 @@ def fft_conv_cpu(
     D3, post3 = grid_view(D, lay), grid_view(post_gate, lay)
     out3 = out.view(lay.Ko, lay.Hk, p.length)
 
-    # A constant kernel: prepared once for all its rows and cached (None: not cacheable
-    # or first sighting, then each tile prepares its own rows).
-    cached = (
-        cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype))
-        # Only the compiler can prove a kernel is module state read as is (older callers: no flag).
-        if getattr(p, "constant_kernel", False)
-        else None
-    )
+    kernel_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel)
 
     def make_worker():
-        state = {"h": None, "prep": None}  # the kernel block this thread prepared last
+        prepared = kernel_rows()
 
         def work(unit: list[tuple[int, int, int, int]]) -> None:
             for o0, o1, h0, h1 in unit:
-                if cached is not None:
-                    prep = cached[h0:h1]
-                elif state["h"] != (h0, h1):
-                    prep = state["prep"] = prepare(plan, lay.k2[h0:h1], dtype)
-                    state["h"] = (h0, h1)
-                else:
-                    prep = state["prep"]
                 x = u3[o0:o1, h0:h1].to(dtype)
                 if pg3 is not None:
                     x = x * pg3[o0:o1, h0:h1].to(dtype)
-                y = compute_tile(plan, x, prep)
+                y = compute_tile(plan, x, prepared(h0, h1))
                 if D3 is not None:
                     y.addcmul_(x, D3[o0:o1, h0:h1].to(dtype))
                 if post3 is not None:

@@ -4,7 +4,8 @@ Tiles are (O, Hh, X): O rows share each of Hh kernel rows.  Every function retur
 fresh tensor in the compute dtype that the caller may modify in place.
 
 - ``fft``: one length-n transform per row, the operator's own cyclic definition;
-  valid for every call (wrap-around windows, circular convolutions, truncation).
+  valid for every call (wrap-around windows, circular convolutions, truncation), and
+  the only one for a sparse kernel spectrum (only its kept bins are multiplied).
 - ``direct``: sliding dot products (depthwise ``conv1d``), for short kernels.
 - ``ols``: overlap-save with a block FFT of size N near 2K, for long rows and
   shorter kernels.
@@ -43,11 +44,12 @@ class Plan:
     scale: float
     N: int = 0  # ols block FFT size
     block: int = 0  # ols output samples per block, N - K + 1
+    bins: int = 0  # fft: one-sided kernel bins kept (FrequencySparse); 0: all
 
     def variant(self, dtype: torch.dtype) -> tuple:
         """What the prepared kernel depends on besides the kernel itself (the cache key)."""
         if self.algo == "fft":
-            return ("fft", self.n, self.conj, self.scale, dtype)
+            return ("fft", self.n, self.conj, self.scale, self.bins, dtype)
         if self.algo == "direct":
             return ("direct", self.K, self.conj, self.scale, dtype)
         return ("ols", self.N, self.K, self.conj, self.scale, dtype)
@@ -68,6 +70,8 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
     k2 = k2.to(dtype)
     if plan.algo == "fft":
         Kf = torch.fft.rfft(k2, n=plan.n)
+        if plan.bins:
+            Kf = Kf[..., : plan.bins].clone()  # the bins beyond are zero: never stored or multiplied
         if plan.conj:
             Kf = Kf.conj_physical_()  # fresh: conjugate in place, no lazy conj bit
         return Kf.mul_(plan.scale) if plan.scale != 1.0 else Kf
@@ -84,6 +88,8 @@ def compute_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
     """x: (O, Hh, Lu) signal tile in the compute dtype; prep: prepared kernel rows (Hh, ...)."""
     if plan.algo == "fft":
         U = torch.fft.rfft(x, n=plan.n)
+        if plan.bins:
+            U = U[..., : plan.bins]  # irfft zero-pads the cut bins back to n // 2 + 1
         U.mul_(prep)
         c = torch.fft.irfft(U, n=plan.n)
         return window(c, plan.start, plan.length)

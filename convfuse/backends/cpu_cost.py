@@ -76,11 +76,15 @@ def best_ols(n: int, K: int, out: int) -> tuple[float, int]:
 
 
 def choose_plan(
-    n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None = None
+    n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None = None,
+    bins: int = 0,
 ) -> Plan:
-    """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks)."""
+    """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks).  A sparse
+    kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row."""
     Lu, K = min(Lu, n), min(Lk, n)
     base = dict(n=n, Lu=Lu, K=K, start=start, length=length, conj=conj, scale=scale)
+    if 0 < bins < n // 2 + 1:
+        return Plan("fft", bins=bins, **base)
     linear = K >= 1 and is_linear(n, Lu, K, start, length)
     if not linear or force == "fft":
         return Plan("fft", **base)
@@ -102,7 +106,7 @@ def choose_plan(
 
 def describe(plan: Plan) -> str:
     if plan.algo == "fft":
-        return f"cpu-fft(n={plan.n})"
+        return f"cpu-fft(n={plan.n}, {plan.bins} bins)" if plan.bins else f"cpu-fft(n={plan.n})"
     if plan.algo == "direct":
         return f"cpu-direct(K={plan.K})"
     return f"cpu-overlap-save(N={plan.N}, block={plan.block}, K={plan.K})"

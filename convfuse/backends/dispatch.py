@@ -14,6 +14,7 @@ from typing import Callable
 from torch import Tensor
 
 from convfuse.backends.cpu import fft_conv_cpu
+from convfuse.backends.cpu_grad import fft_conv_grad_cpu
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
 
@@ -93,3 +94,12 @@ def choose_kernel(requested: str, device_type: str) -> Implementation:
 def run_fft_conv(u, k, D, pre_gate, post_gate, p: ConvParams, kernel: str) -> Tensor:
     impl = choose_kernel(kernel, u.device.type)
     return impl.run(u, k, D, pre_gate, post_gate, p)
+
+
+def run_fft_conv_grad(g, ue, k, p: ConvParams, kernel: str, need_u: bool, need_k: bool):
+    """(d ue, d k) from an implementation with a fused backward, or (None, None): the caller
+    composes them from ``fft_conv`` calls."""
+    impl = choose_kernel(kernel, g.device.type)
+    if impl.name == "cpu":
+        return fft_conv_grad_cpu(g, ue, k, p, need_u, need_k)
+    return None, None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from convfuse.backends.common import compute_dtype, epilogue, output_shape, prologue, window
+from convfuse.backends.common import compute_dtype, epilogue, output_shape, prologue, spectrum_mask, window
 from convfuse.spec import ConvParams
 
 
@@ -23,6 +23,8 @@ def cyclic_conv_reference(ue: Tensor, k: Tensor, p: ConvParams) -> Tensor:
     Kf = torch.fft.rfft(k.to(ue.dtype), n=p.n)
     if p.conj_kernel:
         Kf = Kf.conj()
+    if p.sparse_spectrum:
+        Kf = spectrum_mask(Kf, p.kept_bins)
     c = torch.fft.irfft(U * Kf, n=p.n)
     return window(c, p.start, p.length) * p.total_scale
 

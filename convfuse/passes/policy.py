@@ -6,13 +6,15 @@ which one applies (a partial length at least the kernel's is ``Exact``; ``Auto``
 cuts on the example inputs), the relative output error that choice costs on the example
 inputs, and the estimated work saved.  It returns one ``SitePlan`` per site.
 
-A policy is applied *in the graph*, on the kernel operand of the fused operator
-(``kernel_transform``): ``PartialKernel`` is the slice ``k[..., :K]`` (the CPU path's cost
-model then picks direct or overlap-save for the short kernel by itself), ``FrequencySparse``
-is ``k' = irfft(rfft(k, n)[..., :M], n)`` (exact semantics: irfft zero-pads the dropped
-bins).  So the definition in plain torch is what runs, forward and backward: the kernel's
-gradient is that of the truncated / sparsified convolution (zero on the taps a partial kernel
-drops, projected onto the kept bins for a frequency cut).
+A policy is applied *in the graph*, on the fused operator's call: ``PartialKernel`` is the
+slice ``k[..., :K]`` on its kernel operand (``kernel_transform``; the CPU path's cost model
+then picks direct or overlap-save for the short kernel by itself), ``FrequencySparse(bins=M)``
+is the operator's own ``spectrum_bins=M`` argument: the kernel spectrum with bins >= M zeroed,
+masked by every implementation, which multiply (CPU) or transform (Triton) only the kept bins.
+A frequency cut given as a fraction of a symbolic n stays the plain-torch definition
+``irfft(rfft(k, n)[..., :M], n)`` on the kernel operand.  Either way the operator's autograd
+formula gives the gradient of the truncated / sparsified convolution (zero on the taps a
+partial kernel drops, projected onto the kept bins for a frequency cut).
 
 Measuring: the site's operands are evaluated by running the part of the graph they depend
 on (``torch.fx.Interpreter``, under ``no_grad``, on clones of the example inputs so that
@@ -77,13 +79,24 @@ def convfuse_frequency_sparse_kernel(
     return torch.fft.irfft(spectrum[..., :kept], n=n)
 
 
+def spectrum_bins(policy: Policy) -> int:
+    """The operator's ``spectrum_bins`` for a frequency cut resolved to a bin count, else 0:
+    the operator masks the kernel spectrum itself (and may skip the cut bins), and the
+    kernel operand stays module state, so a constant kernel's spectrum is still cached."""
+    return policy.bins if isinstance(policy, FrequencySparse) and policy.bins is not None else 0
+
+
 def kernel_transform(policy: Policy) -> Callable[[torch.fx.Graph, Node, Any], Node] | None:
     """A function adding ``policy`` to the graph on the kernel operand (last-axis layout)."""
+    #   k -> k[..., :length]                                    PartialKernel(length=)
+    #   k -> k[..., :ceil(fraction * K)]                         PartialKernel(fraction=), K symbolic
+    #   k -> irfft(rfft(k, n)[..., :ceil(keep * (n//2+1))], n)   FrequencySparse(keep=), n symbolic
+    # FrequencySparse with a bin count is no transform: fft_conv(..., spectrum_bins=M).
     if isinstance(policy, PartialKernel):
         if policy.length is not None:
             return lambda graph, k, n: graph.call_function(operator.getitem, (k, (Ellipsis, slice(None, policy.length))))
         return lambda graph, k, n: graph.call_function(convfuse_partial_kernel, (k,), {"fraction": policy.fraction})
-    if isinstance(policy, FrequencySparse):
+    if isinstance(policy, FrequencySparse) and not spectrum_bins(policy):
         return lambda graph, k, n: graph.call_function(
             convfuse_frequency_sparse_kernel, (k, n), {"bins": policy.bins, "keep": policy.keep}
         )
@@ -92,7 +105,7 @@ def kernel_transform(policy: Policy) -> Callable[[torch.fx.Graph, Node, Any], No
 
 def keeps_constant_kernel(policy: Policy) -> bool:
     """Whether the kernel the operator sees is still module state read as a view (cacheable)."""
-    return not isinstance(policy, FrequencySparse)
+    return kernel_transform(policy) is None or isinstance(policy, PartialKernel)
 
 
 def apply_to_tensor(policy: Policy, k: torch.Tensor, n: int) -> torch.Tensor:
@@ -446,10 +459,13 @@ def _measure(gm: GraphModule, sites: list[Node], example_inputs: list, pending: 
 
 def apply_policy(out: Node, policy: Policy) -> None:
     """Put ``policy`` in the graph on the kernel operand of the fused call behind ``out``."""
+    op = op_node(out)
+    bins = spectrum_bins(policy)
+    if bins:
+        op.update_kwarg("spectrum_bins", bins)
     transform = kernel_transform(policy)
     if transform is None:
         return
-    op = op_node(out)
     graph = op.graph
     with graph.inserting_before(op):
         k = transform(graph, op.args[1], op.args[5])

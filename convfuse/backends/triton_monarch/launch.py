@@ -111,6 +111,8 @@ def _rows(t: Tensor, batch: tuple[int, ...]) -> tuple[Tensor, int]:
 
 def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> CallPlan | str:
     """The plan this call would run with, or why it falls back to the reference."""
+    if p.sparse_spectrum:
+        return f"a sparse kernel spectrum ({p.kept_bins} of {p.n // 2 + 1} bins) is not in the Triton plans"
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
     Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
     dot = dot_dtype_for(dtype, u.dtype, p.out_dtype or dtype)
