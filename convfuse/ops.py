@@ -125,32 +125,37 @@ def fft_conv_grad(
     kernel: str,
     need_u: bool,
     need_k: bool,
+    need_h: bool = False,
     constant_kernel: bool = False,
     spectrum_bins: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """(d ue, d k) of the cyclic part of ``fft_conv`` in one call: d ue at the output's batch
-    shape, d k summed to k's shape; a gradient not asked for is an empty tensor.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward's transforms in one call: (d ue at the output's batch shape, d k summed to
+    k's shape, h = the forward's scaled window of ue (*) k before skip and post-gate, which a
+    post-gate's gradient needs); what is not asked for is an empty tensor.
 
-    One operator, so an implementation can share the transform of g between both
-    gradients and sum d k over the batch in the frequency domain (the CPU path does);
-    elsewhere it is the two ``fft_conv`` calls of ``cyclic_grads``.
+    One operator, so an implementation can share transforms between the three (the CPU path
+    transforms g and ue once each and sums d k over the batch in the frequency domain);
+    elsewhere it is ``cyclic_grads`` and a forward call.
     """
     p = ConvParams(n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, constant_kernel, spectrum_bins)
     p.validate()
-    du, dk = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k)
-    if du is None and dk is None and (need_u or need_k):
+    du, dk, h = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k, need_h)
+    if du is None and dk is None and h is None:
         du, dk = cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, spectrum_bins)
         dk = dk.sum_to_size(k.shape) if dk is not None else None
-    empty = g.new_empty(0)
-    return (du.contiguous() if du is not None else empty), (dk.contiguous() if dk is not None else empty)
+        if need_h:
+            h = fft_conv(ue, k, None, None, None, n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, kernel,
+                         constant_kernel, spectrum_bins)
+    return tuple(t.contiguous() if t is not None else g.new_empty(0) for t in (du, dk, h))
 
 
 @fft_conv_grad.register_fake
-def _(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, constant_kernel=False,
+def _(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h=False, constant_kernel=False,
       spectrum_bins=0):
     du = g.new_empty(output_shape(g, k, None, ue.shape[-1])) if need_u else g.new_empty(0)
     dk = g.new_empty(k.shape) if need_k else g.new_empty(0)
-    return du, dk
+    h = g.new_empty(output_shape(ue, k, None, g.shape[-1])) if need_h else g.new_empty(0)
+    return du, dk, h
 
 
 def _backward(ctx, grad):
@@ -161,26 +166,28 @@ def _backward(ctx, grad):
     ue = u.to(dtype) if pre_gate is None else u.to(dtype) * pre_gate.to(dtype)
     g = grad.to(dtype)
 
-    d_post = None
-    if post_gate is not None:
-        if need[4]:
-            # h before the post gate is recomputed rather than saved: it costs one more
-            # forward call only when the gate itself needs a gradient.
-            h = fft_conv(u, k, D, pre_gate, None, n, start, length, scale, n_power, conj_kernel, dtype, kernel,
-                         constant_kernel, bins)
-            d_post = (g * h).sum_to_size(post_gate.shape).to(post_gate.dtype)
-        g = g * post_gate.to(dtype)
-
-    d_D = (g * ue).sum_to_size(D.shape).to(D.dtype) if D is not None and need[2] else None
-
+    # The gradient into h (before the post gate); h itself, when the gate needs a gradient,
+    # is recomputed rather than saved by the forward (it costs one inverse transform per
+    # row in the fused backward, a forward call otherwise).
+    gh = g if post_gate is None else g * post_gate.to(dtype)
+    need_h = post_gate is not None and need[4]
     need_ue = need[0] or need[3]
     if torch.is_grad_enabled():
         # create_graph=True (double backward): the composed form is differentiable.
-        due, dk = cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1], bins)
+        due, dk = cyclic_grads(gh, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1], bins)
+        h = fft_conv(ue, k, None, None, None, n, start, length, scale, n_power, conj_kernel, dtype, kernel,
+                     constant_kernel, bins) if need_h else None
     else:
-        due, dk = fft_conv_grad(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1],
-                                constant_kernel, bins)
-        due, dk = (due if need_ue else None), (dk if need[1] else None)
+        due, dk, h = fft_conv_grad(gh, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_ue, need[1], need_h,
+                                   constant_kernel, bins)
+        due, dk, h = (due if need_ue else None), (dk if need[1] else None), (h if need_h else None)
+    d_post = None
+    if need_h:
+        h = h + ue * D.to(dtype) if D is not None else h
+        d_post = (g * h).sum_to_size(post_gate.shape).to(post_gate.dtype)
+    g = gh
+    d_D = (g * ue).sum_to_size(D.shape).to(D.dtype) if D is not None and need[2] else None
+
     if due is not None and D is not None:
         due = due + g * D.to(dtype)
     du = d_pre = None

@@ -96,10 +96,10 @@ def run_fft_conv(u, k, D, pre_gate, post_gate, p: ConvParams, kernel: str) -> Te
     return impl.run(u, k, D, pre_gate, post_gate, p)
 
 
-def run_fft_conv_grad(g, ue, k, p: ConvParams, kernel: str, need_u: bool, need_k: bool):
-    """(d ue, d k) from an implementation with a fused backward, or (None, None): the caller
-    composes them from ``fft_conv`` calls."""
+def run_fft_conv_grad(g, ue, k, p: ConvParams, kernel: str, need_u: bool, need_k: bool, need_h: bool):
+    """(d ue, d k, h) from an implementation with a fused backward, or (None, None, None): the
+    caller composes them from ``fft_conv`` calls."""
     impl = choose_kernel(kernel, g.device.type)
     if impl.name == "cpu":
-        return fft_conv_grad_cpu(g, ue, k, p, need_u, need_k)
-    return None, None
+        return fft_conv_grad_cpu(g, ue, k, p, need_u, need_k, need_h)
+    return None, None, None
