@@ -342,7 +342,15 @@ def _pad_to(t: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def auto_search(budget: float, v: SiteValues, out_shape) -> tuple[Policy, str, float, float]:
-    """The cheapest partial length or frequency cut within ``budget`` (output and kernel)."""
+    """The cheapest partial length or frequency cut within ``budget`` (output and kernel).
+
+    Partial lengths and frequency cuts are searched as two families and the cheaper winner is
+    kept; a partial kernel *and* a frequency cut together is never cheaper than the cut alone
+    here, and costs more error: the spectrum mask is defined at size n, where it makes the
+    truncated kernel dense again in time, so the block-wise and direct algorithms a partial
+    kernel buys no longer apply and what remains is the frequency cut's own cost
+    (``row_cost``).  Both errors add, so the pair would also need each cut milder.
+    """
     K = min(v.k.shape[-1], v.n)
     nb = v.n // 2 + 1
     families = {
