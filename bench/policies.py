@@ -9,6 +9,8 @@ reported as medians:
   conv1d partial     torch's depthwise conv1d with the 1024 taps (a direct-convolution baseline)
   convfuse exact     torch.compile(backend="convfuse"), Exact
   convfuse partial   torch.compile(backend="convfuse", options={"policy": "partial:length=1024"})
+  convfuse freq      options={"policy": FrequencySparse(keep=--keep)} (default 0.25): the operator masks
+                     the spectrum; on CPU it multiplies only the kept bins, both transforms stay dense
 
 Forward only, under no_grad (inference), fp32, on CPU unless --device says otherwise.
     python bench/policies.py [--L 131072 --H 64 --B 1 --taps 1024 --rounds 15] [--json out.json]
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--H", type=int, default=64)
     ap.add_argument("--L", type=int, default=131072)
     ap.add_argument("--taps", type=int, default=1024)
+    ap.add_argument("--keep", type=float, default=0.25, help="FrequencySparse(keep=...) for the freq variant")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--inner", default="eager", help="what compiles the rest of the graph (eager, inductor)")
@@ -71,6 +74,8 @@ def main() -> None:
     policy = convfuse.PartialKernel(length=args.taps)
     exact_c = torch.compile(model, backend="convfuse", options={"inner": args.inner})
     partial_c = torch.compile(model, backend="convfuse", options={"inner": args.inner, "policy": policy})
+    freq_c = torch.compile(model, backend="convfuse",
+                           options={"inner": args.inner, "policy": convfuse.FrequencySparse(keep=args.keep)})
 
     variants = {
         "eager exact": lambda: model(u),
@@ -78,6 +83,7 @@ def main() -> None:
         "conv1d partial": lambda: direct_partial(u, model.k, model.D, args.taps),
         "convfuse exact": lambda: exact_c(u),
         "convfuse partial": lambda: partial_c(u),
+        "convfuse freq": lambda: freq_c(u),
     }
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -86,6 +92,8 @@ def main() -> None:
         with convfuse.report.collecting() as report:
             out = partial_c(u)  # compiles; warms the kernel-spectrum cache
         exact_c(u)
+        with convfuse.report.collecting() as freq_report:
+            freq_c(u)
         for fn in variants.values():
             fn()
             fn()
@@ -106,6 +114,8 @@ def main() -> None:
     if site is not None:
         print(f"site: {site.line()}")
     print(f"convfuse partial vs its definition in eager: max rel diff {err:.2e}")
+    if freq_report.sites:
+        print(f"freq site: {freq_report.sites[0].line()}")
     print(f"{'variant':<18} {'median ms':>10} {'vs eager exact':>15}")
     for name, t in med.items():
         print(f"{name:<18} {t * 1e3:>10.2f} {base / t:>14.2f}x")

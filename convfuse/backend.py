@@ -16,8 +16,8 @@ from convfuse.backends.cpu import describe_cpu_algorithm
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
-from convfuse.passes.policy import SitePlan, apply_policy, choose_policies, resolve_late
-from convfuse.policies import Exact
+from convfuse.passes.policy import SitePlan, apply_policy, choose_policies, resolve_late, spectrum_bins
+from convfuse.policies import Exact, PartialKernel
 from convfuse.passes.sizes import example_value
 from convfuse.report import REWRITTEN, SKIPPED, RewriteReport, SiteReport, publish, user_source
 
@@ -87,7 +87,7 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
     out = rewrite_site(gm, m, opts.kernel)
     apply_policy(out, applied)
     exact = isinstance(applied, Exact)
-    kernel_name = _kernel_description(impl.name, m, spec)
+    kernel_name = _kernel_description(impl.name, m, spec, applied)
     return SiteReport(REWRITTEN, family, source, spec=spec, kernel=kernel_name, policy=str(plan.asked),
                       policy_applied=str(applied), rel_error=0.0 if exact else plan.rel_error,
                       flops_saved=plan.flops_saved if not exact else 0.0,
@@ -95,11 +95,15 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
                       node=name, shapes=shapes)
 
 
-def _kernel_description(name: str, m, spec) -> str:
-    """What runs: for the CPU path with static sizes, the algorithm its cost model picks."""
+def _kernel_description(name: str, m, spec, policy) -> str:
+    """What runs: for the CPU path with static sizes, the algorithm its cost model picks for the
+    kernel the policy leaves (a partial kernel is a short one)."""
     if not isinstance(m, Match):
         return "torch.fft-nd"  # fft_convnd has one implementation
-    sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)
+    K = spec.K
+    if isinstance(policy, PartialKernel) and isinstance(policy.length, int) and isinstance(K, int):
+        K = min(K, policy.length)
+    sizes = (spec.n, spec.L, K, spec.start, spec.length)
     out_shape = example_value(m.tail).shape
     if name != "cpu" or not all(isinstance(v, int) for v in (*sizes, *out_shape)):
         return name if name != "cpu" else "cpu (algorithm chosen per call)"
@@ -107,7 +111,7 @@ def _kernel_description(name: str, m, spec) -> str:
     for i, d in enumerate(out_shape):
         rows *= d if i != len(out_shape) + m.axis else 1
     # "cpu-direct", "cpu-fft", "cpu-overlap-save": sizes and rows are in the spec and shapes
-    return describe_cpu_algorithm(*sizes, rows).split("(")[0]
+    return describe_cpu_algorithm(*sizes, rows, bins=spectrum_bins(policy)).split("(")[0]
 
 
 def log_site(record: SiteReport) -> None:

@@ -137,6 +137,17 @@ def test_partial_kernel_is_the_truncated_convolution(policy, taps):
     assert c.op_calls() == 1
 
 
+def test_report_names_the_algorithm_that_runs_for_the_policy_kernel():
+    # A partial kernel is a short kernel: the CPU cost model picks a block-wise or direct
+    # algorithm for it, and the report says so rather than naming the exact site's choice.
+    u, k, D = torch.randn(1, 2, 4096), torch.randn(2, 4096), torch.randn(2)
+    exact = Compiled(hyena_fftconv, kernel="cpu")
+    partial = Compiled(hyena_fftconv, kernel="cpu", policy="partial:length=16")
+    exact(u, k, D), partial(u, k, D)
+    assert exact.report.sites[0].kernel == "cpu-fft"
+    assert partial.report.sites[0].kernel in ("cpu-direct", "cpu-overlap-save")
+
+
 def test_partial_kernel_gradient_is_zero_on_dropped_taps():
     u, k, D = torch.randn(B, H, L), torch.randn(H, L, requires_grad=True), torch.randn(H)
     y = Compiled(hyena_fftconv, policy=convfuse.PartialKernel(length=10))(u, k, D)

@@ -41,10 +41,10 @@ def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
     return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins)
 
 
-def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int) -> str:
+def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int, bins: int = 0) -> str:
     """The algorithm the CPU cost model picks for a (convolution) call of this shape, e.g.
     ``cpu-fft(n=2048)``, ``cpu-direct(K=16)`` or ``cpu-overlap-save(N=512, block=449, K=64)``."""
-    plan = choose_plan(n, L, K, start, length, False, 1.0)
+    plan = choose_plan(n, L, K, start, length, False, 1.0, bins=bins)
     return f"{describe(plan)} x {batch_rows} rows"
 
 
