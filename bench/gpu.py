@@ -9,8 +9,14 @@ ran), plus the ungated fp32 convolution.  Three contestants per row, one process
     inductor   torch.compile(fn) with the default backend
     convfuse   torch.compile(fn, backend="convfuse", options={"kernel": "triton"})
 
-Writes bench/results/gpu-<device>.json ({"device", "torch", "triton", "rows": [...]}), a markdown
-table next to it, and a plot of speedup (eager_ms / convfuse_ms) against n.
+Policy section (issue 6): the operator itself (torch.ops.convfuse.fft_conv, forward only) on a causal
+convolution u (B, H, L) * k (H, L) at n = 2L, per L: dense, FrequencySparse at keep = 1/4 and 1/8 (the
+operator's spectrum_bins) and PartialKernel with K = 1024 taps (the operator sees k[..., :K]), each
+on Triton and on cuFFT (the reference implementation: torch.fft with the same mask or the same
+short kernel), with the plan Triton ran (launch.explain) and ratios against dense Triton and dense cuFFT.
+
+Writes bench/results/gpu-<device>.json ({"device", "torch", "triton", "rows": [...], "policy_rows": [...]}),
+a markdown table next to it, and a plot of speedup (eager_ms / convfuse_ms) against n.
 
     python bench/gpu.py                     # on a CUDA machine
     python bench/gpu.py --dry-run --out /tmp/b   # CPU smoke test under TRITON_INTERPRET=1, tiny sizes
@@ -19,6 +25,7 @@ table next to it, and a plot of speedup (eager_ms / convfuse_ms) against n.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -35,6 +42,9 @@ if str(ROOT) not in sys.path:
 
 FULL_SIZES = [2**p for p in range(8, 23)]  # 256 .. 4M
 DRY_SIZES = [256, 512, 4096]
+POLICY_L = [4096, 16384, 131072]  # n = 2L; issue 6's shape is the last: L = 131072, B = 1, H = 64, K = 1024
+DRY_POLICY_L = [512]
+POLICY_KEEP = (0.25, 0.125)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -87,7 +97,7 @@ def peak_bytes(fn, args, device: str) -> int | None:
 
 
 def bench_row(n, B, H, dtype_name, gated, device, reps, with_inductor, inner) -> dict:
-    import convfuse  # noqa: F401  (registers the backend and the operator)
+    importlib.import_module("convfuse")  # registers the backend name and the operator
     from convfuse.backends.triton_monarch import FALLBACKS, LAUNCHES, explain
     from convfuse.spec import ConvParams
 
@@ -126,16 +136,69 @@ def bench_row(n, B, H, dtype_name, gated, device, reps, with_inductor, inner) ->
     return row
 
 
-def markdown(result: dict) -> str:
-    head = f"GPU: {result['device']} - torch {result['torch']} - triton {result['triton']}\n\n"
-    cols = ["n", "B", "H", "dtype", "gated", "eager_ms", "inductor_ms", "convfuse_ms", "speedup", "peak_mem_ratio"]
+def policy_rows(L: int, B: int, H: int, taps: int, dtype_name: str, device: str, reps: int) -> list[dict]:
+    """One row per (policy, implementation) at n = 2L; times of the operator call alone."""
+    from convfuse.backends.reference import fft_conv_reference
+    from convfuse.backends.triton_monarch import FALLBACKS, LAUNCHES, explain
+    from convfuse.ops import fft_conv
+    from convfuse.spec import ConvParams
+
+    dtype, n = DTYPES[dtype_name], 2 * L
+    g = torch.Generator(device="cpu").manual_seed(L)
+    u = torch.randn(B, H, L, generator=g).to(device=device, dtype=dtype)
+    k = (torch.randn(H, L, generator=g) / L).to(device=device, dtype=dtype)
+    cases = [("dense", k, 0)]
+    cases += [(f"freq keep={keep:g}", k, math.ceil(keep * (n // 2 + 1))) for keep in POLICY_KEEP]
+    if taps < L:
+        cases.append((f"partial K={taps}", k[..., :taps], 0))
+    rows, base = [], {}
+    for policy, kk, bins in cases:
+        p = ConvParams(n, 0, L, spectrum_bins=bins)
+        op = lambda u, kk, kernel, p=p: fft_conv(  # noqa: E731
+            u, kk, None, None, None, p.n, p.start, p.length, p.scale, p.n_power, p.conj_kernel, dtype, kernel,
+            False, p.spectrum_bins)
+        ref = fft_conv_reference(u, kk, None, None, None, p)
+        for impl, kernel in (("triton", "triton"), ("cufft" if device == "cuda" else "torch.fft", "reference")):
+            row = {"L": L, "n": n, "B": B, "H": H, "dtype": dtype_name, "policy": policy, "impl": impl, "bins": bins,
+                   "taps": kk.shape[-1]}
+            launches, fallbacks = sum(LAUNCHES.values()), sum(FALLBACKS.values())
+            out = op(u, kk, kernel)
+            if impl == "triton":
+                row["triton_launches"] = sum(LAUNCHES.values()) - launches
+                row["fallbacks"] = sum(FALLBACKS.values()) - fallbacks
+                row["plan"] = explain(u, kk, p=p)
+            scale = ref.double().abs().max().clamp_min(1e-30)
+            row["max_rel_err"] = float((out.double() - ref.double()).abs().max() / scale)
+            row["ms"] = time_ms(lambda u, kk: op(u, kk, kernel), (u, kk), device, reps)
+            peak = peak_bytes(lambda u, kk: op(u, kk, kernel), (u, kk), device)
+            row["peak_mb"] = peak / 2**20 if peak is not None else None
+            base.setdefault(("dense", kernel), row["ms"])
+            rows.append(row)
+    for row in rows:
+        row["vs_dense_triton"] = base[("dense", "triton")] / row["ms"]  # > 1: faster than dense Triton
+        row["vs_dense_cufft"] = base[("dense", "reference")] / row["ms"]  # torch.fft on CPU (dry run)
+    return rows
+
+
+def _table(rows: list[dict], cols: list[str]) -> list[str]:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in result["rows"]:
+    for r in rows:
         cells = []
         for c in cols:
             v = r.get(c)
             cells.append("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    head = f"GPU: {result['device']} - torch {result['torch']} - triton {result['triton']}\n\n"
+    cols = ["n", "B", "H", "dtype", "gated", "eager_ms", "inductor_ms", "convfuse_ms", "speedup", "peak_mem_ratio"]
+    lines = _table(result["rows"], cols)
+    if result.get("policy_rows"):
+        lines += ["", "Policies (operator call alone, forward; ratios > 1 are faster than the dense baseline):", ""]
+        lines += _table(result["policy_rows"], ["L", "n", "B", "H", "dtype", "policy", "impl", "ms", "vs_dense_triton",
+                                                "vs_dense_cufft", "peak_mb", "max_rel_err", "plan"])
     return head + "\n".join(lines) + "\n"
 
 
@@ -181,7 +244,7 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
 
     from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
     from convfuse.backends.triton_monarch.launch import NUM_WARPS
-    from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for
+    from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for, sparse_factors
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     compute_ptrs = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")
@@ -203,12 +266,24 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                 if plan.n0b > 1:
                     launches.append(("mid", ko.MID, dict(N0A=plan.n0, N0B=plan.n0b, M=i.n, BJ=OUTER_BJ, KB=OUTER_KB,
                                                           INVERSE=False, PREC=prec)))
-                launches.append(("inner", ko.INNER, dict(NSEQ=n // i.n, NTW=plan.ntw, M1=i.n1, M2=i.n2, PREC=prec)))
-                launches.append(("outer_inv", ko.OUTER_INV, dict(N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB,
-                                                                  HALF_OUT=half, PREC=prec, **epi)))
+                launches.append(("inner", ko.INNER, dict(NSEQ=n // i.n, NTW=plan.ntw, M1=i.n1, M2=i.n2, W=i.n2, PREC=prec)))
+                launches.insert(-1 if plan.inner.n2 == 32 else len(launches),
+                                ("outer_inv", ko.OUTER_INV, dict(N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB,
+                                                                 HALF_OUT=half, PREC=prec, **epi)))
+                if plan.inner.n2 == 32:  # a frequency-sparse call keeps 16 of the 32 inner columns
+                    launches.append(("inner sparse W=16", ko.INNER, dict(NSEQ=n // i.n, NTW=plan.ntw, M1=i.n1, M2=i.n2,
+                                                                          W=16, PREC=prec)))
             else:
-                launches = [("fused", kernels.MONARCH_CONV2, dict(N1=plan.n1, N2=plan.n2, HALF_IN=half, HALF_OUT=half,
-                                                                   PREC=prec, **epi))]
+                fused = dict(HALF_IN=half, HALF_OUT=half, FRAMES=False, PREC=prec, **epi)
+                launches = [("fused", kernels.MONARCH_CONV2, dict(N1=plan.n1, N2=plan.n2, W=plan.n2, **fused)),
+                            ("fused frames", kernels.MONARCH_CONV2,
+                             dict(N1=plan.n1, N2=plan.n2, W=plan.n2, **{**fused, "HALF_IN": False, "HALF_OUT": False,
+                                                                         "FRAMES": True}))]
+                for n1, n2 in sparse_factors(n):  # frequency-sparse: 16 kept columns, every factorization
+                    if n2 > 16:
+                        h = half and n1 // 2 >= 16
+                        launches.append((f"fused sparse {n1}x{n2} W=16", kernels.MONARCH_CONV2,
+                                         dict(N1=n1, N2=n2, W=16, **{**fused, "HALF_IN": h, "HALF_OUT": h})))
             for name, builds, consts in launches:
                 fn = builds[False]
                 key = (name, dot, tuple(sorted(consts.items())))
@@ -252,6 +327,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timing repetitions on CPU (CUDA uses do_bench)")
     ap.add_argument("--compile-report", action="store_true",
                     help="no timing: compile every plan's kernels for sm90 (no GPU needed) and write their resources")
+    ap.add_argument("--policy-L", type=int, nargs="*",
+                    help="signal lengths L of the policy section (n = 2L; default 4096 16384 131072, or 512 dry; "
+                         "none: skip the section)")
+    ap.add_argument("--taps", type=int, default=None, help="PartialKernel taps (default 1024, or 32 dry)")
     a = ap.parse_args(argv)
 
     if a.compile_report:
@@ -294,13 +373,28 @@ def main(argv=None) -> int:
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
 
+    policy_L = a.policy_L if a.policy_L is not None else (DRY_POLICY_L if a.dry_run else POLICY_L)
+    taps = a.taps or (32 if a.dry_run else 1024)
+    pB, pH, pdtype = (1, 2, "fp32") if a.dry_run else (1, 64, "fp16")
+    result["policy_rows"] = []
+    for L in policy_L:
+        try:
+            rows = policy_rows(L, a.B or pB, a.H or pH, taps, pdtype, device, a.reps)
+        except torch.cuda.OutOfMemoryError as e:  # noqa: PERF203
+            rows = [{"L": L, "n": 2 * L, "error": f"OOM: {e}"[:200]}]
+            torch.cuda.empty_cache()
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        result["policy_rows"] += rows
+
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"gpu-{name}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json, .md, .png")
-    ok = all(r.get("error") is None and math.isfinite(r.get("max_rel_err", 0.0)) for r in result["rows"])
+    ok = all(r.get("error") is None and math.isfinite(r.get("max_rel_err", 0.0))
+             for r in result["rows"] + result["policy_rows"])
     return 0 if ok else 1
 
 

@@ -23,7 +23,8 @@ def _run(*args, tmp_path):
 
 
 def test_dry_run_writes_json_table_and_plot(tmp_path):
-    r = _run("--dry-run", "--sizes", "256", "512", "--reps", "1", "--out", str(tmp_path), tmp_path=tmp_path)
+    r = _run("--dry-run", "--sizes", "256", "512", "--reps", "1", "--policy-L", "512", "--out", str(tmp_path),
+             tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "gpu-dry-run-cpu.json").read_text())
     assert {"device", "torch", "triton", "rows"} <= set(result)
@@ -32,8 +33,18 @@ def test_dry_run_writes_json_table_and_plot(tmp_path):
         assert ROW_KEYS <= set(row), row
         assert row["triton_launches"] >= 1 and row["fallbacks"] == 0, row  # the op ran the Triton kernel
         assert row["max_rel_err"] < 1e-2 and row["speedup"] > 0
+    # the policy section: dense, keep=1/4, keep=1/8, K=32 taps, each on Triton and torch.fft
+    policy = result["policy_rows"]
+    assert [(r["policy"], r["impl"]) for r in policy[::2]] == [
+        ("dense", "triton"), ("freq keep=0.25", "triton"), ("freq keep=0.125", "triton"), ("partial K=32", "triton")]
+    for row in policy:
+        assert row["max_rel_err"] < 1e-5 and row["vs_dense_triton"] > 0 and row["vs_dense_cufft"] > 0, row
+    assert all(r["fallbacks"] == 0 and r["triton_launches"] == 1 for r in policy[::2])
+    assert "16 of 32 columns" in policy[2]["plan"] and "overlap-save" in policy[6]["plan"]
     table = (tmp_path / "gpu-dry-run-cpu.md").read_text()
-    assert "| n | B | H | dtype | gated |" in table and table.count("\n| 512 |") == 2
+    assert "| 512 | 1024 | 1 | 2 | fp32 | partial K=32 | triton |" in table
+    main = table.split("Policies")[0]
+    assert "| n | B | H | dtype | gated |" in main and main.count("\n| 512 |") == 2
     assert (tmp_path / "gpu-dry-run-cpu.png").stat().st_size > 0
 
 

@@ -51,14 +51,22 @@ EPI = dict(HAS_PRE=True, HAS_D=True, HAS_POST=True)
 @pytest.mark.parametrize(
     "name,dtype,compute,consts",
     [
-        ("conv2", "fp16", "fp32", dict(N1=32, N2=32, HALF_IN=True, HALF_OUT=True, PREC="ieee", **EPI)),
-        ("conv2", "bf16", "fp32", dict(N1=32, N2=16, HALF_IN=True, HALF_OUT=False, PREC="ieee", **EPI)),
-        ("conv2", "fp32", "fp32", dict(N1=16, N2=16, HALF_IN=False, HALF_OUT=False, PREC="tf32x3", **EPI)),
-        ("conv2", "fp16", "fp32", dict(N1=64, N2=32, HALF_IN=True, HALF_OUT=True, PREC="ieee", **EPI)),
-        ("conv2", "fp64", "fp64", dict(N1=32, N2=32, HALF_IN=False, HALF_OUT=True, PREC="ieee", **EPI)),
+        ("conv2", "fp16", "fp32", dict(N1=32, N2=32, W=32, HALF_IN=True, HALF_OUT=True, FRAMES=False, PREC="ieee", **EPI)),
+        ("conv2", "bf16", "fp32", dict(N1=32, N2=16, W=16, HALF_IN=True, HALF_OUT=False, FRAMES=False, PREC="ieee", **EPI)),
+        ("conv2", "fp32", "fp32", dict(N1=16, N2=16, W=16, HALF_IN=False, HALF_OUT=False, FRAMES=False, PREC="tf32x3", **EPI)),
+        ("conv2", "fp16", "fp32", dict(N1=64, N2=32, W=32, HALF_IN=True, HALF_OUT=True, FRAMES=False, PREC="ieee", **EPI)),
+        ("conv2", "fp64", "fp64", dict(N1=32, N2=32, W=32, HALF_IN=False, HALF_OUT=True, FRAMES=False, PREC="ieee", **EPI)),
+        # frequency-sparse column skipping, on the default and the narrow-column factorizations
+        ("conv2", "fp16", "fp32", dict(N1=32, N2=32, W=16, HALF_IN=True, HALF_OUT=True, FRAMES=False, PREC="ieee", **EPI)),
+        ("conv2", "bf16", "fp32", dict(N1=16, N2=128, W=16, HALF_IN=False, HALF_OUT=False, FRAMES=False, PREC="ieee", **EPI)),
+        ("conv2", "fp32", "fp32", dict(N1=16, N2=64, W=32, HALF_IN=False, HALF_OUT=False, FRAMES=False, PREC="tf32x3", **EPI)),
+        # overlap-save frames (partial kernels)
+        ("conv2", "fp16", "fp32", dict(N1=64, N2=32, W=32, HALF_IN=False, HALF_OUT=False, FRAMES=True, PREC="ieee", **EPI)),
+        ("conv2", "fp32", "fp32", dict(N1=16, N2=16, W=16, HALF_IN=False, HALF_OUT=False, FRAMES=True, PREC="tf32x3", **EPI)),
         ("outer_fwd", "fp16", "fp32", dict(N0=128, M=1024, BJ=32, KB=16, HALF_IN=True, HAS_PRE=True, PREC="ieee")),
-        ("inner", "bf16", "fp32", dict(NSEQ=32, NTW=32, M1=32, M2=32, PREC="ieee")),
-        ("inner", "fp32", "fp32", dict(NSEQ=64, NTW=64, M1=16, M2=16, PREC="tf32x3")),
+        ("inner", "bf16", "fp32", dict(NSEQ=32, NTW=32, M1=32, M2=32, W=32, PREC="ieee")),
+        ("inner", "fp32", "fp32", dict(NSEQ=64, NTW=64, M1=16, M2=16, W=16, PREC="tf32x3")),
+        ("inner", "fp16", "fp32", dict(NSEQ=32, NTW=32, M1=32, M2=32, W=16, PREC="ieee")),  # sparse: half the columns
         ("mid", "fp16", "fp32", dict(N0A=64, N0B=64, M=1024, BJ=32, KB=16, INVERSE=False, PREC="ieee")),
         ("mid", "fp32", "fp32", dict(N0A=32, N0B=16, M=1024, BJ=32, KB=16, INVERSE=True, PREC="tf32x3")),
         ("outer_inv", "fp16", "fp32", dict(N0=32, M=1024, BJ=32, KB=16, HALF_OUT=True, PREC="ieee", **EPI)),
@@ -75,5 +83,5 @@ def test_kernels_compile_for_sm90(name, dtype, compute, consts):
 
 
 def test_fused_kernel_compiles_for_sm80():
-    _compile(kernels.MONARCH_CONV2[False], dict(N1=32, N2=32, HALF_IN=True, HALF_OUT=True, PREC="ieee", **EPI),
-             "bf16", arch=80)
+    _compile(kernels.MONARCH_CONV2[False], dict(N1=32, N2=32, W=32, HALF_IN=True, HALF_OUT=True, FRAMES=False,
+                                                PREC="ieee", **EPI), "bf16", arch=80)

@@ -13,11 +13,11 @@ import torch
 
 pytest.importorskip("triton")
 
-import convfuse.ops  # noqa: F401,E402  (registers torch.ops.convfuse.fft_conv)
 from convfuse.backends import triton_monarch as tm  # noqa: E402
 from convfuse.backends.dispatch import choose_kernel  # noqa: E402
 from convfuse.backends.reference import fft_conv_reference  # noqa: E402
 from convfuse.backends.triton_monarch import plan as plan_mod  # noqa: E402
+from convfuse.ops import fft_conv  # noqa: E402
 from convfuse.spec import ConvParams  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -160,11 +160,13 @@ def test_out_of_resources_falls_back_and_is_remembered(monkeypatch):
 
 
 def test_correlation_reading_negative_lags_is_not_padded():
-    # at n=600 lags -1..-K+1 sit at 600-K+1..599: a padded size would move them, so no padding
+    # at n=600 lags -1..-K+1 sit at 600-K+1..599: a padded size would move them, so no padding;
+    # the call is still linear, and overlap-save reads those lags as a segment of its own
     assert plan_mod.padded_size(600, 100, 50, 560, 40, conj_kernel=True) is None
     assert plan_mod.padded_size(600, 100, 50, 0, 100, conj_kernel=True) == 256
     assert plan_mod.padded_size(600, 100, 50, 560, 40, conj_kernel=False) == 1024
-    _check((2, 100), (2, 50), ConvParams(600, 560, 40, conj_kernel=True), torch.float32, expect_plan=False)
+    r = _check((2, 100), (2, 50), ConvParams(600, 560, 40, conj_kernel=True), torch.float32)
+    assert r.frames is not None and r.frames.segments == ((-40, 0, 0),)
     _check((2, 100), (2, 50), ConvParams(512, 470, 42, conj_kernel=True), torch.float32)
 
 
@@ -260,8 +262,8 @@ def test_dispatch_picks_triton():
 
 
 def _op(u, k, D, pre, post, p, kernel):
-    return torch.ops.convfuse.fft_conv(u, k, D, pre, post, p.n, p.start, p.length, p.scale, p.n_power,
-                                       p.conj_kernel, p.out_dtype or u.dtype, kernel)
+    return fft_conv(u, k, D, pre, post, p.n, p.start, p.length, p.scale, p.n_power, p.conj_kernel,
+                    p.out_dtype or u.dtype, kernel)
 
 
 @pytest.mark.parametrize(

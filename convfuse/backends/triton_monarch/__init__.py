@@ -5,15 +5,18 @@ CUDA tensors, and on CPU tensors only under ``TRITON_INTERPRET=1`` (for tests). 
 Monarch plan run the reference; ``plan_for(n, dtype, device)`` says which plan a size gets or why
 none, and ``explain(u, k, D, pre_gate, post_gate, p)`` what one call runs.
 
-Modules: ``plan`` (factorizations, DFT/twiddle matrices, kernel spectra, padding rules),
-``kernels`` (the fused kernel, n <= 2048) and ``kernels_outer`` (outer/middle passes through GPU
-memory, n = 4K..4M), both imported on first launch and built twice (compiled and interpreted),
-``launch`` (offsets, row pairs, launches, fallback), ``measured`` (a cached per-shape
-Triton-vs-cuFFT choice for CUDA, ``AUTO_IMPLEMENTATION``).
+Modules: ``plan`` (factorizations, DFT/twiddle matrices, kernel spectra, padding rules, the
+spectrum columns a frequency-sparse kernel keeps), ``kernels`` (the fused kernel, n <= 2048, also
+running overlap-save frames) and ``kernels_outer`` (outer/middle passes through GPU memory,
+n = 4K..4M), both imported on first launch and built twice (compiled and interpreted) over the
+device functions of ``kernels_common``, ``blocks`` (overlap-save for short kernels and the
+roofline model that picks it), ``launch`` (offsets, row pairs, launches, fallback), ``measured``
+(a cached per-shape Triton-vs-cuFFT choice for CUDA, ``AUTO_IMPLEMENTATION``).
 
-Status: correct under the Triton interpreter (tests/backends/test_triton_monarch.py) and compiled
-for sm80/sm90 without a GPU (tests/backends/test_triton_compile.py, bench/results/
-triton-sm90-resources.md); GPU speed is unmeasured (no GPU was available when it was written).
+Status: correct under the Triton interpreter (tests/backends/test_triton_monarch.py,
+test_triton_policies.py) and compiled for sm80/sm90 without a GPU (tests/backends/
+test_triton_compile.py, ``python bench/gpu.py --compile-report``); GPU speed is unmeasured (no GPU
+was available when it was written), including what the policies' skipped work saves.
 """
 
 from __future__ import annotations

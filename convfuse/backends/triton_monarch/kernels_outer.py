@@ -13,7 +13,9 @@ Sizes beyond 128K add a middle level, n = N0A * N0B * m (``_mid``: complex DFT m
 on-the-fly twiddles, forward and inverse), so five launches in all.
 
 Both twiddles live in the inner kernel, so the outer passes are plain DFT matmuls, looped over
-K chunks of KB (N0 up to 128 does not fit one dot's registers).  Causal padding: the forward
+K chunks of KB (N0 up to 128 does not fit one dot's registers).  A frequency-sparse kernel
+spectrum skips inner stage-2 columns exactly as the fused kernel does (W < M2): inner column k2
+holds frequencies [k2 * n/M2, (k2+1) * n/M2) for every sequence.  Causal padding: the forward
 pass reads only rows j0 < N0/2 when the input is in the first half, and the inverse computes only
 rows j0 < N0/2 when the window is (both need N0/2 >= 16 for tl.dot).
 """
@@ -21,8 +23,10 @@ rows j0 < N0/2 when the window is (both need N0/2 >= 16 for tl.dot).
 from __future__ import annotations
 
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
-from triton.runtime.jit import JITFunction
+
+from convfuse.backends.triton_monarch.kernels_common import (
+    _cdot, _cmul, _epilogue, _first_stage, _pair, _spectral_middle, _twiddle, builds,
+)
 
 
 def _outer_fwd(
@@ -36,10 +40,8 @@ def _outer_fwd(
 ):
     KIN: tl.constexpr = N0 // 2 if HALF_IN else N0  # rows j0 that can be nonzero
     pid = tl.program_id(0).to(tl.int64)
-    ra = tl.load(pair_ptr + 2 * pid).to(tl.int64)
-    rb_raw = tl.load(pair_ptr + 2 * pid + 1).to(tl.int64)
-    rb = tl.maximum(rb_raw, 0)
-    Lub = tl.where(rb_raw >= 0, Lu, 0)  # row b absent: every load of it masked
+    ra, rb, has_b = _pair(pair_ptr)
+    Lub = tl.where(has_b, Lu, 0)  # row b absent: every load of it masked
     jb = tl.program_id(1) * BJ
     CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
@@ -65,13 +67,12 @@ def _outer_fwd(
         if HAS_PRE:
             xa = xa * tl.load(pa + j * pre_s, mask=jm, other=0.0).to(CT)
             xb = xb * tl.load(pb + j * pre_s, mask=jmb, other=0.0).to(CT)
-        xad = xa.to(DT)
-        xbd = xb.to(DT)
         f_idx = a0[:, None] * N0 + (c + kb)[None, :]
         fr = tl.load(f0_ptr + f_idx)
         fi = tl.load(f0_ptr + N0 * N0 + f_idx)
-        acc_r += (tl.dot(fr, xad, input_precision=PREC) - tl.dot(fi, xbd, input_precision=PREC)).to(CT)
-        acc_i += (tl.dot(fr, xbd, input_precision=PREC) + tl.dot(fi, xad, input_precision=PREC)).to(CT)
+        pr, pi = _cdot(fr, fi, xa.to(DT), xb.to(DT), False, False, PREC)
+        acc_r += pr.to(CT)
+        acc_i += pi.to(CT)
     z_idx = pid * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
     # forward stages divide by their radix (exact), keeping half-precision dot operands in range (kernels.py)
     tl.store(z_ptr + z_idx, acc_r * (1.0 / N0))
@@ -81,12 +82,13 @@ def _outer_fwd(
 def _inner(
     z_ptr,  # (pairs, 2, NSEQ, M1*M2), read and written in place
     pair_ptr,  # (pairs, 2) int64: buffer row p holds rows (a, b), which share row a's spectrum
-    k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, NSEQ, M1, M2) in Monarch order
+    k_ptr, k_off_ptr,  # spectrum planes (rows_k, 2, NSEQ, M1, W) in Monarch order, kept columns only
     f1_ptr, f2_ptr, tw_ptr,  # inner plan: (2, M1, M1), (2, M2, M2), (2, M1, M2)
     otw_ptr,  # twiddles of the enclosing level (2, NTW, M): W_(NTW*M)^(j' k0), k0 = sequence % NTW
+    col0,  # first kept spectrum column (W < M2: frequency-sparse kernel), else 0
     NSEQ: tl.constexpr,  # length-M sequences per row: N0 (one outer level) or N0a*N0b (two)
     NTW: tl.constexpr,  # radix of the level right above: N0 or N0b
-    M1: tl.constexpr, M2: tl.constexpr, PREC: tl.constexpr,
+    M1: tl.constexpr, M2: tl.constexpr, W: tl.constexpr, PREC: tl.constexpr,
 ):
     M: tl.constexpr = M1 * M2
     N0: tl.constexpr = NSEQ  # plane size below is NSEQ * M = n
@@ -106,60 +108,25 @@ def _inner(
     # z * W_n^(j' k0)
     otr = tl.load(otw_ptr + k0 * M + tile)
     oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
-    zr = tl.load(zr_ptr + tile)
-    zi = tl.load(zi_ptr + tile)
-    zr, zi = zr * otr - zi * oti, zr * oti + zi * otr
+    zr, zi = _cmul(tl.load(zr_ptr + tile), tl.load(zi_ptr + tile), otr, oti, False)
 
-    # stage 1, complex input: B = F1 @ Z   (M1, M1) @ (M1, M2): 4 dots
-    f1_idx = a1[:, None] * M1 + a1[None, :]
-    f1r = tl.load(f1_ptr + f1_idx)
-    f1i = tl.load(f1_ptr + M1 * M1 + f1_idx)
-    zrd = zr.to(DT)
-    zid = zi.to(DT)
-    br = (tl.dot(f1r, zrd, input_precision=PREC) - tl.dot(f1i, zid, input_precision=PREC)).to(CT) * (1.0 / M1)
-    bi = (tl.dot(f1r, zid, input_precision=PREC) + tl.dot(f1i, zrd, input_precision=PREC)).to(CT) * (1.0 / M1)
-    twr = tl.load(tw_ptr + tile)
-    twi = tl.load(tw_ptr + M + tile)
-    br, bi = br * twr - bi * twi, br * twi + bi * twr
+    # stage 1, complex input, and twiddle: B = (F1 @ Z) * TW   (M1, M1) @ (M1, M2): 4 dots
+    br, bi = _first_stage(f1_ptr, tw_ptr, zr, zi, M1, M1, M2, PREC)
 
-    # stage 2: C = B @ F2   (M1, M2) @ (M2, M2)
-    f2_idx = a2[:, None] * M2 + a2[None, :]
-    f2r = tl.load(f2_ptr + f2_idx)
-    f2i = tl.load(f2_ptr + M2 * M2 + f2_idx)
-    brd = br.to(DT)
-    bid = bi.to(DT)
-    cr = (tl.dot(brd, f2r, input_precision=PREC) - tl.dot(bid, f2i, input_precision=PREC)).to(CT) * (1.0 / M2)
-    ci = (tl.dot(brd, f2i, input_precision=PREC) + tl.dot(bid, f2r, input_precision=PREC)).to(CT) * (1.0 / M2)
-
-    # kernel spectrum for this k0 (scale folded in; the forward stages already divided by n)
-    k_base = k_ptr + tl.load(k_off_ptr + ra) + seq * M
-    kr = tl.load(k_base + tile)
-    ki = tl.load(k_base + N0 * M + tile)
-    cr, ci = cr * kr - ci * ki, cr * ki + ci * kr
-
-    # inverse stage 2: D = C @ conj(F2)
-    crd = cr.to(DT)
-    cid = ci.to(DT)
-    dr = (tl.dot(crd, f2r, input_precision=PREC) + tl.dot(cid, f2i, input_precision=PREC)).to(CT)
-    di = (tl.dot(cid, f2r, input_precision=PREC) - tl.dot(crd, f2i, input_precision=PREC)).to(CT)
-    # constants are re-loaded (L1/L2 hits) rather than kept live across the spectrum product:
-    # with fp32 (tf32x3) dots, keeping them spilled registers to the stack on sm90
-    twr = tl.load(tw_ptr + tile)
-    twi = tl.load(tw_ptr + M + tile)
-    dr, di = dr * twr + di * twi, di * twr - dr * twi
+    # stage 2, kernel spectrum for this k0 (scale folded in; the forward stages already divided
+    # by n), inverse stage 2: (M1, M2) -> (M1, W) -> (M1, M2)
+    k_base = k_ptr + tl.load(k_off_ptr + ra) + seq * (M1 * W)
+    dr, di = _spectral_middle(br, bi, f2_ptr, k_base, col0, M1, M2, W, N0 * M1 * W, PREC)
+    dr, di = _twiddle(tw_ptr, dr, di, M1, M2, True)
 
     # inverse stage 1, complex output: E = conj(F1) @ D
-    drd = dr.to(DT)
-    did = di.to(DT)
-    f1r = tl.load(f1_ptr + f1_idx)
-    f1i = tl.load(f1_ptr + M1 * M1 + f1_idx)
-    er = (tl.dot(f1r, drd, input_precision=PREC) + tl.dot(f1i, did, input_precision=PREC)).to(CT)
-    ei = (tl.dot(f1r, did, input_precision=PREC) - tl.dot(f1i, drd, input_precision=PREC)).to(CT)
+    f1_idx = a1[:, None] * M1 + a1[None, :]
+    er, ei = _cdot(tl.load(f1_ptr + f1_idx), tl.load(f1_ptr + M1 * M1 + f1_idx), dr.to(DT), di.to(DT), True, False, PREC)
 
     # * W_n^(-j' k0), back to the buffer
     otr = tl.load(otw_ptr + k0 * M + tile)
     oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
-    er, ei = er * otr + ei * oti, ei * otr - er * oti
+    er, ei = _cmul(er.to(CT), ei.to(CT), otr, oti, True)
     tl.store(zr_ptr + tile, er)
     tl.store(zi_ptr + tile, ei)
 
@@ -178,10 +145,8 @@ def _outer_inv(
     NN: tl.constexpr = N0 * M
     ROUT: tl.constexpr = N0 // 2 if HALF_OUT else N0  # rows j0 the window can read
     pid = tl.program_id(0).to(tl.int64)
-    ra = tl.load(pair_ptr + 2 * pid).to(tl.int64)
-    rb_raw = tl.load(pair_ptr + 2 * pid + 1).to(tl.int64)
-    nrows = tl.where(rb_raw >= 0, 2, 1)
-    rb = tl.maximum(rb_raw, 0)
+    ra, rb, has_b = _pair(pair_ptr)
+    nrows = tl.where(has_b, 2, 1)
     jb = tl.program_id(1) * BJ
     CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
@@ -198,8 +163,9 @@ def _outer_inv(
         f_idx = rout[:, None] * N0 + (c + kb)[None, :]
         fr = tl.load(f0_ptr + f_idx)
         fi = tl.load(f0_ptr + N0 * N0 + f_idx)
-        acc_r += (tl.dot(fr, zr, input_precision=PREC) + tl.dot(fi, zi, input_precision=PREC)).to(CT)
-        acc_i += (tl.dot(fr, zi, input_precision=PREC) - tl.dot(fi, zr, input_precision=PREC)).to(CT)
+        pr, pi = _cdot(fr, fi, zr, zi, True, False, PREC)
+        acc_r += pr.to(CT)
+        acc_i += pi.to(CT)
 
     # window + epilogue on (ROUT, BJ, 2), as in the fused kernel
     y = tl.join(acc_r, acc_i)
@@ -207,16 +173,8 @@ def _outer_inv(
     jo = rout[:, None, None] * M + cols[None, :, None]
     t = (jo + (NN - start)) % NN
     tm = (t < length) & (sel < nrows)
-    rows = tl.where(sel == 0, ra, rb)
-    if HAS_D:
-        sm = tm & (t < Lskip)
-        ue = tl.load(u_ptr + tl.load(u_off_ptr + rows) + t * u_s, mask=sm, other=0.0).to(CT)
-        if HAS_PRE:
-            ue = ue * tl.load(pre_ptr + tl.load(pre_off_ptr + rows) + t * pre_s, mask=sm, other=0.0).to(CT)
-        y = y + ue * tl.load(d_ptr + tl.load(d_off_ptr + rows) + t * d_s, mask=tm, other=0.0).to(CT)
-    if HAS_POST:
-        y = y * tl.load(post_ptr + tl.load(post_off_ptr + rows) + t * post_s, mask=tm, other=0.0).to(CT)
-    tl.store(out_ptr + rows * length + t, y.to(out_ptr.dtype.element_ty), mask=tm)
+    _epilogue(y, t, tm, tl.where(sel == 0, ra, rb), u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,
+              d_ptr, d_off_ptr, d_s, post_ptr, post_off_ptr, post_s, out_ptr, length, Lskip, HAS_PRE, HAS_D, HAS_POST)
 
 
 def _mid(
@@ -249,35 +207,26 @@ def _mid(
         zi = tl.load(base + NN + jj)
         if not INVERSE:
             ang = (jj * k0a).to(CT) * (-6.283185307179586 / NN)
-            wr = tl.cos(ang)
-            wi = tl.sin(ang)
-            zr, zi = zr * wr - zi * wi, zr * wi + zi * wr
-        zrd = zr.to(DT)
-        zid = zi.to(DT)
+            zr, zi = _cmul(zr, zi, tl.cos(ang), tl.sin(ang), False)
         f_idx = ab[:, None] * N0B + (c + kb)[None, :]
         fr = tl.load(f_ptr + f_idx)
         fi = tl.load(f_ptr + N0B * N0B + f_idx)
-        if INVERSE:  # conj(F) @ Z
-            acc_r += (tl.dot(fr, zrd, input_precision=PREC) + tl.dot(fi, zid, input_precision=PREC)).to(CT)
-            acc_i += (tl.dot(fr, zid, input_precision=PREC) - tl.dot(fi, zrd, input_precision=PREC)).to(CT)
-        else:  # F @ Z
-            acc_r += (tl.dot(fr, zrd, input_precision=PREC) - tl.dot(fi, zid, input_precision=PREC)).to(CT)
-            acc_i += (tl.dot(fr, zid, input_precision=PREC) + tl.dot(fi, zrd, input_precision=PREC)).to(CT)
+        pr, pi = _cdot(fr, fi, zr.to(DT), zi.to(DT), INVERSE, False, PREC)  # conj(F) @ Z when inverse
+        acc_r += pr.to(CT)
+        acc_i += pi.to(CT)
     jo = ab[:, None] * M + cols[None, :]  # (N0B, BJ) output positions
     if not INVERSE:  # forward stages divide by their radix (kernels.py)
         acc_r = acc_r * (1.0 / N0B)
         acc_i = acc_i * (1.0 / N0B)
     if INVERSE:
         ang = (jo * k0a).to(CT) * (6.283185307179586 / NN)
-        wr = tl.cos(ang)
-        wi = tl.sin(ang)
-        acc_r, acc_i = acc_r * wr - acc_i * wi, acc_r * wi + acc_i * wr
+        acc_r, acc_i = _cmul(acc_r, acc_i, tl.cos(ang), tl.sin(ang), False)
     tl.store(base + jo, acc_r)
     tl.store(base + NN + jo, acc_i)
 
 
-# compiled (CUDA) and interpreted (CPU, TRITON_INTERPRET=1) builds; see kernels.py
-OUTER_FWD = {False: JITFunction(_outer_fwd), True: InterpretedFunction(_outer_fwd)}
-INNER = {False: JITFunction(_inner), True: InterpretedFunction(_inner)}
-MID = {False: JITFunction(_mid), True: InterpretedFunction(_mid)}
-OUTER_INV = {False: JITFunction(_outer_inv), True: InterpretedFunction(_outer_inv)}
+# compiled (CUDA) and interpreted (CPU, TRITON_INTERPRET=1) builds; see kernels_common.py
+OUTER_FWD = builds(_outer_fwd)
+INNER = builds(_inner)
+MID = builds(_mid)
+OUTER_INV = builds(_outer_inv)

@@ -1,12 +1,13 @@
 """Launcher: from the operator's arguments to the Triton launches, or a stated fallback.
 
-``run`` resolves a ``CallPlan`` (size, padding, causal skips), computes the kernel spectrum in
-Monarch order (cached for constant kernels only on request, see plan.py), builds per-row element
-offsets for every operand so broadcast batch dimensions need no copies, pairs rows that share a
-kernel (one complex transform computes both), and launches either the fused kernel (n <= 2048,
-one program per pair) or the outer passes through GPU memory (n = 4K..4M: 3 or 5 launches).
-Calls with no plan run the reference implementation; the reason is counted in ``FALLBACKS`` and
-returned by ``explain``.
+``run`` resolves a ``CallPlan`` (size, padding, causal skips, the spectrum columns of a
+frequency-sparse kernel, or overlap-save frames for a short kernel: blocks.py), computes the
+kernel spectrum in Monarch order (cached for constant kernels only on request, see plan.py),
+builds per-row element offsets for every operand so broadcast batch dimensions need no copies,
+pairs rows that share a kernel (one complex transform computes both), and launches either the
+fused kernel (n <= 2048, one program per pair of rows or of frames) or the outer passes through
+GPU memory (n = 4K..4M: 3 or 5 launches).  Calls with no plan run the reference implementation;
+the reason is counted in ``FALLBACKS`` and returned by ``explain``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from convfuse.backends.common import compute_dtype, output_shape
 from convfuse.backends.reference import fft_conv_reference
+from convfuse.backends.triton_monarch import blocks
 from convfuse.backends.triton_monarch.plan import (
     OUTER_BJ, OUTER_KB, CallPlan, OuterPlan, call_plan, dot_dtype_for, kernel_spectrum,
 )
@@ -78,11 +80,16 @@ def _spectrum_rows(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple
 
 @functools.lru_cache(maxsize=256)
 def _pairs(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
-           device: torch.device) -> Tensor:
+           device: torch.device, frames: int = 1) -> Tensor:
     """(pairs, 2) int64: consecutive rows of the spectrum order that share a spectrum, b = -1 for none.
 
-    Two rows with the same real kernel go through one complex transform (kernels.py)."""
+    Two rows with the same real kernel go through one complex transform (kernels.py).  With
+    ``frames`` > 1 the rows are frames, row * frames + f (overlap-save): a row's frames pair up
+    with each other first."""
     k_off, order = _spectrum_rows(batch, shape, stride, device)
+    if frames > 1:
+        k_off = k_off.repeat_interleave(frames)
+        order = torch.argsort(k_off, stable=True)
     ks = k_off[order]
     R = ks.numel()
     idx = torch.arange(R, device=ks.device)
@@ -111,14 +118,18 @@ def _rows(t: Tensor, batch: tuple[int, ...]) -> tuple[Tensor, int]:
 
 def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> CallPlan | str:
     """The plan this call would run with, or why it falls back to the reference."""
-    if p.sparse_spectrum:
-        return f"a sparse kernel spectrum ({p.kept_bins} of {p.n // 2 + 1} bins) is not in the Triton plans"
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
     Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
     dot = dot_dtype_for(dtype, u.dtype, p.out_dtype or dtype)
     if dot == torch.bfloat16 and (u.device.type == "cpu" or _interpret_enabled()):
         dot = torch.float32  # the interpreter's bf16 tl.dot is wrong (errors ~1e9 measured): fp32 dots there
-    return call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device)
+    bins = p.kept_bins if p.sparse_spectrum else 0
+    full = call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device, bins)
+    if bins:
+        return full  # the masked kernel is dense in time: no overlap-save
+    out_size = torch.empty((), dtype=p.out_dtype or dtype).element_size()
+    return blocks.choose(full, p.n, min(Lue, p.n), min(k.shape[-1], p.n), p.start, p.length, p.conj_kernel,
+                         dtype, dot, u.device, u.element_size(), out_size)
 
 
 def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = None) -> str:
@@ -126,11 +137,31 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
     if isinstance(r, str):
         return f"reference fallback: {r}"
     pl = r.plan
+    head = f"triton monarch n={r.m} = {'x'.join(map(str, pl.radices))}"
+    dots = f", dots in {str(pl.dot_dtype).removeprefix('torch.')}"
+    if r.frames is not None:
+        return f"{head} for n={p.n}, {blocks.describe(r)}" + dots
     skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
-    return (f"triton monarch n={r.m} = {'x'.join(map(str, pl.radices))}"
-            + (f" (outer radix-{pl.n0}{f' and middle radix-{pl.n0b}' if pl.n0b > 1 else ''} passes through GPU memory)"
-               if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
-            + f", dots in {str(pl.dot_dtype).removeprefix('torch.')}" + (f", skips {' and '.join(skips)}" if skips else ""))
+    return (head + (f" (outer radix-{pl.n0}{f' and middle radix-{pl.n0b}' if pl.n0b > 1 else ''} passes through GPU memory)"
+                    if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
+            + dots + (f", skips {' and '.join(skips)}" if skips else "") + _explain_sparse(r, p))
+
+
+def _explain_sparse(r: CallPlan, p: ConvParams) -> str:
+    if not r.bins:
+        return ""
+    ncols = r.plan.radices[-1]
+    where = "inner " if isinstance(r.plan, OuterPlan) else ""
+    said = f"; sparse spectrum: {r.bins} of {p.n // 2 + 1} bins kept, the rest masked to zero"
+    if r.cols:
+        said += (f"; {where}stage 2 and inverse stage 2 compute {r.cols} of {ncols} columns "
+                 f"(from column {r.col0}, cyclic), the kernel spectrum is stored for those only")
+    else:
+        said += (f"; no column skipped: the kept bins reach {ncols} of {ncols} {where}stage-2 columns"
+                 + (" (one 16-wide dot block)" if ncols == 16 else ""))
+    if isinstance(r.plan, OuterPlan):
+        said += "; the outer passes carry every frequency and are not skipped"
+    return said
 
 
 _REFUSED: dict[tuple, str] = {}  # (n, dot dtype, device) -> why the compiled kernels could not launch
@@ -172,11 +203,12 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
         raise ValueError(f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
                          f"to equal the input length ({Lue})")
 
-    u, pre_gate, D, post_gate = (_int32_axis(t, r.m) for t in (u, pre_gate, D, post_gate))
-    spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices)
-    # spectrum rows: (*k batch, 2, *radices) viewed as (*k batch, 2m); offsets and row pairs per output row
+    u, pre_gate, D, post_gate = (_int32_axis(t, max(r.m, p.n)) for t in (u, pre_gate, D, post_gate))
+    spec = kernel_spectrum(k, p.n, r.m, p.conj_kernel, p.total_scale, dtype, plan.radices, r.bins, r.col0, r.cols)
+    # spectrum rows: (*k batch, 2, *radices[:-1], W) viewed as (*k batch, 2m W/N2); offsets and row pairs per output row
     d = len(plan.radices)
-    k_rows = (batch, tuple(spec.shape[:-d - 1]) + (2 * r.m,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
+    per_row = spec.shape[-d - 1:].numel()
+    k_rows = (batch, tuple(spec.shape[:-d - 1]) + (per_row,), tuple(spec.stride()[:-d - 1]) + (1,), u.device)
     k_off, _ = _spectrum_rows(*k_rows)
     pairs = _pairs(*k_rows)
     P = pairs.shape[0]
@@ -189,9 +221,9 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
     flags = dict(HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
                  PREC=plan.input_precision, num_warps=NUM_WARPS)
     pre = pre_gate if pre_gate is not None else u
-    LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}"] += 1
+    how = " overlap-save" if r.frames is not None else f" {r.cols} columns" if r.cols else ""
+    LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}{how}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
-
 
     if isinstance(plan, OuterPlan):
         from convfuse.backends.triton_monarch import kernels_outer as ko
@@ -209,8 +241,8 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
         if plan.n0b > 1:
             ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
         ko.INNER[interpret][(P * (r.m // inner.n),)](
-            z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw,
-            NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, PREC=plan.input_precision,
+            z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw, r.col0,
+            NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, W=r.width, PREC=plan.input_precision,
             num_warps=NUM_WARPS)
         if plan.n0b > 1:
             ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
@@ -222,15 +254,17 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
             HAS_D=D is not None, HAS_POST=post_gate is not None, **flags)
         return out
 
-    _kernels().MONARCH_CONV2[interpret][(P,)](
-        pairs, u, u_off, u_s,
-        pre, pre_off, pre_s,
-        spec, k_off,
-        D if D is not None else u, d_off, d_s,
-        post_gate if post_gate is not None else u, post_off, post_s,
-        out,
-        plan.f1, plan.f2, plan.tw,
-        Lu, Lue, p.start, p.length,
-        N1=plan.n1, N2=plan.n2, HALF_IN=r.half_in, HALF_OUT=r.half_out, **flags,
-    )
+    operands = (u, u_off, u_s, pre, pre_off, pre_s, spec, k_off, D if D is not None else u, d_off, d_s,
+                post_gate if post_gate is not None else u, post_off, post_s, out, plan.f1, plan.f2, plan.tw)
+    conv2 = _kernels().MONARCH_CONV2[interpret]
+    shape = dict(N1=plan.n1, N2=plan.n2, W=r.width, HALF_IN=r.half_in, HALF_OUT=r.half_out)
+    if r.frames is None:
+        conv2[(P,)](pairs, *operands, Lu, Lue, p.start, p.length, p.length, r.col0, 1, 0, 0, p.length,
+                    FRAMES=False, **shape, **flags)
+        return out
+    f = r.frames
+    for (a, b, o), nf in zip(f.segments, f.counts()):  # one launch per segment, its frames in place
+        frame_pairs = _pairs(*k_rows, nf)
+        conv2[(frame_pairs.shape[0],)](frame_pairs, *operands, Lu, Lue, f.window, f.block, p.length, 0,
+                                        nf, a, o, o + b - a, FRAMES=True, **shape, **flags)
     return out

@@ -17,6 +17,14 @@ permuted, once, into Monarch order (see ``kernel_spectrum``).
 
 GPU limits asserted here because the interpreter does not enforce them: every
 tl.dot operand dimension must be >= 16, block dimensions are powers of two.
+
+Frequency-sparse kernels (ConvParams.spectrum_bins = M): the kernel spectrum at n keeps one-sided
+bins [0, M), i.e. two-sided frequencies f < M and f > n - M.  Column k2 of the Monarch order holds
+frequencies [k2 * n/N2, (k2 + 1) * n/N2), so the nonzero ones form a cyclic run of columns; the
+kernels compute and contract over W of the N2 columns (a power of two >= 16: ``spectrum_columns``),
+the kernel spectrum is stored for those columns only, and the bins inside them beyond M are zeroed
+(``kernel_spectrum``).  The factorization may change for such calls (``call_plan``): a smaller N1
+means narrower columns, so fewer of them.
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ import os
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from convfuse.backends.triton_monarch.blocks import Frames
 
 RADICES = (16, 32, 64)
 FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
@@ -100,10 +112,12 @@ class MonarchPlan:
             raise ValueError(f"CONVFUSE_TRITON_FP32_DOT={choice!r}: expected one of {', '.join(FP32_DOT_CHOICES)}")
         return choice
 
-    def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
+    def dot_shapes(self, half_in: bool, half_out: bool, cols: int = 0) -> list[tuple[int, int, int]]:
+        """(M, N, K) of every tl.dot; ``cols``: spectrum columns kept (0: all N2)."""
         rows_in = self.n1 // 2 if half_in else self.n1
         rows_out = self.n1 // 2 if half_out else self.n1
-        return [(self.n1, self.n2, rows_in), (self.n1, self.n2, self.n2), (rows_out, self.n2, self.n1)]
+        w = cols or self.n2
+        return [(self.n1, self.n2, rows_in), (self.n1, w, self.n2), (self.n1, self.n2, w), (rows_out, self.n2, self.n1)]
 
     @property
     def radices(self) -> tuple[int, ...]:
@@ -141,11 +155,10 @@ class OuterPlan:
     def can_skip_half(self) -> bool:
         return self.n0 // 2 >= MIN_DOT
 
-    def dot_shapes(self, half_in: bool, half_out: bool) -> list[tuple[int, int, int]]:
+    def dot_shapes(self, half_in: bool, half_out: bool, cols: int = 0) -> list[tuple[int, int, int]]:
         rows_out = self.n0 // 2 if half_out else self.n0
-        i = self.inner
         mid = [(self.n0b, OUTER_BJ, OUTER_KB)] if self.n0b > 1 else []
-        return [(self.n0, OUTER_BJ, OUTER_KB), *mid, (i.n1, i.n2, i.n1), (i.n1, i.n2, i.n2),
+        return [(self.n0, OUTER_BJ, OUTER_KB), *mid, *self.inner.dot_shapes(False, False, cols),
                 (rows_out, OUTER_BJ, OUTER_KB)]
 
     def smem_bytes(self) -> int:
@@ -183,7 +196,9 @@ def dot_dtype_for(compute: torch.dtype, u_dtype: torch.dtype, out_dtype: torch.d
 
 
 @functools.lru_cache(maxsize=64)
-def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device) -> MonarchPlan | OuterPlan | str:
+def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.device,
+                 factors: tuple[int, int] | None = None) -> MonarchPlan | OuterPlan | str:
+    # factors: a fused size's (N1, N2) other than FACTORS[n] (frequency-sparse calls, see call_plan)
     if n not in FACTORS and n not in OUTER:
         return (
             f"n={n} has no Monarch plan (sizes: {', '.join(map(str, PLAN_SIZES))}; other sizes need a mixed "
@@ -205,7 +220,7 @@ def _plan_cached(n: int, compute: torch.dtype, dot: torch.dtype, device: torch.d
         if plan.smem_bytes() > device_smem(device):
             return f"n={n}: kernels need ~{plan.smem_bytes() // 1024} KB of shared memory, device has {device_smem(device) // 1024} KB"
         return plan
-    n1, n2 = FACTORS[n]
+    n1, n2 = factors or FACTORS[n]
     check_dot_shape(n1, n2, n1)
     plan = MonarchPlan(
         n, n1, n2, compute, dot,
@@ -235,6 +250,50 @@ class CallPlan:
     m: int  # the size the kernel runs at (== n, or a padded size when the convolution is linear)
     half_in: bool  # input rows j1 >= N1/2 are all zero: stage 1 runs on N1/2 columns of F1
     half_out: bool  # the window lies in [0, m/2): the last stage computes N1/2 rows only
+    bins: int = 0  # one-sided kernel bins kept (frequency-sparse), 0: all
+    col0: int = 0  # first spectrum column kept (cyclic), see spectrum_columns
+    cols: int = 0  # spectrum columns computed, W; 0: all (the last radix)
+    frames: Frames | None = None  # overlap-save blocks through this plan (blocks.py), else one transform
+
+    @property
+    def width(self) -> int:
+        return self.cols or self.plan.radices[-1]
+
+
+def spectrum_columns(n: int, ncols: int, bins: int) -> tuple[int, int]:
+    """(col0, W): the cyclic run of W of the ``ncols`` last-radix columns that holds every bin a
+    spectrum keeping one-sided bins [0, bins) can have nonzero (W = ncols, col0 = 0: all).
+
+    Column c holds frequencies [c * w, (c + 1) * w), w = n / ncols.  Nonzero: f < bins, in
+    columns [0, ceil(bins / w)), and f > n - bins, in the last ceil((bins - 1) / w) columns.
+    W is a power of two >= 16 (tl.dot), so a run shorter than 16 still computes 16 columns.
+    """
+    if bins <= 0 or bins >= n // 2 + 1:
+        return 0, ncols
+    w = n // ncols
+    low, high = -(-bins // w), -(-(bins - 1) // w)
+    width = max(MIN_DOT, 1 << max(0, (low + high - 1).bit_length()))
+    if width >= ncols:
+        return 0, ncols
+    return (ncols - high) % ncols, width
+
+
+def sparse_factors(n: int) -> list[tuple[int, int]]:
+    """Factorizations a frequency-sparse call may run a fused size at: FACTORS[n] first, then
+    N1 = 32 and 16 (narrower columns), N2 <= 128 (F2's kept columns stay small in registers)."""
+    out = [FACTORS[n]]
+    for n1 in (32, 16):
+        if n % n1 == 0 and MIN_DOT <= n // n1 <= 128 and (n1, n // n1) not in out:
+            out.append((n1, n // n1))
+    return out
+
+
+def dot_work(n: int, n1: int, n2: int, half_in: bool, half_out: bool, cols: int) -> int:
+    """Multiply-adds of one fused transform pair per complex row: 4 real dots per complex matmul,
+    stage 1 over N1 (or N1/2) inputs, stage 2 and inverse stage 2 over W columns, inverse stage 1."""
+    rin = n1 // 2 if half_in else n1
+    rout = n1 // 2 if half_out else n1
+    return 4 * n * (rin + 2 * (cols or n2) + rout)
 
 
 def padded_size(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool) -> int | None:
@@ -257,22 +316,53 @@ def padded_size(n: int, L: int, K: int, start: int, length: int, conj_kernel: bo
 
 
 def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool,
-              compute: torch.dtype, dot: torch.dtype, device: torch.device) -> CallPlan | str:
-    """Pick the size (n itself, or a padded one) and the causal skips for one call, or say why not."""
-    padded = padded_size(n, L, K, start, length, conj_kernel)
+              compute: torch.dtype, dot: torch.dtype, device: torch.device, bins: int = 0) -> CallPlan | str:
+    """Pick the size (n itself, or a padded one), the causal skips and, for a frequency-sparse
+    kernel (``bins`` one-sided bins kept), the spectrum columns for one call, or say why not.
+
+    Sparse calls never pad: the bins are defined at size n, and the kernel they leave is dense
+    in time, so the convolution is not linear at a larger size.
+    """
+    sparse = 0 < bins < n // 2 + 1
+    padded = None if sparse else padded_size(n, L, K, start, length, conj_kernel)
     m = n if padded is None or (padded > n and n in PLAN_SIZES) else padded  # never grow a plan size
     plan = plan_for(m, compute, device, dot)
     if isinstance(plan, str):
-        if padded is None and n not in PLAN_SIZES:
+        if sparse and n not in PLAN_SIZES:
+            plan += f"; a sparse spectrum ({bins} of {n // 2 + 1} bins) is defined at n={n}, so it is not padded"
+        elif padded is None and n not in PLAN_SIZES:
             plan += (f"; the convolution is not linear (L={L}, K={K}, window [{start}, {start + length})"
                      f"{', correlation' if conj_kernel else ''}), so it cannot be padded to a fused size")
         return plan
     Le = min(L, n)
-    half_in = plan.can_skip_half and Le <= m // 2
-    half_out = plan.can_skip_half and start + length <= m // 2
-    for shape in plan.dot_shapes(half_in, half_out):
+    half = lambda p, cond: p.can_skip_half and cond  # noqa: E731
+    if sparse and isinstance(plan, MonarchPlan):
+        best = None  # (dot work, plan, col0, W): the default factorization wins ties
+        for factors in sparse_factors(m):
+            cand = plan if factors == (plan.n1, plan.n2) else plan_for_factors(m, factors, compute, device, dot)
+            if isinstance(cand, str):
+                continue
+            col0, w = spectrum_columns(m, cand.n2, bins)
+            work = dot_work(m, cand.n1, cand.n2, half(cand, Le <= m // 2), half(cand, start + length <= m // 2), w)
+            if best is None or work < best[0]:
+                best = (work, cand, col0, w)
+        _, plan, col0, w = best
+    elif sparse:
+        col0, w = spectrum_columns(m, plan.radices[-1], bins)
+    else:
+        col0, w = 0, plan.radices[-1]
+    half_in, half_out = half(plan, Le <= m // 2), half(plan, start + length <= m // 2)
+    for shape in plan.dot_shapes(half_in, half_out, w):
         check_dot_shape(*shape)
-    return CallPlan(plan, m, half_in, half_out)
+    return CallPlan(plan, m, half_in, half_out, bins if sparse else 0, col0, w if w < plan.radices[-1] else 0)
+
+
+def plan_for_factors(n: int, factors: tuple[int, int], dtype: torch.dtype, device: torch.device,
+                     dot_dtype: torch.dtype) -> MonarchPlan | str:
+    """The fused plan for n with another (N1, N2) than FACTORS[n] (frequency-sparse calls)."""
+    if factors == FACTORS.get(n):
+        return plan_for(n, dtype, device, dot_dtype)
+    return _plan_cached(n, dtype, dot_dtype, torch.device(device), factors)
 
 
 # Kernel spectra: constant kernels (parameters, buffers) can be transformed once and reused until
@@ -300,15 +390,19 @@ _SPECTRA_MAX = 16
 
 
 def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
-                    radices: tuple[int, ...]) -> Tensor:
+                    radices: tuple[int, ...], bins: int = 0, col0: int = 0, cols: int = 0) -> Tensor:
     """(..., 2, *radices) planes of scale * fft(k[..., :n], m) (conjugated for a correlation), Monarch order.
 
     Monarch order for radices (R0, R1, ...): entry [k0, k1, ...] holds frequency
     k0 + R0*(k1 + R1*(...)), i.e. the natural spectrum viewed with the radices reversed and its
     axes reversed ((N2, N1) transposed for a fused plan).  The operator's scale is folded in; the
     inverse transform's 1/m is not: the kernels divide each forward stage by its radix instead.
+    A frequency-sparse kernel (``bins`` > 0, m == n) has the frequencies f with
+    bins <= f <= n - bins zeroed (the one-sided mask, both sides), and only the ``cols`` last-axis
+    columns from ``col0`` (cyclic) are stored: (..., 2, *radices[:-1], cols).
     """
-    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute, radices)
+    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute, radices,
+           bins, col0, cols)
     version = None
     if SPECTRUM_CACHE:
         try:
@@ -323,10 +417,14 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     if conj:
         kf = kf.conj()
     kf = kf * scale  # the inverse transform's 1/m is spent in the forward stages (kernels.py)
+    if 0 < bins and bins <= m - bins:
+        kf[..., bins : m - bins + 1] = 0  # real and even: the same mask as the one-sided reference
     d, nb = len(radices), kf.dim() - 1
     kf = kf.reshape(*kf.shape[:-1], *reversed(radices))
     kf = kf.permute(*range(nb), *range(nb + d - 1, nb - 1, -1))  # [k0, k1, ..] = k0 + R0*(k1 + R1*..)
-    spec = torch.stack([kf.real, kf.imag], dim=-d - 1).contiguous()  # (..., 2, *radices)
+    if cols and cols < radices[-1]:
+        kf = kf.index_select(-1, (col0 + torch.arange(cols, device=kf.device)) % radices[-1])
+    spec = torch.stack([kf.real, kf.imag], dim=-d - 1).contiguous()  # (..., 2, *radices[:-1], cols)
     if version is not None:
         _SPECTRA[key] = (weakref.ref(k), version, spec)
         while len(_SPECTRA) > _SPECTRA_MAX:
