@@ -85,6 +85,27 @@ def is_linear(n: int, L: int, K: int, start: int, length: int) -> bool:
     return n >= L + K - 1 and start + length <= n
 
 
+def linear_segments(n: int, K: int, start: int, length: int, conj: bool) -> tuple[tuple[int, int, int], ...]:
+    """A linear window as ranges of the cross-correlation z[m] = sum_{i<K} x[m + i] w[i].
+
+    Returns (a, b, at) triples: output samples [at, at + b - a) are z[a:b].  With w = flip(k)
+    a convolution's c[q] = z[q - K + 1], one segment; with w = k a correlation's c[q] = z[q]
+    for q < n - K + 1, and beyond that its negative lags wrap around: c[q] = z[q - n], so a
+    window straddling n - K + 1 is two segments.  Valid where ``is_linear`` holds.
+    """
+    end = start + length
+    if not conj:
+        return ((start - K + 1, end - K + 1, 0),)
+    wrap = n - K + 1  # first cyclic index holding a negative lag
+    parts = []
+    if start < wrap:
+        parts.append((start, min(end, wrap), 0))
+    if end > wrap:
+        lo = max(start, wrap)
+        parts.append((lo - n, end - n, lo - start))
+    return tuple(parts)
+
+
 @dataclass
 class ConvSpec:
     """One proven FFT convolution site, in the user's layout (``axis`` negative)."""

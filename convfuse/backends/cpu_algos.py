@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convfuse.backends.common import window
+from convfuse.spec import linear_segments
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,8 @@ def compute_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
         return window(c, plan.start, plan.length)
     if x.shape[-1] > plan.n:
         x = x[..., : plan.n]  # the operator truncates signals longer than n
-    end = plan.start + plan.length
-    if not plan.conj:
-        return _lin_segment(plan, x, prep, plan.start - plan.K + 1, end - plan.K + 1)
-    wrap = plan.n - plan.K + 1  # first cyclic index holding a negative lag
-    parts = []
-    if plan.start < wrap:
-        parts.append(_lin_segment(plan, x, prep, plan.start, min(end, wrap)))
-    if end > wrap:
-        parts.append(_lin_segment(plan, x, prep, max(plan.start, wrap) - plan.n, end - plan.n))
+    parts = [_lin_segment(plan, x, prep, a, b)
+             for a, b, _ in linear_segments(plan.n, plan.K, plan.start, plan.length, plan.conj)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 

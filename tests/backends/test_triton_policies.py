@@ -18,7 +18,7 @@ from convfuse.backends import triton_monarch as tm  # noqa: E402
 from convfuse.backends.reference import fft_conv_reference  # noqa: E402
 from convfuse.backends.triton_monarch import blocks, plan as plan_mod  # noqa: E402
 from convfuse.ops import fft_conv  # noqa: E402  (importing convfuse registers the backend too)
-from convfuse.spec import ConvParams  # noqa: E402
+from convfuse.spec import ConvParams, linear_segments  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -169,10 +169,11 @@ def test_sparse_gradients_through_op(p):
 # ---- PartialKernel: overlap-save frames ---------------------------------------------------------
 
 
-def test_segments_follow_the_cpu_path():
-    assert blocks.segments(2048, 40, 0, 1000, False) == ((-39, 961, 0),)
-    assert blocks.segments(512, 50, 400, 112, True) == ((400, 463, 0), (-49, 0, 63))  # lags >= 0, then < 0
-    assert blocks.segments(600, 50, 560, 40, True) == ((-40, 0, 0),)
+def test_linear_segments():
+    # One definition (convfuse.spec) serves the CPU path's tiles and the Triton frames.
+    assert linear_segments(2048, 40, 0, 1000, False) == ((-39, 961, 0),)
+    assert linear_segments(512, 50, 400, 112, True) == ((400, 463, 0), (-49, 0, 63))  # lags >= 0, then < 0
+    assert linear_segments(600, 50, 560, 40, True) == ((-40, 0, 0),)
 
 
 FRAMES = [

@@ -28,7 +28,7 @@ import torch
 from convfuse.backends.triton_monarch.plan import (
     FUSED_SIZES, CallPlan, MonarchPlan, OuterPlan, dot_work, plan_for,
 )
-from convfuse.spec import is_linear
+from convfuse.spec import is_linear, linear_segments
 
 # Roofline constants: an H100 SXM's datasheet peaks (dense tensor-core rates, HBM3 bandwidth).
 # Not measured: they only rank the two ways of running one call, both on the same GPU.
@@ -48,21 +48,6 @@ class Frames:
     def counts(self) -> tuple[int, ...]:
         """Frames per row, per segment."""
         return tuple(-(-(b - a) // self.block) for a, b, _ in self.segments)
-
-
-def segments(n: int, K: int, start: int, length: int, conj: bool) -> tuple[tuple[int, int, int], ...]:
-    """The z-segments of a linear window, as cpu_algos.compute_tile splits it."""
-    end = start + length
-    if not conj:
-        return ((start - K + 1, end - K + 1, 0),)
-    wrap = n - K + 1  # first cyclic index holding a negative lag
-    parts = []
-    if start < wrap:
-        parts.append((start, min(end, wrap), 0))
-    if end > wrap:
-        lo = max(start, wrap)
-        parts.append((lo - n, end - n, lo - start))
-    return tuple(parts)
 
 
 def launch_seconds(r: CallPlan, Lu: int, length: int, in_bytes: int, out_bytes: int) -> float:
@@ -102,7 +87,7 @@ def choose(full: CallPlan | str, n: int, Lu: int, K: int, start: int, length: in
     limit = full.m if isinstance(full, CallPlan) else None
     best, best_s = full, (launch_seconds(full, Lu, length, in_bytes, out_bytes)
                           if isinstance(full, CallPlan) else float("inf"))
-    segs = segments(n, K, start, length, conj)
+    segs = linear_segments(n, K, start, length, conj)
     for N in FUSED_SIZES:
         if N < 2 * K or (limit is not None and N >= limit):
             continue
