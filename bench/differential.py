@@ -3,6 +3,7 @@
     python bench/differential.py                 # 10,000 programs, the families the matcher supports
     python bench/differential.py -n 500 --seed 7 # fewer, another stream
     python bench/differential.py --all           # also the families it does not support yet (programs.PENDING)
+    python bench/differential.py --family rfft2 -n 300  # every convolution of one family (programs.FAMILIES)
     python bench/differential.py --seconds 1800  # stop after a time budget (prints how many ran)
     python bench/differential.py --replay 1234   # run and print program number 1234 of the stream
 
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=10_000, help="programs to run (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="first seed of the stream (default 0)")
     ap.add_argument("--all", action="store_true", help="also draw the families the matcher does not support yet")
+    ap.add_argument("--family", default=None, choices=("",) + P.FAMILIES + P.PENDING, metavar="NAME",
+                    help="every program is a convolution of this family (one of programs.FAMILIES or PENDING, "
+                         "'' for the plain spelling); implies --no-near-misses")
     ap.add_argument("--no-near-misses", action="store_true", help="convolutions only")
     ap.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "differential_mismatches.txt"))
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     def program(i):
-        return P.random_program(args.seed + i, near_misses=not args.no_near_misses, pending=args.all)
+        return P.random_program(args.seed + i, near_misses=not args.no_near_misses and args.family is None,
+                                pending=args.all or args.family in P.PENDING, family=args.family)
 
     if args.replay is not None:
         p = program(args.replay)
@@ -89,7 +94,7 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.time()
-    ran, convs, misses, pending = 0, 0, 0, 0
+    ran, convs, misses, pending, expect_skip = 0, 0, 0, 0, 0
     bad: list[tuple[int, P.Mismatch]] = []
     feature_total: collections.Counter = collections.Counter()
     for i in range(args.n):
@@ -101,6 +106,7 @@ def main(argv=None) -> int:
         convs += p.is_convolution
         misses += not p.is_convolution
         pending += bool(p.pending)
+        expect_skip += bool(p.expected_skip)
         feature_total.update(p.features())
         found = run_one(p, seed)
         bad += [(seed, m) for m in found]
@@ -115,16 +121,16 @@ def main(argv=None) -> int:
     for seed, m in bad:
         groups[group_key(m)].append((seed, m))
     programs_bad = len({s for s, _ in bad})
-    print(f"\nran {ran} programs in {elapsed:.0f}s ({convs} convolutions incl. {pending} of pending families, "
-          f"{misses} near misses); {programs_bad} programs with mismatches, {len(bad)} mismatches "
-          f"in {len(groups)} groups")
+    print(f"\nran {ran} programs in {elapsed:.0f}s ({convs} convolutions incl. {pending} pending and "
+          f"{expect_skip} expected skips, {misses} near misses); {programs_bad} programs with mismatches, "
+          f"{len(bad)} mismatches in {len(groups)} groups")
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        f.write(f"# bench/differential.py -n {args.n} --seed {args.seed}{' --all' if args.all else ''}: "
-                f"ran {ran}, {programs_bad} programs with mismatches\n")
-        f.write("# reproduce one: python bench/differential.py --seed 0 --replay <seed - first seed>"
-                f"{' --all' if args.all else ''}\n\n")
+        stream = (f"--seed {args.seed}{' --all' if args.all else ''}{' --no-near-misses' if args.no_near_misses else ''}"
+                  f"{f' --family {args.family!r}' if args.family is not None else ''}")
+        f.write(f"# bench/differential.py -n {args.n} {stream}: ran {ran}, {programs_bad} programs with mismatches\n")
+        f.write(f"# reproduce one: python bench/differential.py {stream} --replay <seed - first seed>\n\n")
         for key, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             feats = collections.Counter(f for _, m in items for f in set(m.features))
             common = sorted(f for f, c in feats.items() if c == len(items))
