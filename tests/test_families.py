@@ -122,3 +122,25 @@ def test_two_dimensional_correlation_leaves_no_transform_behind():
 
     compiled = assert_matches_eager(corr2d, (_t(2, 4, 8), _t(4, 8)))
     assert compiled.report.sites[0].status == "rewritten" and compiled.fft_calls() == 0
+
+
+def test_summed_conjugate_kernels_under_dynamic_shapes():
+    # With symbolic K and n the pass cannot prove K <= n: each summed kernel term is truncated
+    # to n and padded back to n before its reversal, whichever is larger at run time (a term
+    # left at length K was once reversed over K instead of n: wrong numbers, found by
+    # bench/differential.py).
+    def program(u, k, g):
+        L = u.shape[-1]
+        n = 2 * L
+        U = torch.fft.rfft(u, n=n)
+        Kf = torch.fft.rfft(k, n=n).conj()
+        y = torch.fft.irfft(U * (0.25 * Kf) + U * (0.75 * Kf), n=n)[..., :L]
+        return y * g
+
+    compiled = Compiled(program, dynamic=True)
+    for L, K in ((2, 1), (4, 3), (8, 20), (5, 5)):
+        u = torch.randn(2, 2, L, requires_grad=True)
+        k, g = torch.randn(K, requires_grad=True), torch.randn(2, 2, L)
+        assert_matches_eager(program, (u, k, g), dynamic=True)
+        compiled(u, k, g)
+    assert compiled.op_calls() >= 1 and compiled.fft_calls() == 0

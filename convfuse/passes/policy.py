@@ -467,13 +467,13 @@ def _measure(gm: GraphModule, sites: list[Node], example_inputs: list, pending: 
 
 def apply_policy(out: Node, policy: Policy) -> None:
     """Put ``policy`` in the graph on the kernel operand of the fused call behind ``out``."""
-    op = op_node(out)
     bins = spectrum_bins(policy)
     if bins:
-        op.update_kwarg("spectrum_bins", bins)
+        op_node(out).update_kwarg("spectrum_bins", bins)
     transform = kernel_transform(policy)
     if transform is None:
         return
+    op = op_node(out)
     graph = op.graph
     with graph.inserting_before(op):
         k = transform(graph, op.args[1], op.args[5])

@@ -56,11 +56,12 @@ def _combined_kernel(graph: Graph, m: Match, n: Any, rank: int) -> Node:
     for weight, term in zip(m.kernel_weights, m.k.terms):
         x = _to_last_axis(graph, term.signal, None, m.axis, rank)
         length = example_value(term.signal).shape[term.axis]
-        if proven(length <= m.n.value):
-            missing = graph.call_function(operator.sub, (n, graph.call_function(torch.ops.aten.sym_size.int, (x, -1))))
-            x = graph.call_function(F.pad, (x, (0, missing)))
-        else:
+        if not proven(length <= m.n.value):
+            # Truncated to n, then padded back to n below: a reversal (conj) and the sum need every
+            # term at exactly length n, whichever of K and n turns out larger at run time.
             x = graph.call_function(operator.getitem, (x, (Ellipsis, slice(None, n))))
+        missing = graph.call_function(operator.sub, (n, graph.call_function(torch.ops.aten.sym_size.int, (x, -1))))
+        x = graph.call_function(F.pad, (x, (0, missing)))
         if term.conj:
             x = graph.call_function(torch.roll, (graph.call_function(torch.flip, (x, [-1])), 1, -1))
         if weight != 1.0:
