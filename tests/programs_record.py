@@ -88,11 +88,6 @@ class Program:
         """Why this program is drawn only with pending=True (bench --all), "" when every run draws it."""
         if self.family in PENDING:
             return f"the matcher does not support the {self.family} family yet"
-        if self.family == "sum_of_spectra" and self.conj and self.dynamic:
-            # a known bug (passes/rewrite.py, _combined_kernel): a conjugated term of a summed kernel
-            # whose length is not proven <= n is sliced to n instead of padded to n before it is
-            # reversed: wrong values (seen on a recompile under dynamic shapes: a gate, or a size 1)
-            return "sum_of_spectra with a conjugate under dynamic shapes: summed kernel not padded to n"
         return ""
 
     @property
