@@ -5,31 +5,60 @@
 
 It is the multi-axis sibling of ``fft_conv`` (convfuse/ops.py): the same definition axis by
 axis, signals truncated or zero-padded to n as ``rfftn(x, s=n)`` does, batch dimensions
-broadcast, fp32 compute for fp16/bf16/fp32 inputs.  Its implementation is ``torch.fft``
-(pocketfft/MKL on CPU, cuFFT on GPUs) with the product, scale and window in one place; its
-backward is two more calls of itself, exactly as in 1-D.
+broadcast, fp32 compute for fp16/bf16/fp32 inputs.  On CPU it runs
+``convfuse.backends.cpu_nd`` (tiles on the 1-D path's thread pool, the kernel spectrum
+computed once, cached across calls for a ``constant_kernel``); elsewhere, and as the ground
+truth for tests, ``fft_convnd_reference`` (``torch.fft``, cuFFT on GPUs).  Its backward is
+two more calls of itself, exactly as in 1-D.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convfuse.backends.common import compute_dtype
+from convfuse.backends.common import broadcast_shapes, compute_dtype
+from convfuse.backends.cpu_nd import fft_convnd_cpu, window_nd
 
 
-def _window_nd(c: Tensor, starts: list[int], lengths: list[int]) -> Tensor:
-    d = len(starts)
-    for i, (start, length) in enumerate(zip(starts, lengths)):
-        axis = c.dim() - d + i
-        idx = (torch.arange(length, device=c.device) + start) % c.shape[axis]
-        c = c.index_select(axis, idx) if start + length > c.shape[axis] else c.narrow(axis, start, length)
-    return c
+# CONVFUSE_ND_CPU=0 runs the reference on CPU too (benchmarks compare the two; a way out).
+USE_CPU_PATH = os.environ.get("CONVFUSE_ND_CPU", "1") != "0"
 
 
 def _batch_shape(u: Tensor, k: Tensor, d: int) -> torch.Size:
-    return torch.broadcast_shapes(u.shape[:-d], k.shape[:-d])
+    return broadcast_shapes(u.shape[:-d], k.shape[:-d])
+
+
+def fft_convnd_reference(
+    u: Tensor,
+    k: Tensor,
+    n: list[int],
+    start: list[int],
+    length: list[int],
+    scale: float,
+    n_power: float,
+    conj_kernel: bool,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """The definition in plain torch.fft: any device, and the ground truth for the CPU path."""
+    d = len(n)
+    _check(u, k, n, start, length)
+    dtype = compute_dtype(u, k)
+    shape = (*_batch_shape(u, k, d), *length)
+    if torch.Size(shape).numel() == 0:
+        return torch.zeros(shape, dtype=out_dtype, device=u.device)
+    axes = list(range(-d, 0))
+    U = torch.fft.rfftn(u.to(dtype), s=n, dim=axes)
+    K = torch.fft.rfftn(k.to(dtype), s=n, dim=axes)
+    if conj_kernel:
+        K = K.conj()
+    total = scale * float(math.prod(n)) ** n_power
+    c = torch.fft.irfftn(U * (K * total), s=n, dim=axes)
+    return window_nd(c, start, length).to(out_dtype).contiguous()
 
 
 @torch.library.custom_op("convfuse::fft_convnd", mutates_args=())
@@ -43,21 +72,15 @@ def fft_convnd(
     n_power: float,
     conj_kernel: bool,
     out_dtype: torch.dtype,
+    constant_kernel: bool = False,
 ) -> Tensor:
-    d = len(n)
-    _check(u, k, n, start, length)
-    dtype = compute_dtype(u, k)
-    shape = (*_batch_shape(u, k, d), *length)
-    if torch.Size(shape).numel() == 0:
-        return torch.zeros(shape, dtype=out_dtype, device=u.device)
-    axes = list(range(-d, 0))
-    U = torch.fft.rfftn(u.to(dtype), s=n, dim=axes)
-    K = torch.fft.rfftn(k.to(dtype), s=n, dim=axes)
-    if conj_kernel:
-        K = K.conj()
-    total = scale * float(torch.tensor(n).prod().item()) ** n_power
-    c = torch.fft.irfftn(U * (K * total), s=n, dim=axes)
-    return _window_nd(c, start, length).to(out_dtype).contiguous()
+    """``constant_kernel``: the caller proves k is module state read as is (its spectrum may then
+    be cached until k changes); only the compiler or a direct caller can know that."""
+    if USE_CPU_PATH and u.device.type == "cpu" and k.device.type == "cpu":
+        _check(u, k, n, start, length)
+        return fft_convnd_cpu(u, k, list(n), list(start), list(length), scale, n_power, conj_kernel, out_dtype,
+                              compute_dtype(u, k), constant_kernel)
+    return fft_convnd_reference(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype)
 
 
 def _check(u, k, n, start, length) -> None:
@@ -75,22 +98,22 @@ def _check(u, k, n, start, length) -> None:
 
 
 @fft_convnd.register_fake
-def _(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype):
+def _(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel=False):
     _check(u, k, n, start, length)
     return u.new_empty((*_batch_shape(u, k, len(n)), *length), dtype=out_dtype)
 
 
 def _setup(ctx, inputs, output):
-    u, k, n, start, length, scale, n_power, conj_kernel, out_dtype = inputs
+    u, k, n, start, length, scale, n_power, conj_kernel, out_dtype, *rest = inputs
     ctx.save_for_backward(u, k)
-    ctx.params = (list(n), list(start), list(length), scale, n_power, conj_kernel)
+    ctx.params = (list(n), list(start), list(length), scale, n_power, conj_kernel, bool(rest and rest[0]))
 
 
 def _backward(ctx, grad):
-    """Axis by axis the 1-D formulas (convfuse/ops.py, _cyclic_grads): correlations for a
+    """Axis by axis the 1-D formulas (convfuse/ops.py, cyclic_grads): correlations for a
     convolution, a convolution and a correlation for a correlation, windows at -start."""
     u, k = ctx.saved_tensors
-    n, start, length, scale, n_power, conj = ctx.params
+    n, start, length, scale, n_power, conj, constant = ctx.params
     d = len(n)
     dtype = compute_dtype(u, k)
     g = grad.to(dtype)
@@ -105,7 +128,7 @@ def _backward(ctx, grad):
 
     if ctx.needs_input_grad[0]:
         du = fft_convnd(g, k, n, back, [min(u.shape[u.dim() - d + i], n[i]) for i in range(d)],
-                        scale, n_power, not conj, dtype)
+                        scale, n_power, not conj, dtype, constant)
         du = fit(du, u).sum_to_size(u.shape).to(u.dtype)
     if ctx.needs_input_grad[1]:
         klen = [min(k.shape[k.dim() - d + i], n[i]) for i in range(d)]
@@ -114,7 +137,7 @@ def _backward(ctx, grad):
         else:
             dk = fft_convnd(g, u.to(dtype), n, back, klen, scale, n_power, True, dtype)
         dk = fit(dk, k).sum_to_size(k.shape).to(k.dtype)
-    return du, dk, None, None, None, None, None, None, None
+    return du, dk, None, None, None, None, None, None, None, None
 
 
 fft_convnd.register_autograd(_backward, setup_context=_setup)

@@ -20,6 +20,14 @@ Activations must not fill the cache: an entry is stored only the second time the
 (storage, version, variant) key is seen; the first sighting records the key alone.
 The cache is an LRU bounded in bytes (``CONVFUSE_CPU_CACHE_MB``, default 256) and
 entries.
+
+``lookup_value`` is the other key, for a kernel nobody proved constant but that is rebuilt
+with the same values call after call (a graph computing ``irfftn(weight)`` every call at
+inference: a fresh storage each time).  An entry keeps a copy of the kernel and is used
+only when the kernel equals that copy element for element, so it can never be stale,
+whatever wrote the memory; a miss costs a comparison that stops at the first difference
+and a copy of the kernel.  Its entries are few (``MAX_VALUE_ENTRIES``) and bounded in
+bytes on their own.
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ _entries: OrderedDict[Hashable, tuple[StorageWeakRef, Tensor]] = OrderedDict()
 _seen: OrderedDict[Hashable, StorageWeakRef] = OrderedDict()
 _bytes = 0
 stats = {"hits": 0, "misses": 0, "stores": 0}
+MAX_VALUE_ENTRIES = 8
+_by_value: OrderedDict[Hashable, tuple[Tensor, Tensor]] = OrderedDict()  # key -> (kernel copy, value)
+_value_bytes = 0
+value_stats = {"hits": 0, "misses": 0}
 
 
 def tensor_key(k: Tensor) -> tuple[Hashable, StorageWeakRef] | None:
@@ -103,14 +115,49 @@ def lookup(k: Tensor, variant: Hashable, compute: Callable[[], Tensor]) -> Tenso
     return value
 
 
+def lookup_value(k: Tensor, variant: Hashable, compute: Callable[[], Tensor]) -> Tensor:
+    """The prepared kernel for (k, variant): the stored one when k equals the kernel it was
+    computed from (``torch.equal``), else computed now and stored in place of the last one
+    with k's geometry."""
+    global _value_bytes
+    key = (tuple(k.shape), tuple(k.stride()), k.dtype, k.device, variant)
+    with _lock:
+        hit = _by_value.get(key)
+    if hit is not None and torch.equal(hit[0], k):  # outside the lock: a pass over k
+        with _lock:
+            value_stats["hits"] += 1
+            if key in _by_value:
+                _by_value.move_to_end(key)
+        return hit[1]
+    value = compute()
+    copy = k.clone()
+    nbytes = sum(t.numel() * t.element_size() for t in (copy, value))
+    with _lock:
+        value_stats["misses"] += 1
+        old = _by_value.pop(key, None)
+        if old is not None:
+            _value_bytes -= sum(t.numel() * t.element_size() for t in old)
+        if nbytes <= MAX_BYTES:
+            _by_value[key] = (copy, value)
+            _value_bytes += nbytes
+        while _by_value and (_value_bytes > MAX_BYTES or len(_by_value) > MAX_VALUE_ENTRIES):
+            _, old = _by_value.popitem(last=False)
+            _value_bytes -= sum(t.numel() * t.element_size() for t in old)
+    return value
+
+
 def clear() -> None:
-    global _bytes
+    global _bytes, _value_bytes
     with _lock:
         _entries.clear()
         _seen.clear()
         _bytes = 0
         for name in stats:
             stats[name] = 0
+        _by_value.clear()
+        _value_bytes = 0
+        for name in value_stats:
+            value_stats[name] = 0
 
 
 def size_bytes() -> int:

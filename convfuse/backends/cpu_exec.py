@@ -128,15 +128,16 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
 _in_worker = threading.local()
 
 
-def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]]) -> None:
-    """Process every unit once, on up to torch.get_num_threads() threads.
+def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]], threads: int | None = None) -> None:
+    """Process every unit once, on up to ``threads`` (default torch.get_num_threads()) threads.
 
     Threads pull units from a shared counter rather than taking fixed halves: on a
     shared machine a core is often busy with someone else's process, and a static split
     then waits for the slow half.  ``make_worker()`` gives each thread its own state
-    (the kernel block it prepared last).
+    (the kernel block it prepared last).  A caller that already runs with one intra-op
+    thread (so its own torch calls never wait on a busy core) passes the count it had.
     """
-    threads = min(torch.get_num_threads(), len(units))
+    threads = min(torch.get_num_threads() if threads is None else threads, len(units))
     counter = itertools.count()  # next() is atomic under the GIL
     inference = torch.is_inference_mode_enabled()
 

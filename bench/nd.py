@@ -1,0 +1,205 @@
+"""CPU benchmark of the 2-D operator ``convfuse.fft_convnd`` on GFNet's global filter.
+
+    python bench/nd.py               # every shape, 9 rounds, 2 then 1 torch threads; writes bench/results/nd.{json,md}
+    python bench/nd.py --quick       # three shapes, 7 rounds, nothing written
+    python bench/nd.py --profile     # where the time goes (torch.profiler, 1 thread), printed
+
+GFNet's filter (examples/models.py, ``GFNetFilter``): rfft2 over (H, W) of a channels-last
+(B, H, W, C) activation, times a complex parameter spectrum (H, W/2+1, C), irfft2.  Per shape,
+all under ``torch.inference_mode()``:
+- eager:           the module as written
+- compile:         torch.compile(module), the default backend (Inductor)
+- convfuse:        torch.compile(module, backend="convfuse"): the site rewritten to fft_convnd, the
+                   weight's kernel irfftn(W) computed in the graph every call, Inductor for the rest
+- convfuse before: the same compiled module with fft_convnd's plain torch.fft implementation
+                   (``fft_convnd_reference``, what the operator ran before ``backends/cpu_nd``)
+- op const:        the operator alone on a constant kernel buffer (``constant_kernel=True``: its
+                   spectrum cached), what the rewrite could pass if it proved the weight constant
+Rounds are interleaved (each times every variant once, order alternating) and medians reported:
+this 2-core machine is shared, and with a busy core torch's own 2-thread FFTs slow down many-fold
+(the load average is recorded with the figures).  The same table with every variant on one
+thread (torch.set_num_threads(1)) compares the work done, and is far less sensitive to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import convfuse  # noqa: E402,F401  registers backend="convfuse"
+import convfuse.ops_nd as ops_nd  # noqa: E402
+from convfuse.backends import cpu_cache  # noqa: E402
+from examples.models import GFNetFilter  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+# (B, H, W, C): examples/models.py's test size, examples/inference.py's size, then GFNet-paper
+# sizes (GFNet-XS/S: 14x14 tokens, 384 channels; hierarchical GFNet's first stage: 56x56).
+SHAPES = [(2, 8, 8, 8), (4, 32, 32, 64), (1, 14, 14, 384), (8, 14, 14, 384), (32, 14, 14, 384),
+          (8, 56, 56, 256), (16, 56, 56, 96)]
+QUICK = [(4, 32, 32, 64), (8, 14, 14, 384), (8, 56, 56, 256)]
+VARIANTS = ["eager", "compile", "convfuse", "convfuse_before", "op_const"]
+
+
+class Reference:
+    """fft_convnd's plain torch.fft implementation for the duration of a call."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        ops_nd.USE_CPU_PATH = False
+        try:
+            return self.fn(*args)
+        finally:
+            ops_nd.USE_CPU_PATH = True
+
+
+def variants(shape) -> tuple[dict, tuple]:
+    B, H, W, C = shape
+    torch.manual_seed(0)
+    model = GFNetFilter(dim=C, h=H, w=W).eval()
+    x = torch.randn(B, H, W, C)
+    with torch.no_grad():  # outside inference mode: a buffer the spectrum cache may key on
+        k = torch.fft.irfftn(torch.view_as_complex(model.weight), s=(H, W), dim=(0, 1)).movedim((0, 1), (-2, -1))
+
+    def op_const(x):
+        u = x.movedim((1, 2), (-2, -1))
+        out = torch.ops.convfuse.fft_convnd(u, k, [H, W], [0, 0], [H, W], 1.0, 0.0, False, x.dtype, True)
+        return out.movedim((-2, -1), (1, 2))
+
+    fused = torch.compile(model, backend="convfuse")
+    fns = {"eager": model, "compile": torch.compile(model), "convfuse": fused,
+           "convfuse_before": Reference(fused), "op_const": op_const}
+    return fns, (x,)
+
+
+def measure(shape, rounds: int) -> dict:
+    torch._dynamo.reset()
+    cpu_cache.clear()
+    with torch.inference_mode():
+        fns, args = variants(shape)
+        expected = fns["eager"](*args)
+        compile_s, err = {}, {}
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            got = fn(*args)
+            compile_s[name] = time.perf_counter() - t0
+            err[name] = ((got - expected).abs().max() / expected.abs().max()).item()
+        for fn in fns.values():  # warm: the spectrum cache stores on its second sighting
+            fn(*args)
+        times = {name: [] for name in fns}
+        for r in range(rounds):
+            order = list(fns.items())
+            for name, fn in (order if r % 2 == 0 else order[::-1]):
+                t0 = time.perf_counter()
+                fn(*args)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    best = {name: min(t) for name, t in times.items()}
+    return {"shape": list(shape), "median_ms": med, "best_ms": best, "max_rel_err": err,
+            "first_call_s": {k: round(v, 3) for k, v in compile_s.items()}}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| B, H, W, C | eager ms | compile ms | convfuse ms | convfuse before ms | op const ms "
+            "| convfuse vs eager | vs compile | before vs eager | op const vs eager | max rel err |")
+    lines = [head, "|---" * 11 + "|"]
+    for r in rows:
+        m = r["median_ms"]
+        lines.append(
+            f"| {', '.join(map(str, r['shape']))} | {m['eager']:.3f} | {m['compile']:.3f} | {m['convfuse']:.3f} "
+            f"| {m['convfuse_before']:.3f} | {m['op_const']:.3f} | {m['eager'] / m['convfuse']:.2f}x "
+            f"| {m['compile'] / m['convfuse']:.2f}x | {m['eager'] / m['convfuse_before']:.2f}x "
+            f"| {m['eager'] / m['op_const']:.2f}x | {max(r['max_rel_err'].values()):.1e} |")
+    return "\n".join(lines)
+
+
+def profile(shape) -> str:
+    """Self CPU time per aten op, one thread (the figures do not depend on the other core)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.set_num_threads(1)
+    B, H, W, C = shape
+    torch.manual_seed(0)
+    model = GFNetFilter(dim=C, h=H, w=W).eval()
+    x = torch.randn(B, H, W, C)
+    u = x.movedim((1, 2), (-2, -1))
+    with torch.no_grad():
+        k = torch.fft.irfftn(torch.view_as_complex(model.weight), s=(H, W), dim=(0, 1)).movedim((0, 1), (-2, -1))
+    args = ([H, W], [0, 0], [H, W], 1.0, 0.0, False, torch.float32)
+    fns = {"eager GFNetFilter": lambda: model(x),
+           "fft_convnd before (torch.fft)": lambda: ops_nd.fft_convnd_reference(u, k, *args),
+           "fft_convnd now (cpu_nd)": lambda: torch.ops.convfuse.fft_convnd(u, k, *args)}
+    out = [f"profile {shape}, 1 thread, 10 calls each, self CPU ms per call:"]
+    with torch.inference_mode():
+        for name, fn in fns.items():
+            for _ in range(3):
+                fn()
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(10):
+                    fn()
+            rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            total = sum(e.self_cpu_time_total for e in rows) / 10 / 1e3
+            top = ", ".join(f"{e.key} {e.self_cpu_time_total / 10 / 1e3:.2f}" for e in rows[:6]
+                            if e.self_cpu_time_total / 10 / 1e3 >= 0.01)
+            out.append(f"  {name}: total {total:.2f} ms: {top}")
+    return "\n".join(out)
+
+
+def run(shapes, rounds: int, threads: int) -> tuple[list[dict], str, dict]:
+    torch.set_num_threads(threads)
+    load0 = os.getloadavg()[0]
+    rows = []
+    for shape in shapes:
+        print(f"{shape}, {threads} threads: measuring ...", file=sys.stderr, flush=True)
+        rows.append(measure(shape, rounds))
+        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    load1 = os.getloadavg()[0]
+    meta = {"threads": threads, "rounds": rounds, "torch": torch.__version__, "load_avg_1min": [load0, load1],
+            "cpus": os.cpu_count()}
+    text = (f"torch threads {threads} ({meta['cpus']} cores), {rounds} interleaved rounds (order alternating), "
+            f"medians; 1-min load average at start, end: {load0:.1f}, {load1:.1f} (a shared machine).\n\n"
+            + table(rows))
+    return rows, text, meta
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="three shapes, 7 rounds, nothing written")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--threads", type=int, nargs="*", default=None, help="torch thread counts (default: 2 1)")
+    p.add_argument("--profile", action="store_true", help="print where the time goes and exit")
+    p.add_argument("--shapes", nargs="*", help="B,H,W,C ... (default: all)")
+    args = p.parse_args(argv)
+    given = [tuple(map(int, s.split(","))) for s in args.shapes] if args.shapes else None
+    if args.profile:
+        for shape in given or QUICK:
+            print(profile(shape), flush=True)
+        return 0
+    shapes = given or (QUICK if args.quick else SHAPES)
+    rounds = args.rounds or (7 if args.quick else 9)
+    runs = [run(shapes, rounds, t) for t in (args.threads or [2, 1])]
+    text = "\n\n".join(r[1] for r in runs)
+    text += f"\n\ntorch {torch.__version__}; every variant under torch.inference_mode(); ratios are eager (or compile) ms / convfuse ms.\n"
+    print(text)
+    if not args.quick and not args.shapes:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        payload = [{"meta": meta, "rows": rows} for rows, _, meta in runs]
+        (RESULTS / "nd.json").write_text(json.dumps(payload, indent=1) + "\n")
+        (RESULTS / "nd.md").write_text("# fft_convnd on CPU: GFNet's global filter (bench/nd.py)\n\n" + text)
+    return 0 if all(max(r["max_rel_err"].values()) < 1e-4 for rows, _, _ in runs for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""CPU implementation of ``fft_convnd`` (the multi-axis cyclic convolution, GFNet's global filter).
+
+What made plain ``torch.fft`` slow here (measured, see bench/nd.py and ARCHITECTURE.md):
+
+- a channels-last activation (B, H, W, C) convolved over (H, W) reaches the operator as the
+  (B, C, H, W) view with strides (HWC, 1, WC, C).  torch's FFT needs one batch dimension, so
+  each transform first gathers a full-size transposed copy, and the multi-axis inverse
+  (a complex transform over H, then a complex-to-real one over W) copies twice more: at
+  (8, 56, 56, 256) these memory passes are about 2/3 of eager's time;
+- with 2 OpenMP threads MKL's FFT stalls whenever the other core is busy (same call:
+  1.0 ms with 1 thread, 56 ms with 2 on this shared machine).
+
+So, as on the 1-D path (``cpu_exec``): work runs in cache-sized tiles on a small pool of
+Python threads with one intra-op thread each, and the kernel's spectrum (scale and
+conjugate folded in) is computed once per call, or once per weight with ``cpu_cache``
+when the caller proves the kernel constant.  A channels-last batch row is first transposed
+whole into a contiguous buffer, because ATen transposes a full 2-D matrix in blocks (about
+4x faster than the strided gather a channel slice needs); the transforms, the product and
+the window then run per tile of about ``TILE_BYTES`` of spectrum, so their internal copies
+stay in L2.  The output is the operator's contiguous (..., *length), as the reference's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from convfuse.backends import cpu_cache
+from convfuse.backends.common import broadcast_shapes
+from convfuse.backends.cpu_exec import TILE_BYTES, grid_view, make_layout, run_tiles
+
+# Below this many bytes of real input the whole call runs on the calling thread: waking the
+# pool costs more than it saves (measured (2, 8, 8, 8): inline 60 us, pool 150 us).
+INLINE_BYTES = 256 * 1024
+# A channels-last batch row is transposed whole only while that buffer (per thread) is
+# L3-sized; beyond it tiles gather their own channels.
+ROW_BUFFER_BYTES = 8 * 2**20
+
+
+def window_nd(c: Tensor, starts: list[int], lengths: list[int]) -> Tensor:
+    """Samples (start_i + t_i) mod n_i along the last len(starts) axes of the cyclic result."""
+    d = len(starts)
+    for i, (start, length) in enumerate(zip(starts, lengths)):
+        axis = c.dim() - d + i
+        if start == 0 and length == c.shape[axis]:
+            continue
+        if start + length <= c.shape[axis]:
+            c = c.narrow(axis, start, length)
+        else:
+            idx = (torch.arange(length, device=c.device) + start) % c.shape[axis]
+            c = c.index_select(axis, idx)
+    return c
+
+
+def _flat(t: Tensor, d: int) -> Tensor:
+    """t with its last d axes as one (a view whenever their strides allow)."""
+    return t.reshape(*t.shape[: t.dim() - d], -1)
+
+
+def prepare_kernel(
+    k2: Tensor, Lk: list[int], n: list[int], conj: bool, total: float, dtype: torch.dtype, threads: int = 1
+) -> Tensor:
+    """(Hk, prod Lk) kernel rows -> (Hk, *spectrum) one-sided spectra with scale and conjugate in,
+    in tiles of rows over ``threads`` threads (a kernel is as large as one batch row of the input)."""
+    d = len(n)
+    axes = list(range(-d, 0))
+    Hk = k2.shape[0]
+    rows = _rows_contiguous(k2, dtype).view(Hk, *Lk)
+    spec = [*n[:-1], n[-1] // 2 + 1]
+    per = max(1, TILE_BYTES // (math.prod(spec) * (16 if dtype == torch.float64 else 8)))
+
+    def transform(h0: int, h1: int) -> Tensor:
+        Kh = torch.fft.rfftn(rows[h0:h1], s=n, dim=axes)
+        if conj:
+            Kh = Kh.conj_physical_()  # fresh: in place, no lazy conj bit for the products to resolve
+        return Kh.mul_(total) if total != 1.0 else Kh
+
+    if threads == 1 or per >= Hk:
+        return transform(0, Hk)
+    K = torch.empty((Hk, *spec), dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
+
+    def make_worker():
+        def work(unit: list[tuple[int, int]]) -> None:
+            for h0, h1 in unit:
+                K[h0:h1].copy_(transform(h0, h1))
+
+        return work
+
+    run_tiles([[(h0, min(Hk, h0 + per))] for h0 in range(0, Hk, per)], make_worker, threads)
+    return K
+
+
+def _rows_contiguous(x2: Tensor, dtype: torch.dtype, buf: Tensor | None = None) -> Tensor:
+    """(R, S) rows as a contiguous tensor in dtype, written into ``buf`` when one is given.
+    Rows of a channels-last map have strides (1, R): copied into a contiguous buffer of the
+    same dtype, ATen takes its blocked 2-D transpose (copy_transpose_valid), the cheap way to
+    this layout."""
+    if buf is None:
+        if x2.dtype == dtype and x2.is_contiguous():
+            return x2
+        buf = torch.empty(x2.shape, dtype=dtype)
+    if x2.dtype != dtype and x2.stride(0) == 1:
+        x2 = x2.t().to(dtype).t()  # cast in the source's layout first: the transpose stays blocked
+    return buf.copy_(x2)
+
+
+def _boxes(Ko: int, Hk: int, rows: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (o0, o1, h0, h1) of about ``rows`` rows, as many as a multiple of ``threads``.
+
+    The kernel spectrum is computed for all rows up front, so a box need not keep a kernel
+    block's rows together (the 1-D ``cpu_exec.tiles`` does): a box is a run of rows that is
+    contiguous in a channels-first map, and equal boxes balance the threads."""
+    total = Ko * Hk
+    count = -(-total // max(1, rows))
+    count = -(-count // threads) * threads
+    rows = max(1, -(-total // count))
+    if rows >= Hk:
+        per = rows // Hk
+        return [(o0, min(Ko, o0 + per), 0, Hk) for o0 in range(0, Ko, per)]
+    return [(o, o + 1, h0, min(Hk, h0 + rows)) for o in range(Ko) for h0 in range(0, Hk, rows)]
+
+
+def fft_convnd_cpu(*args, **kwargs) -> Tensor:
+    """The operator on CPU tensors (arguments checked by the caller; dtype is the compute dtype).
+
+    This thread runs torch with one intra-op thread for the whole call, as the pool threads
+    do: the kernel transform and an inline call then never wait on a core someone else holds."""
+    saved = torch.get_num_threads()
+    if saved == 1:
+        return _fft_convnd(saved, *args, **kwargs)
+    torch.set_num_threads(1)
+    try:
+        return _fft_convnd(saved, *args, **kwargs)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _fft_convnd(
+    threads: int,
+    u: Tensor,
+    k: Tensor,
+    n: list[int],
+    start: list[int],
+    length: list[int],
+    scale: float,
+    n_power: float,
+    conj_kernel: bool,
+    out_dtype: torch.dtype,
+    dtype: torch.dtype,
+    constant_kernel: bool = False,
+) -> Tensor:
+    d = len(n)
+    axes = list(range(-d, 0))
+    batch = broadcast_shapes(u.shape[:-d], k.shape[:-d])
+    out = torch.empty((*batch, *length), dtype=out_dtype)
+    if out.numel() == 0:
+        return out
+    Lu, Lk = list(u.shape[-d:]), list(k.shape[-d:])
+    spec = [*n[:-1], n[-1] // 2 + 1]
+    total = scale * float(math.prod(n)) ** n_power
+    lay = make_layout(batch, _flat(k, d))
+    u3 = grid_view(_flat(u, d), lay)  # (Ko, Hk, S)
+    out3 = out.view(lay.Ko, lay.Hk, -1)
+    row_bytes = math.prod(spec) * (16 if dtype == torch.float64 else 8)
+    rows_per_tile = max(1, TILE_BYTES // row_bytes)
+
+    inline = u3.numel() * u3.element_size() < INLINE_BYTES
+    if inline:
+        threads = 1  # waking the pool costs more than it saves
+
+    def prep() -> Tensor:
+        return prepare_kernel(lay.k2, Lk, n, conj_kernel, total, dtype, threads)
+
+    K = None
+    variant = ("fft-nd", tuple(n), tuple(Lk), conj_kernel, total, dtype)
+    if constant_kernel:
+        K = cpu_cache.lookup(lay.k2, variant, prep)
+    elif (lay.Ko > 1 or k.dim() < u.dim()) and not (torch.is_grad_enabled() or k.requires_grad):
+        # A weight-like kernel (shared by batch rows) at inference: GFNet's graph rebuilds it
+        # from the parameter spectrum every call, equal each time; recognised by value.
+        K = cpu_cache.lookup_value(lay.k2, variant, prep)
+    if K is None:
+        K = prep()
+
+    def convolve(x: Tensor, Kh: Tensor, dst: Tensor) -> None:
+        """x (..., h, *Lu) real tile -> dst (..., h, prod length): transform, product, inverse, window."""
+        X = torch.fft.rfftn(x if x.dtype == dtype else x.to(dtype), s=n, dim=axes)
+        X.mul_(Kh)
+        y = torch.fft.irfftn(X, s=n, dim=axes)
+        dst.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
+
+    if inline:  # one tile, on this thread: as few Python-level calls as the reference makes
+        convolve(u3.unflatten(-1, Lu), K, out3)
+        return out
+
+    Hk, S = lay.Hk, u3.shape[-1]
+    item = torch.finfo(dtype).bits // 8
+    whole_rows = (
+        Hk > 1 and lay.Ko >= threads and u3.stride(1) == 1 and u3.stride(2) == Hk
+        and Hk * S * item <= ROW_BUFFER_BYTES
+    )
+    if whole_rows:
+        # Channels-last: a unit is a few batch rows, each transposed whole, convolved in tiles of
+        # channels (or all rows of the unit at once when they fit a tile: fewer calls).
+        per = max(1, min(rows_per_tile // Hk, -(-lay.Ko // threads)))
+        units: list = [[(o0, min(lay.Ko, o0 + per))] for o0 in range(0, lay.Ko, per)]
+
+        def make_worker():
+            state: dict = {"buf": None}
+
+            def work(unit: list[tuple[int, int]]) -> None:
+                if state["buf"] is None:
+                    state["buf"] = torch.empty((per, Hk, S), dtype=dtype)  # reused: one allocation per thread
+                for o0, o1 in unit:
+                    buf = state["buf"][: o1 - o0]
+                    for o in range(o0, o1):
+                        _rows_contiguous(u3[o], dtype, buf[o - o0])
+                    x = buf.view(o1 - o0, Hk, *Lu)
+                    for h0 in range(0, Hk, rows_per_tile):
+                        h1 = min(Hk, h0 + rows_per_tile)
+                        convolve(x[:, h0:h1], K[h0:h1], out3[o0:o1, h0:h1])
+
+            return work
+    else:
+        units = [[box] for box in _boxes(lay.Ko, Hk, rows_per_tile, threads)]
+
+        def make_worker():
+            def work(unit: list[tuple[int, int, int, int]]) -> None:
+                for o0, o1, h0, h1 in unit:
+                    x = u3[o0:o1, h0:h1].unflatten(-1, Lu)
+                    convolve(x, K[h0:h1], out3[o0:o1, h0:h1])
+
+            return work
+
+    run_tiles(units, make_worker, threads)
+    return out
