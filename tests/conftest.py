@@ -73,3 +73,17 @@ def assert_close_rel(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> 
 def _fresh_dynamo():
     torch._dynamo.reset()
     yield
+
+
+@pytest.fixture(params=["pool", "caller"])
+def cpu_threading(request, monkeypatch):
+    """Both ways the CPU path runs a call's tiles (convfuse.backends.cpu_cost.use_pool): on the
+    convfuse thread pool, or on the calling thread with torch's intra-op threads; with 4-row
+    tiles, so even small shapes make several units and both pool threads take some."""
+    import math
+
+    from convfuse.backends import cpu_cost, cpu_exec
+
+    monkeypatch.setattr(cpu_cost, "POOL_MIN_SECONDS", 0.0 if request.param == "pool" else math.inf)
+    monkeypatch.setattr(cpu_exec, "TILE_BYTES", 1)
+    return request.param

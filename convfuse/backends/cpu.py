@@ -26,9 +26,11 @@ from torch import Tensor
 
 from convfuse.backends import cpu_cache
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.cpu_algos import Plan, compute_tile, prepare
-from convfuse.backends.cpu_cost import choose_plan, describe
-from convfuse.backends.cpu_exec import Layout, grid_view, make_layout, run_tiles, tiles
+from convfuse.backends.cpu_algos import Plan, compute_tile, fft_tile, prepare
+from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
+from convfuse.backends.cpu_exec import (
+    Layout, empty_output, grid_view, make_layout, run_tiles, tiles,
+)
 from convfuse.spec import ConvParams
 
 # CONVFUSE_CPU_ALGO=fft|direct|ols forces an algorithm where it is valid (tests, benchmarks).
@@ -48,31 +50,30 @@ def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batc
     return f"{describe(plan)} x {batch_rows} rows"
 
 
-def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: bool) -> Callable[[], Callable]:
-    """A factory of per-thread getters ``(h0, h1) -> prepared kernel rows h0:h1``.
+def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: bool) -> KernelRows:
+    """The kernel rows in the form ``plan`` multiplies by, for every thread.
 
     A constant kernel (only the compiler can prove one: module state read as is) is
     prepared once for all its rows and cached across calls until it changes; otherwise,
-    or on its first sighting, each thread prepares the block of rows it works on and
-    keeps the last one (a tile takes all rows sharing a kernel block, so a block is
-    prepared once per call).
+    or on its first sighting, each thread prepares the block of rows of the unit it works
+    on (``cpu_exec.tiles`` makes units of whole kernel blocks for this).
     """
     cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype)) if constant else None
+    return KernelRows(plan, lay.k2, dtype, cached)
 
-    def per_thread() -> Callable[[int, int], Tensor]:
-        last: dict[tuple[int, int], Tensor] = {}
 
-        def get(h0: int, h1: int) -> Tensor:
-            if cached is not None:
-                return cached[h0:h1]
-            if (h0, h1) not in last:
-                last.clear()
-                last[(h0, h1)] = prepare(plan, lay.k2[h0:h1], dtype)
-            return last[(h0, h1)]
+class KernelRows:
+    def __init__(self, plan: Plan, k2: Tensor, dtype: torch.dtype, cached: Tensor | None):
+        self.plan, self.k2, self.dtype, self.cached = plan, k2, dtype, cached
 
-        return get
-
-    return per_thread
+    def for_unit(self, unit: list[tuple[int, int, int, int]]) -> Callable[[int, int], Tensor]:
+        """(h0, h1) -> prepared rows h0:h1 of a box of ``unit``: the unit's whole block of kernel
+        rows prepared in one call (or sliced from the cache)."""
+        if self.cached is not None:
+            return lambda h0, h1: self.cached[h0:h1]
+        b0, b1 = min(box[2] for box in unit), max(box[3] for box in unit)
+        block = prepare(self.plan, self.k2[b0:b1], self.dtype)
+        return lambda h0, h1: block[h0 - b0 : h1 - b0]
 
 
 def fft_conv_cpu(
@@ -87,7 +88,7 @@ def fft_conv_cpu(
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
     out_dtype = p.out_dtype or dtype
     shape = output_shape(u, k, pre_gate, p.length)
-    out = torch.empty(shape, dtype=out_dtype, device=u.device)
+    out = empty_output(shape, out_dtype)
     if out.numel() == 0:
         return out
     Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])  # broadcast
@@ -101,25 +102,49 @@ def fft_conv_cpu(
     u3, pg3 = grid_view(u, lay), grid_view(pre_gate, lay)
     D3, post3 = grid_view(D, lay), grid_view(post_gate, lay)
     out3 = out.view(lay.Ko, lay.Hk, p.length)
-
     kernel_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel)
+    pool = use_pool(plan, lay.Ko * lay.Hk)
+    units = tiles(lay, plan.row_bytes(dtype), kernel_rows.cached is None, shared=not pool)
+    # "fft" transforms a zero-padded row buffer the prologue writes into (the tail stays
+    # zero): no padded copy per tile; the other algorithms read the signal as it is.
+    padded = plan.fft_n if plan.algo == "fft" else 0
+    width = min(Lue, padded) if padded else Lue
+    most_rows = max((o1 - o0) * (h1 - h0) for unit in units for o0, o1, h0, h1 in unit)
 
     def make_worker():
-        prepared = kernel_rows()
+        buf = (torch.zeros if padded else torch.empty)(most_rows, padded or width, dtype=dtype)
 
         def work(unit: list[tuple[int, int, int, int]]) -> None:
+            prepared = kernel_rows.for_unit(unit)
             for o0, o1, h0, h1 in unit:
-                x = u3[o0:o1, h0:h1].to(dtype)
-                if pg3 is not None:
-                    x = x * pg3[o0:o1, h0:h1].to(dtype)
-                y = compute_tile(plan, x, prepared(h0, h1))
-                if D3 is not None:
-                    y.addcmul_(x, D3[o0:o1, h0:h1].to(dtype))
-                if post3 is not None:
-                    y.mul_(post3[o0:o1, h0:h1].to(dtype))
-                out3[o0:o1, h0:h1].copy_(y)
+                rows = buf[: (o1 - o0) * (h1 - h0)].view(o1 - o0, h1 - h0, -1)
+                x = prologue_into(rows[..., :width], u3[o0:o1, h0:h1], pg3[o0:o1, h0:h1] if pg3 is not None else None)
+                y = fft_tile(plan, rows, prepared(h0, h1)) if padded else compute_tile(plan, x, prepared(h0, h1))
+                epilogue_into(out3[o0:o1, h0:h1], y, x, D3[o0:o1, h0:h1] if D3 is not None else None,
+                              post3[o0:o1, h0:h1] if post3 is not None else None)
 
         return work
 
-    run_tiles(tiles(lay, plan.row_bytes(dtype), torch.get_num_threads()), make_worker)
+    run_tiles(units, make_worker, None if pool else 1)
     return out
+
+
+def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:
+    """dst <- (u * pre_gate)[..., :width] computed in dst's dtype (the compute dtype; a signal
+    longer than n is truncated)."""
+    width = dst.shape[-1]
+    dst.copy_(u[..., :width])
+    return dst if pre_gate is None else dst.mul_(pre_gate[..., :width])
+
+
+def epilogue_into(dst: Tensor, y: Tensor, x: Tensor, D: Tensor | None, post_gate: Tensor | None) -> None:
+    """dst <- (y + x * D) * post_gate, cast to dst's dtype, in one pass over dst where it can.
+    Operands of other float dtypes are promoted to y's (the compute dtype) first."""
+    if D is None and post_gate is None:
+        dst.copy_(y)
+    elif post_gate is None:
+        torch.addcmul(y, x, D, out=dst)
+    elif D is None:
+        torch.mul(y, post_gate, out=dst)
+    else:
+        torch.mul(y.addcmul_(x, D), post_gate, out=dst)

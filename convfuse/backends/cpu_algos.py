@@ -36,7 +36,7 @@ from convfuse.spec import linear_segments
 @dataclass(frozen=True)
 class Plan:
     algo: str  # "fft" | "direct" | "ols"
-    n: int
+    n: int  # the call's FFT size: its windows and correlation lags are defined at n
     Lu: int  # effective signal length, min(Lu, n)
     K: int  # effective kernel length, min(Lk, n)
     start: int
@@ -46,11 +46,12 @@ class Plan:
     N: int = 0  # ols block FFT size
     block: int = 0  # ols output samples per block, N - K + 1
     bins: int = 0  # fft: one-sided kernel bins kept (FrequencySparse); 0: all
+    fft_n: int = 0  # fft: the size transformed, n or a cheaper one with the same window (cpu_cost.fft_size)
 
     def variant(self, dtype: torch.dtype) -> tuple:
         """What the prepared kernel depends on besides the kernel itself (the cache key)."""
         if self.algo == "fft":
-            return ("fft", self.n, self.conj, self.scale, self.bins, dtype)
+            return ("fft", self.fft_n, self.conj, self.scale, self.bins, dtype)
         if self.algo == "direct":
             return ("direct", self.K, self.conj, self.scale, dtype)
         return ("ols", self.N, self.K, self.conj, self.scale, dtype)
@@ -59,7 +60,7 @@ class Plan:
         """Bytes of complex working buffer per row, to size tiles."""
         item = 16 if dtype == torch.float64 else 8
         if self.algo == "fft":
-            return (self.n // 2 + 1) * item
+            return (self.fft_n // 2 + 1) * item
         if self.algo == "direct":
             return (self.Lu + 2 * self.K + self.length) * item // 2
         blocks = -(-min(self.length + self.K, self.Lu + self.K) // self.block)
@@ -70,7 +71,7 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
     """Kernel rows (h, Lk) -> the form the algorithm multiplies by, scale and conj folded in."""
     k2 = k2.to(dtype)
     if plan.algo == "fft":
-        Kf = torch.fft.rfft(k2, n=plan.n)
+        Kf = torch.fft.rfft(k2, n=plan.fft_n)
         if plan.bins:
             Kf = Kf[..., : plan.bins].clone()  # the bins beyond are zero: never stored or multiplied
         if plan.conj:
@@ -85,15 +86,22 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.fft.rfft(w, n=plan.N).conj_physical_()
 
 
+def fft_tile(plan: Plan, padded: Tensor, prep: Tensor) -> Tensor:
+    """padded: (O, Hh, fft_n) signal tile, zero beyond the signal (the caller's buffer, so
+    the transform pads nothing); prep: prepared kernel spectra (Hh, bins) -> the window."""
+    U = torch.fft.rfft(padded)
+    if plan.bins:
+        U = U[..., : plan.bins]  # irfft zero-pads the cut bins back to n // 2 + 1
+    U.mul_(prep)
+    c = torch.fft.irfft(U, n=plan.fft_n)
+    return window(c, plan.start, plan.length)
+
+
 def compute_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
     """x: (O, Hh, Lu) signal tile in the compute dtype; prep: prepared kernel rows (Hh, ...)."""
     if plan.algo == "fft":
-        U = torch.fft.rfft(x, n=plan.n)
-        if plan.bins:
-            U = U[..., : plan.bins]  # irfft zero-pads the cut bins back to n // 2 + 1
-        U.mul_(prep)
-        c = torch.fft.irfft(U, n=plan.n)
-        return window(c, plan.start, plan.length)
+        return fft_tile(plan, F.pad(x, (0, plan.fft_n - x.shape[-1])) if x.shape[-1] <= plan.fft_n
+                        else x[..., : plan.fft_n], prep)
     if x.shape[-1] > plan.n:
         x = x[..., : plan.n]  # the operator truncates signals longer than n
     parts = [_lin_segment(plan, x, prep, a, b)

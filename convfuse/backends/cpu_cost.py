@@ -1,7 +1,7 @@
 """The measured cost model that picks the CPU algorithm per shape.
 
 Predicted time per row (seconds), from measurements on the 2-core AMD EPYC (1 MiB
-L2/core, AVX-512, MKL FFT) this project runs on, both cores, cache-resident tiles
+L2/core, AVX2, MKL FFT) this project runs on, both cores, cache-resident tiles
 (``python bench/cpu.py --calibrate`` reprints the measurements):
 
   fft     fft_unit(n)                                   one FFT pair per row
@@ -25,10 +25,21 @@ Crossovers these constants give (``bench/cpu.py --calibrate`` prints them), caus
   L=131072: direct for 6 <= K < 96, overlap-save for K < 49152 (~L/3), fft above.
   (K < 6: direct and overlap-save with N=64 tie in the model, either is picked.)
   Circular or wrapping windows (not ``is_linear``): always fft.
+
+FFT size.  A linear call computes the same window at any size n' that keeps it linear
+(``same_window_at``), so "fft" runs at the cheapest such size rather than the program's n.
+That matters because language-model training convolves L = seqlen - 1 (inputs are
+``tokens[:, :-1]``): Hyena's n = 2L is then 8190 = 2*3^2*5*7*13, and MKL's cost per
+n log2 n grows with the largest prime factor.  Measured (rfft + irfft per row, 1 thread,
+cache-resident rows, 2026-12-01): n = 2046 4.6x the per-row time of 2048, 8190 1.8x of 8192,
+8187 (3*2729) 8.6x, 32766 4.2x of 32768, 262142 4.0x of 262144; 7-smooth sizes
+(2^a 3^b 5^c 7^d) cost 1.0-1.25x a power of two per n log2 n (SMOOTH_PENALTY), any other
+size is taken to cost at least 1.8x (ROUGH_PENALTY).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 from convfuse.backends.cpu_algos import Plan
@@ -40,8 +51,12 @@ LARGE_FFT_PENALTY = 1.6
 A_OLS = 0.46e-9  # s per N*log2(N) per block
 C_BLOCK = 10e-9  # s per overlap-save block (frame copy, irfft slice)
 MIN_OLS_N = 64
+SMOOTH_PENALTY = 1.2  # 7-smooth, not a power of two: per n log2 n, against a power of two
+ROUGH_PENALTY = 1.8  # a prime factor above 7: at least this (measured 1.8x-8.6x)
 C_DIRECT = 3.0e-9  # s per output sample
 A_DIRECT = 0.027e-9  # s per multiply-add
+
+POOL_MIN_SECONDS = 0.02  # see use_pool
 
 # Overlap-save block sizes tried: powers of two from max(2K, MIN_OLS_N), at most n / 2
 # (at N >= n one FFT per row is at least as cheap) and at most 64 * 2K.
@@ -53,8 +68,59 @@ def out_samples(Lu: int, K: int, length: int) -> int:
     return max(0, min(length, Lu + K - 1))
 
 
+def _largest_factor_above_7(n: int) -> int:
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n
+
+
+def size_penalty(n: int) -> float:
+    """MKL's cost per n log2 n at size n against a power of two."""
+    if n & (n - 1) == 0:
+        return 1.0
+    return SMOOTH_PENALTY if _largest_factor_above_7(n) == 1 else ROUGH_PENALTY
+
+
 def fft_cost(n: int) -> float:
-    return A_FFT * n * math.log2(max(n, 2)) * (LARGE_FFT_PENALTY if n > LARGE_FFT else 1.0)
+    return A_FFT * n * math.log2(max(n, 2)) * (LARGE_FFT_PENALTY if n > LARGE_FFT else 1.0) * size_penalty(n)
+
+
+def next_smooth(m: int) -> int:
+    """The smallest 7-smooth integer (2^a 3^b 5^c 7^d) >= m."""
+    while _largest_factor_above_7(m) != 1:
+        m += 1
+    return m
+
+
+def same_window_at(n: int, Lu: int, K: int, start: int, length: int, conj: bool) -> int:
+    """The smallest FFT size n' at which the size-n call's window holds the same samples, or 0
+    when only n itself is known to (not linear, or a signal truncated at n).
+
+    At any size m >= Lu + K - 1 the cyclic result is the linear one placed mod m:
+    - convolution: sample q is lin[q] for q < Lu + K - 1 and zero up to m, so a window
+      [start, start + length) reads the same samples at n and at m >= start + length;
+    - correlation: z[q] (lag q) sits at q for q < m - K + 1 and negative lags at m + q, so a
+      window of positive lags only (start + length <= n - K + 1) reads the same samples at
+      any m >= start + length + K - 1.  A window reaching negative lags keeps n.
+    """
+    if Lu > n or K > n or K < 1 or not is_linear(n, Lu, K, start, length):
+        return 0
+    need = Lu + K - 1
+    if not conj:
+        return max(need, start + length)
+    if start + length > n - K + 1:
+        return 0
+    return max(need, start + length + K - 1)
+
+
+def fft_size(n: int, Lu: int, K: int, start: int, length: int, conj: bool) -> int:
+    """The FFT size "fft" runs a call at: n, or a cheaper size computing the same window."""
+    least = same_window_at(n, Lu, K, start, length, conj)
+    if not least:
+        return n
+    candidates = {n, next_smooth(least), 1 << max(0, (least - 1).bit_length())}
+    return min(candidates, key=lambda m: (fft_cost(m), m))
 
 
 def direct_cost(K: int, out: int) -> float:
@@ -75,22 +141,24 @@ def best_ols(n: int, K: int, out: int) -> tuple[float, int]:
     return best
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_plan(
     n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None = None,
     bins: int = 0,
 ) -> Plan:
     """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks).  A sparse
     kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row."""
+    fft_n = fft_size(n, Lu, Lk, start, length, conj)
     Lu, K = min(Lu, n), min(Lk, n)
     base = dict(n=n, Lu=Lu, K=K, start=start, length=length, conj=conj, scale=scale)
     if 0 < bins < n // 2 + 1:
-        return Plan("fft", bins=bins, **base)
+        return Plan("fft", bins=bins, fft_n=n, **base)  # the kept bins are defined at n
     linear = K >= 1 and is_linear(n, Lu, K, start, length)
     if not linear or force == "fft":
-        return Plan("fft", **base)
+        return Plan("fft", fft_n=fft_n, **base)
     out = out_samples(Lu, K, length)
     cost_ols, N = best_ols(n, K, max(out, 1))
-    candidates = {"fft": fft_cost(n), "direct": direct_cost(K, out)}
+    candidates = {"fft": fft_cost(fft_n), "direct": direct_cost(K, out)}
     if N:
         candidates["ols"] = cost_ols
     if force:
@@ -101,12 +169,39 @@ def choose_plan(
         algo = min(candidates, key=candidates.get)
     if algo == "ols":
         return Plan("ols", N=N, block=N - K + 1, **base)
-    return Plan(algo, **base)
+    return Plan(algo, fft_n=fft_n if algo == "fft" else 0, **base)
+
+
+def row_seconds(plan: Plan) -> float:
+    """The model's time per row of a call running ``plan`` (one thread)."""
+    out = max(1, out_samples(plan.Lu, plan.K, plan.length))
+    if plan.algo == "fft":
+        return fft_cost(plan.fft_n)
+    if plan.algo == "direct":
+        return direct_cost(plan.K, out)
+    return ols_cost(plan.N, plan.K, out)
+
+
+def use_pool(plan: Plan, rows: int, transforms: float = 1.0) -> bool:
+    """Whether a call's tiles go to the convfuse thread pool (one intra-op thread per thread)
+    rather than run on the calling thread with torch's own intra-op (OpenMP) threads.
+
+    The pool shares tiles dynamically, so a core someone else holds slows it least, and it
+    scales large transforms better (2 threads, per-thread tiles against MKL's own threading:
+    1.2-1.3x vs 1.18-1.31x at n >= 32768).  But after every OpenMP op libgomp's workers spin
+    for ~10 ms (measured: 9.8 ms of CPU burnt during a 50 ms sleep after one ``add_``), and
+    a pool thread shares a core with that spin: a call shorter than POOL_MIN_SECONDS runs
+    on the caller's OpenMP threads, which MKL uses well at these sizes (rfft + irfft of 64
+    rows at n = 2048, 32 rows at n = 8192: 1.74x on 2 threads; (4, 256, 1024) after an OpenMP
+    op: 5.5 ms against 8.2 ms on the pool, medians of 31).  ``transforms``: the call's
+    transforms per row against a forward's (the fused backward runs about 2)."""
+    return rows * row_seconds(plan) * transforms >= POOL_MIN_SECONDS
 
 
 def describe(plan: Plan) -> str:
     if plan.algo == "fft":
-        return f"cpu-fft(n={plan.n}, {plan.bins} bins)" if plan.bins else f"cpu-fft(n={plan.n})"
+        size = f"n={plan.fft_n}" if plan.fft_n == plan.n else f"n={plan.fft_n} for {plan.n}"
+        return f"cpu-fft({size}, {plan.bins} bins)" if plan.bins else f"cpu-fft({size})"
     if plan.algo == "direct":
         return f"cpu-direct(K={plan.K})"
     return f"cpu-overlap-save(N={plan.N}, block={plan.block}, K={plan.K})"

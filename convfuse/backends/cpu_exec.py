@@ -9,21 +9,30 @@ inverse, window and epilogue (skip, post-gate, cast) of a tile all run while it 
 cache-resident, and only the output is written at full size.
 
 A tile takes all Ko rows of its kernel rows when they fit, so a kernel block's prepared
-form (spectrum) is computed once and reused by every row that shares it.
+form (spectrum) is computed once and reused by every row that shares it; a kernel
+prepared per call is transformed in blocks of at least KERNEL_BLOCK_ROWS rows.
 
-Threads: MKL's FFT parallelises a small batch poorly (measured, 2 cores, 64 rows of
-n=2048: one call with 2 intra-op threads 6.4 ms vs 3.4 ms with 1 thread; splitting the
-tiles over 2 Python threads with 1 intra-op thread each: 1.9 ms), so tiles are shared
-out to a small pool of Python threads (torch ops release the GIL), each running torch
-with one intra-op thread, pulling work dynamically.  ``torch.set_num_threads`` is thread-local in the OpenMP
-build, so the caller's setting is restored when the call returns.
+Threads, two ways (``cpu_cost.use_pool`` picks per call).  Under load MKL's FFT with 2
+OpenMP threads parallelises a small batch poorly (measured at load ~6, 64 rows of n=2048:
+2 intra-op threads 6.4 ms vs 3.4 ms with 1; 2 Python threads with 1 intra-op thread
+each: 1.9 ms), so long calls share tiles out to a small pool of Python threads (torch
+ops release the GIL), each running torch with one intra-op thread, pulling work
+dynamically.  On a quiet machine MKL does well (1.74x on 2 threads at those sizes), and
+libgomp's workers spin ~10 ms after every OpenMP op, holding a core a pool thread needs:
+short calls run their tiles on the calling thread with torch's own intra-op threads.
+``torch.set_num_threads`` is thread-local in the OpenMP build, so the caller's setting is
+restored when a pooled call returns.
+
+Output buffers of at least HUGE_OUTPUT_BYTES get transparent huge pages (``empty_output``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +54,9 @@ from torch import Tensor
 # 8 rows 305 / 179; eager 668 / 434).  Peak memory then: ~4 rows of buffers per thread.
 TILE_BYTES = 1024 * 1024
 MIN_TILE_ROWS = 4
+# A call small enough to run on the caller's OpenMP threads (cpu_cost.use_pool) shares each
+# tile between them: twice the bytes, so each of 2 threads still works on an L2's worth.
+SHARED_TILE_FACTOR = 2
 
 
 @dataclass
@@ -85,23 +97,85 @@ def grid_view(t: Tensor | None, lay: Layout) -> Tensor | None:
     return t.reshape(lay.Ko, lay.Hk, t.shape[-1])
 
 
-def tiles(lay: Layout, row_bytes: int, threads: int) -> list[list[tuple[int, int, int, int]]]:
-    """Work units: lists of boxes (o0, o1, h0, h1) of about TILE_BYTES of complex buffer.
+def tiles(lay: Layout, row_bytes: int, kernel_blocks: bool = True, shared: bool = False,
+          ) -> list[list[tuple[int, int, int, int]]]:
+    """Work units: lists of boxes (o0, o1, h0, h1), each box about TILE_BYTES of complex buffer
+    (SHARED_TILE_FACTOR times that when all threads work on each box: ``shared``).
 
-    A box takes all Ko rows of its kernel block when they fit, so a kernel block is
-    prepared once and used by every row sharing it.  Units are whole kernel blocks
-    (no two threads prepare the same block) when there are enough of them to balance
-    two threads, else single boxes.
+    A box takes all Ko rows of its kernel rows when they fit.  With ``kernel_blocks`` (the
+    kernel is prepared per call) a unit is a block of at least KERNEL_BLOCK_ROWS kernel rows
+    and every box using them: one thread prepares the block in one transform call and runs
+    all its boxes.  Without (a cached kernel), or when there are fewer than BALANCE blocks
+    to share out, a unit is one box (preparing its own rows).
     """
-    rows = max(MIN_TILE_ROWS, TILE_BYTES // max(row_bytes, 1))
+    rows = max(MIN_TILE_ROWS, TILE_BYTES * (SHARED_TILE_FACTOR if shared else 1) // max(row_bytes, 1))
     hh = max(1, min(lay.Hk, rows // lay.Ko))
     oo = max(1, min(lay.Ko, rows // hh))
-    groups = []
-    for h0 in range(0, lay.Hk, hh):
-        groups.append([(o0, min(o0 + oo, lay.Ko), h0, min(h0 + hh, lay.Hk)) for o0 in range(0, lay.Ko, oo)])
-    if len(groups) >= 4 * threads:
-        return groups
-    return [[box] for group in groups for box in group]
+    o_splits = _splits(lay.Ko, oo, balance=lay.Hk == 1)
+    if kernel_blocks:
+        blocks = _splits(lay.Hk, min(lay.Hk, hh * -(-KERNEL_BLOCK_ROWS // hh)), balance=True)
+        if len(blocks) >= BALANCE:
+            return [[(o0, o1, h0, min(h0 + hh, H1)) for h0 in range(H0, H1, hh) for o0, o1 in o_splits]
+                    for H0, H1 in blocks]
+    return [[(o0, o1, h0, h1)] for h0, h1 in _splits(lay.Hk, hh, balance=len(o_splits) == 1) for o0, o1 in o_splits]
+
+
+def _splits(total: int, step: int, balance: bool) -> list[tuple[int, int]]:
+    """[0, total) in ceil(total / step) near-equal pieces (a ragged last piece of one row would
+    cost a whole call's overhead); with ``balance``, when that is few pieces, in a multiple
+    of BALANCE of them, no smaller than step / 2 (a thread left with one more piece than the
+    other waits alone: 9 pieces on 2 threads take 5 piece-times, 12 pieces 3/4 as large 4.5)."""
+    count = -(-total // step)
+    if balance and count < 4 * BALANCE:
+        even = -(-count // BALANCE) * BALANCE
+        if 2 * (total // even) >= step:
+            count = even
+    return [(total * i // count, total * (i + 1) // count) for i in range(count)]
+
+
+# Kernel rows transformed in one call when the kernel is prepared per call: MKL's cost per
+# row falls with the batch (rfft at n = 8192, 1 thread, measured: 1 row 56 us, 4 rows
+# 24 us/row, 7 rows 18, 28 rows 13.6, 64 rows 12.7).
+KERNEL_BLOCK_ROWS = 16
+# Few pieces are cut into a multiple of this many: balanced on 1, 2 or 4 threads, and the
+# tiles (so the rows MKL transforms together, so the rounding) never depend on the thread
+# count: results are bitwise the same whatever torch.get_num_threads() is.
+BALANCE = 4
+
+
+# Outputs at least this large get transparent huge pages.  glibc serves them with a fresh
+# mmap on every call (its mmap threshold stops adapting at 32 MiB), and first-touch faults
+# on 4 KiB pages then cost more than writing the data: measured here (KVM guest, THP
+# "madvise"), empty + fill of 32 MiB, 1 thread: 21.8 ms, 5.7 ms with MADV_HUGEPAGE, against
+# 3.0 ms for 31 MiB served from glibc's heap; at (2, 256, 16384) the operator's output alone
+# was 20 ms of its 114 ms.  Smaller outputs come from the heap, already faulted in.
+HUGE_OUTPUT_BYTES = 32 * 2**20
+_HUGE_PAGE = 2 * 2**20
+_MADV_HUGEPAGE = 14
+_libc: ctypes.CDLL | None = None
+
+
+def _madvise_huge(t: Tensor) -> None:
+    """Ask for huge pages on the 2 MiB-aligned interior of t's fresh memory (Linux only; the
+    kernel may ignore advice, and a failure changes nothing but speed)."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    start = t.data_ptr()
+    lo = -(-start // _HUGE_PAGE) * _HUGE_PAGE
+    hi = (start + t.numel() * t.element_size()) // _HUGE_PAGE * _HUGE_PAGE
+    if hi > lo:
+        _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_HUGEPAGE)
+
+
+def empty_output(shape, dtype: torch.dtype) -> Tensor:
+    """A fresh CPU output tensor; a large one on huge pages (see HUGE_OUTPUT_BYTES)."""
+    out = torch.empty(shape, dtype=dtype)
+    if out.numel() * out.element_size() >= HUGE_OUTPUT_BYTES:
+        _madvise_huge(out)
+    return out
 
 
 _pool: ThreadPoolExecutor | None = None

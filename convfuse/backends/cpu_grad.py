@@ -14,15 +14,15 @@ at the cost of holding them).  Here a tile of rows transforms g once and ue once
 where the rows sharing a kernel row are summed in the frequency domain, so each
 kernel row costs one inverse transform per tile: 3 row transforms, and no temporary
 larger than a tile besides the two outputs.  The derivation of the formulas is in
-``convfuse.ops.cyclic_grads``; ``conj(K)`` with the scale folded in is the forward's
-prepared kernel with its conjugation flipped, so it shares the forward's cache.
+``convfuse.ops.cyclic_grads``; ``K`` (scale and a correlation's conjugate folded in) is the
+forward's prepared kernel, from the forward's cache for a constant kernel, and d ue takes
+its conjugate.
 Shapes where the forward runs the direct or overlap-save algorithm (short kernels)
 keep the composed backward, which then runs those algorithms too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import torch
@@ -30,7 +30,10 @@ from torch import Tensor
 
 from convfuse.backends.common import output_shape, window
 from convfuse.backends.cpu import plan_for, prepared_kernel_rows
-from convfuse.backends.cpu_exec import grid_view, make_layout, run_tiles, tiles
+from convfuse.backends.cpu_cost import use_pool
+from convfuse.backends.cpu_exec import (
+    empty_output, grid_view, make_layout, run_tiles, tiles,
+)
 from convfuse.spec import ConvParams
 
 
@@ -41,8 +44,11 @@ def fft_conv_grad_cpu(
     (None, None, None) where the fused pass does not apply and the caller composes them
     from forward calls."""
     dtype = g.dtype
-    n, Lu, Lk = p.n, ue.shape[-1], k.shape[-1]
+    Lu, Lk = ue.shape[-1], k.shape[-1]
     plan = plan_for(p, Lu, Lk)
+    # The forward's window is the same at plan.fft_n (cpu_cost.fft_size), so it is the same
+    # function of (ue, k) there, with the same gradients: every formula below runs at that size.
+    n = plan.fft_n
     batch = output_shape(g, k, None, Lu)[:-1]
     lay = make_layout(batch, k)
     # A kernel broadcast in between batch dimensions (rows materialised per output row) or a
@@ -50,9 +56,12 @@ def fft_conv_grad_cpu(
     # sums the layout does not express.
     if plan.algo != "fft" or lay.Hk * Lk != k.numel() or tuple(g.shape[:-1]) != tuple(batch):
         return None, None, None
-    du = torch.zeros(*batch, Lu, dtype=dtype) if need_u else None
+    du_len, dk_len = min(Lu, p.n), min(Lk, p.n)  # a signal's tail beyond n gets no gradient
+    du = None
+    if need_u:
+        du = empty_output((*batch, Lu), dtype) if du_len == Lu else torch.zeros(*batch, Lu, dtype=dtype)
     dk = torch.zeros(lay.Hk, Lk, dtype=dtype) if need_k else None
-    h = torch.empty(*batch, p.length, dtype=dtype) if need_h else None
+    h = empty_output((*batch, p.length), dtype) if need_h else None
     if batch.numel() == 0:
         return du, (dk.view(k.shape) if dk is not None else None), h
 
@@ -62,25 +71,36 @@ def fft_conv_grad_cpu(
     back = (-p.start) % n
     s = p.total_scale
     bins = plan.bins or n // 2 + 1
-    # d ue multiplies by conj(prepared kernel): the forward's preparation with conj flipped.
-    grad_plan = dataclasses.replace(plan, conj=not plan.conj)
-    kernel_rows = prepared_kernel_rows(grad_plan, lay, dtype, p.constant_kernel) if need_u else None
-    forward_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel) if need_h else None
+    # h multiplies by the forward's prepared kernel K (scale, conjugate folded in), d ue by
+    # conj(K): one preparation (one cache entry) serves both.
+    kernel_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel) if need_u or need_h else None
     dk_lock = threading.Lock()
-    du_len, dk_len = min(Lu, n), min(Lk, n)
     dk_start = p.start if p.conj_kernel else back
+    pool = use_pool(plan, lay.Ko * lay.Hk, transforms=2.0)
+    units = tiles(lay, plan.row_bytes(dtype) * (2 if need_k or need_h else 1),  # G and UE live together
+                  kernel_rows is not None and kernel_rows.cached is None, shared=not pool)
+    most_rows = max((o1 - o0) * (h1 - h0) for unit in units for o0, o1, h0, h1 in unit)
+    Lg, Lue = g.shape[-1], min(Lu, n)
 
     def make_worker():
-        prepared = kernel_rows() if kernel_rows is not None else None
-        forward = forward_rows() if forward_rows is not None else None
+        # Zero-padded row buffers the signals are copied into (their tails stay zero): the
+        # transforms pad nothing.
+        g_buf = torch.zeros(most_rows, n, dtype=dtype)
+        ue_buf = torch.zeros(most_rows, n, dtype=dtype) if need_k or need_h else None
+
+        def padded(buf: Tensor, src: Tensor, width: int) -> Tensor:
+            rows = buf[: src.shape[0] * src.shape[1]].view(*src.shape[:2], n)
+            rows[..., :width].copy_(src[..., :width])
+            return rows
 
         def work(unit: list[tuple[int, int, int, int]]) -> None:
+            prepared = kernel_rows.for_unit(unit) if kernel_rows is not None else None
             for o0, o1, h0, h1 in unit:
-                G = torch.fft.rfft(g3[o0:o1, h0:h1], n=n)[..., :bins]  # (O, Hh, bins)
+                G = torch.fft.rfft(padded(g_buf, g3[o0:o1, h0:h1], Lg))[..., :bins]  # (O, Hh, bins)
                 if need_k or need_h:
-                    UE = torch.fft.rfft(ue3[o0:o1, h0:h1], n=n)[..., :bins]
+                    UE = torch.fft.rfft(padded(ue_buf, ue3[o0:o1, h0:h1], Lue))[..., :bins]
                 if need_h:
-                    c = torch.fft.irfft(UE * forward(h0, h1), n=n)
+                    c = torch.fft.irfft(UE * prepared(h0, h1), n=n)
                     h3[o0:o1, h0:h1] = window(c, p.start, p.length)
                 if need_k:
                     S = UE.conj_physical_().mul_(G).sum(0)  # (Hh, bins): G * conj(UE), summed over rows sharing k
@@ -90,11 +110,10 @@ def fft_conv_grad_cpu(
                     with dk_lock:
                         dk[h0:h1, :dk_len] += d
                 if need_u:
-                    c = torch.fft.irfft(G.mul_(prepared(h0, h1)), n=n)
+                    c = torch.fft.irfft(G.mul_(prepared(h0, h1).conj()), n=n)
                     du3[o0:o1, h0:h1, :du_len] = window(c, back, du_len)
 
         return work
 
-    row_bytes = plan.row_bytes(dtype) * (2 if need_k or need_h else 1)  # G and UE live together
-    run_tiles(tiles(lay, row_bytes, torch.get_num_threads()), make_worker)
+    run_tiles(units, make_worker, None if pool else 1)
     return du, (dk.view(k.shape) if dk is not None else None), h

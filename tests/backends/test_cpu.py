@@ -165,6 +165,32 @@ def test_threads_do_not_change_results():
     assert torch.get_num_threads() == saved
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("constant", [False, True], ids=["k-input", "k-constant"])
+def test_many_tiles_on_both_threadings_match_the_reference(cpu_threading, algo, constant, fresh_cache):
+    # Several units of 4-row tiles, kernel blocks prepared per unit or sliced from the cache,
+    # forward and backward (the fused pass for "fft"), against the reference.
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn(3, 37, 50, dtype=F64, generator=gen, requires_grad=True)
+    k = torch.randn(37, 9, dtype=F64, generator=gen, requires_grad=not constant)
+    D = torch.randn(37, 1, dtype=F64, generator=gen, requires_grad=True)
+    post = torch.randn(3, 37, 50, dtype=F64, generator=gen, requires_grad=True)
+    g = torch.randn(3, 37, 50, dtype=F64, generator=gen)
+    leaves = [t for t in (u, k, D, post) if t.requires_grad]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVFUSE_CPU_ALGO", algo)
+        for _ in range(3):  # the third call of a constant kernel hits the cache
+            got = torch.ops.convfuse.fft_conv(u, k, D, None, post, 100, 0, 50, 0.5, -1.0, False, F64, "cpu",
+                                              constant_kernel=constant)
+            got_grads = torch.autograd.grad(got, leaves, g)
+    want = fft_conv_reference(u, k, D, None, post, params(100, 0, 50, False, out_dtype=F64))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got_grads, torch.autograd.grad(want, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if constant:
+        assert fresh_cache["hits"] >= 1
+
+
 # -- the kernel-spectrum cache -------------------------------------------------------------
 
 
@@ -241,3 +267,25 @@ def test_inference_tensors_are_not_cached(fresh_cache):
             torch.testing.assert_close(_conv(u, k), _ref(u, k), rtol=1e-4, atol=1e-4)
             k.add_(1.0)  # no version counter to see this: must never be cached
     assert fresh_cache["stores"] == 0
+
+
+@pytest.mark.parametrize("Ko,Hk,row_bytes", [(4, 64, 4097 * 8), (4, 256, 1025 * 8), (2, 256, 16385 * 8),
+                                            (1, 64, 131073 * 8), (1024, 1, 1025 * 8), (4, 3, 100), (7, 5, 3 << 20)])
+@pytest.mark.parametrize("kernel_blocks", [True, False])
+def test_tiles_cover_every_row_once_in_balanced_units(Ko, Hk, row_bytes, kernel_blocks):
+    from convfuse.backends.cpu_exec import BALANCE, KERNEL_BLOCK_ROWS, MIN_TILE_ROWS, TILE_BYTES, Layout, tiles
+
+    lay = Layout(Ko, Hk, torch.Size([Ko, Hk]), torch.empty(Hk, 1))
+    units = tiles(lay, row_bytes, kernel_blocks)
+    cells = [(o, h) for unit in units for o0, o1, h0, h1 in unit for o in range(o0, o1) for h in range(h0, h1)]
+    assert sorted(cells) == [(o, h) for o in range(Ko) for h in range(Hk)]
+    rows = max(MIN_TILE_ROWS, TILE_BYTES // row_bytes)
+    assert all((o1 - o0) * (h1 - h0) <= max(rows, 1) for unit in units for o0, o1, h0, h1 in unit)
+    if BALANCE <= len(units) < 4 * BALANCE and (Ko <= rows or Hk == 1):  # balanced along one axis
+        assert len(units) % BALANCE == 0  # 1, 2 or 4 threads get the same number of units...
+        sizes = [sum((o1 - o0) * (h1 - h0) for o0, o1, h0, h1 in u) for u in units]
+        assert max(sizes) - min(sizes) <= max(sizes) // 4  # ...of about the same size
+    if kernel_blocks and len(units[0]) > 1:  # units are kernel blocks: one transform call each
+        blocks = [(min(b[2] for b in u), max(b[3] for b in u)) for u in units]
+        assert all(h1 - h0 >= min(KERNEL_BLOCK_ROWS, Hk) // 2 for h0, h1 in blocks)
+        assert sorted(h for h0, h1 in blocks for h in range(h0, h1)) == list(range(Hk))
