@@ -2,6 +2,7 @@
 
     python bench/cpu.py              # full run: op level, peak memory, Hyena model; writes bench/results/cpu.*
     python bench/cpu.py --quick      # fewer repeats, smaller model run
+    python bench/cpu.py --rounds 31  # more op-level rounds (a noisy machine)
     python bench/cpu.py --calibrate  # measure the CPU cost model's constants (convfuse/backends/cpu_cost.py)
 
 Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip term D):
@@ -10,7 +11,8 @@ Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip te
 - convfuse: torch.ops.convfuse.fft_conv(..., kernel="cpu"), the same function fused
 - floor:    the library rfft + irfft alone of every row, at size n (or the cheaper size convfuse
             runs, which computes the same: 8192 for 8190), on cache-resident blocks of rows, both
-            cores (1 intra-op thread per Python thread, as fast as we found MKL to run).
+            cores, per round the faster of two ways to use them (per-thread blocks on the convfuse
+            pool, or one block at a time on torch's OpenMP threads; see make_floor).
 "kernel as input": the kernel's version is bumped before every call (outside the timer), so no
 spectrum cache can hit; "kernel constant": an unchanged buffer.  Runs are interleaved (each round
 times every variant once) and medians reported, because this 2-core machine is shared and noisy.
@@ -68,33 +70,39 @@ def convfuse_op(u, k, D, constant=False):
 
 
 def make_floor(u):
-    """rfft + irfft of every row, each thread transforming its own cache-resident block, at the
-    cheaper of n = 2L and the size convfuse runs (cpu_cost.fft_size: the same result, e.g. 8192
-    for 8190).
+    """rfft + irfft of every row on cache-resident blocks, at the cheaper of n = 2L and the size
+    convfuse runs (cpu_cost.fft_size: the same result, e.g. 8192 for 8190), both ways of using
+    both cores: ``pool`` (each convfuse pool thread transforming its own block, one intra-op
+    thread each) and ``caller`` (one block at a time on torch's own OpenMP threads).  A round's
+    floor is the faster of the two in that round (after another OpenMP op libgomp's workers
+    spin for ~10 ms and slow the pool; under load OpenMP suffers instead).
 
-    The block size is the fastest of a few (MKL is several times slower on one row of
-    n = 262144 than on a batch of four), measured once here, so this is a floor.
+    The block size is the fastest of a few for each (MKL is several times slower on one row
+    of n = 262144 than on a batch of four), measured once here, so this is a floor.
     """
     rows, L = u.numel() // u.shape[-1], u.shape[-1]
     n = floor_size(L)
-    sizes = {max(1, TILE_BYTES // ((n // 2 + 1) * 8)), 1, 4, 16, 64}
-    best = None
-    for block in sorted(b for b in sizes if b <= rows):
-        fn = _floor_with(rows, L, block)
-        fn()
-        t = min(_rounds({"f": fn}, 2)["f"])
-        if best is None or t < best[0]:
-            best = (t, fn)
-    return best[1]
+    tile = max(1, TILE_BYTES // ((n // 2 + 1) * 8))
+    fns = {}
+    for mode, sizes in (("pool", {tile, 1, 4, 16, 64}), ("caller", {2 * tile, 4, 16, 64, 256})):
+        best = None
+        for block in sorted(b for b in sizes if b <= rows):
+            fn = _floor_with(rows, L, block, mode == "pool")
+            fn()
+            t = min(_rounds({"f": fn}, 2)["f"])
+            if best is None or t < best[0]:
+                best = (t, fn)
+        fns[f"floor_{mode}"] = best[1]
+    return fns
 
 
 def floor_size(L):
     return fft_size(2 * L, L, L, 0, L, False)  # n = 2L unless a cheaper size computes the same
 
 
-def _floor_with(rows, L, block):
+def _floor_with(rows, L, block, pool):
     n = floor_size(L)
-    blocks = [torch.randn(block, L) for _ in range(torch.get_num_threads())]
+    blocks = [torch.randn(block, L) for _ in range(torch.get_num_threads() if pool else 1)]
     count = -(-rows // block)
 
     def make_worker():
@@ -102,22 +110,28 @@ def _floor_with(rows, L, block):
         blocks.insert(0, b)
         return lambda unit: torch.fft.irfft(torch.fft.rfft(b, n=n), n=n)
 
-    return lambda: run_tiles([[i] for i in range(count)], make_worker)
+    return lambda: run_tiles([[i] for i in range(count)], make_worker, None if pool else 1)
 
 
-def make_variants(B, H, L, compiled):
+def _merge_floors(per_variant: dict) -> dict:
+    """floor_pool and floor_caller -> floor: per round, the faster of the two."""
+    pool, caller = per_variant.pop("floor_pool"), per_variant.pop("floor_caller")
+    per_variant["floor"] = [min(a, b) for a, b in zip(pool, caller)]
+    return per_variant
+
+
+def make_variants(B, H, L, compiled, floor=True):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(B, H, L, generator=g)
     k_in = torch.randn(H, L, generator=g)
     k_const = k_in.clone()
     D = torch.randn(H, generator=g)
-    floor = make_floor(u)
     fns = {
         "eager": lambda: fftconv(u, k_in, D),
         "compile": lambda: compiled(u, k_in, D),
         "convfuse_input": lambda: convfuse_op(u, k_in, D),
         "convfuse_const": lambda: convfuse_op(u, k_const, D, constant=True),
-        "floor": floor,
+        **(make_floor(u) if floor else {}),
     }
     # Kernel as an input: a new version before every call, outside the timer (no cache can hit).
     before = {name: (lambda: k_in.add_(0.0)) for name in ("eager", "compile", "convfuse_input")}
@@ -134,7 +148,8 @@ def time_shape(B, H, L, repeats, compiled):
         for fn in fns.values():  # warm-up: compile, plans, thread pool, cache (second sighting)
             fn(), fn()
         cpu = {}
-        times = _rounds(fns, repeats, before, cpu)
+        times = _merge_floors(_rounds(fns, repeats, before, cpu))
+        cpu = _merge_floors(cpu)
     return ({name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()},
             {name: statistics.median(t) for name, t in cpu.items()})
 
@@ -182,7 +197,7 @@ def _status_kib(field):
 
 def _peak_child(B, H, L, variant):
     compiled = torch.compile(fftconv, dynamic=False) if variant == "compile" else None
-    fns, before, _ = make_variants(B, H, L, compiled)
+    fns, before, _ = make_variants(B, H, L, compiled, floor=False)
     fn = fns[variant]
     with torch.no_grad():
         for _ in range(3):
@@ -340,11 +355,12 @@ def main(argv=None):
     ap.add_argument("--no-model", action="store_true", help="skip the Hyena model-level part")
     ap.add_argument("--no-memory", action="store_true", help="skip peak-memory subprocesses")
     ap.add_argument("--no-extra", action="store_true", help="only the goals' four shapes (not L = 4095)")
+    ap.add_argument("--rounds", type=int, default=0, help="op-level rounds (default 15, 5 with --quick)")
     args = ap.parse_args(argv)
     if args.calibrate:
         calibrate(args.quick)
         return 0
-    repeats = 5 if args.quick else 15
+    repeats = args.rounds or (5 if args.quick else 15)
     meta = {"machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
             "torch": torch.__version__, "repeats": repeats, "loadavg_start": os.getloadavg()}
     rows = []

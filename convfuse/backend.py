@@ -12,7 +12,7 @@ import logging
 
 from torch.fx import GraphModule
 
-from convfuse.backends.cpu import describe_cpu_algorithm
+from convfuse.backends.cpu import cpu_kernel_name
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
@@ -104,14 +104,11 @@ def _kernel_description(name: str, m, spec, policy) -> str:
     if isinstance(policy, PartialKernel) and isinstance(policy.length, int) and isinstance(K, int):
         K = min(K, policy.length)
     sizes = (spec.n, spec.L, K, spec.start, spec.length)
-    out_shape = example_value(m.tail).shape
-    if name != "cpu" or not all(isinstance(v, int) for v in (*sizes, *out_shape)):
+    if name != "cpu" or not all(isinstance(v, int) for v in sizes):
         return name if name != "cpu" else "cpu (algorithm chosen per call)"
-    rows = 1
-    for i, d in enumerate(out_shape):
-        rows *= d if i != len(out_shape) + m.axis else 1
-    # "cpu-direct", "cpu-fft", "cpu-overlap-save": sizes and rows are in the spec and shapes
-    return describe_cpu_algorithm(*sizes, rows, bins=spectrum_bins(policy)).split("(")[0]
+    # "cpu-direct", "cpu-fft", "cpu-overlap-save" ("cpu-fft(n=8192)" for a rounded size): the
+    # other sizes are in the spec and shapes
+    return cpu_kernel_name(*sizes, bins=spectrum_bins(policy))
 
 
 def log_site(record: SiteReport) -> None:

@@ -43,11 +43,22 @@ def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
     return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins)
 
 
+def _shape_plan(n: int, L: int, K: int, start: int, length: int, bins: int) -> Plan:
+    return choose_plan(n, L, K, start, length, False, 1.0, os.environ.get(_FORCE_ENV) or None, bins)
+
+
 def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int, bins: int = 0) -> str:
     """The algorithm the CPU cost model picks for a (convolution) call of this shape, e.g.
     ``cpu-fft(n=2048)``, ``cpu-direct(K=16)`` or ``cpu-overlap-save(N=512, block=449, K=64)``."""
-    plan = choose_plan(n, L, K, start, length, False, 1.0, bins=bins)
-    return f"{describe(plan)} x {batch_rows} rows"
+    return f"{describe(_shape_plan(n, L, K, start, length, bins))} x {batch_rows} rows"
+
+
+def cpu_kernel_name(n: int, L: int, K: int, start: int, length: int, bins: int = 0) -> str:
+    """The report's short name of that algorithm: ``cpu-fft``, ``cpu-direct``,
+    ``cpu-overlap-save``, or ``cpu-fft(n=8192)`` when it transforms at another size than n."""
+    plan = _shape_plan(n, L, K, start, length, bins)
+    name = describe(plan).split("(")[0]
+    return f"{name}(n={plan.fft_n})" if plan.algo == "fft" and plan.fft_n != n else name
 
 
 def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: bool) -> KernelRows:
@@ -63,6 +74,8 @@ def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: 
 
 
 class KernelRows:
+    """A call's kernel rows (Hk, Lk) and, for a cached constant kernel, their prepared form."""
+
     def __init__(self, plan: Plan, k2: Tensor, dtype: torch.dtype, cached: Tensor | None):
         self.plan, self.k2, self.dtype, self.cached = plan, k2, dtype, cached
 

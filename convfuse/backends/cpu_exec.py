@@ -104,7 +104,7 @@ def tiles(lay: Layout, row_bytes: int, kernel_blocks: bool = True, shared: bool 
 
     A box takes all Ko rows of its kernel rows when they fit.  With ``kernel_blocks`` (the
     kernel is prepared per call) a unit is a block of at least KERNEL_BLOCK_ROWS kernel rows
-    and every box using them: one thread prepares the block in one transform call and runs
+    (at most KERNEL_BLOCK_BYTES of spectrum) and every box using them: one thread prepares the block in one transform call and runs
     all its boxes.  Without (a cached kernel), or when there are fewer than BALANCE blocks
     to share out, a unit is one box (preparing its own rows).
     """
@@ -113,7 +113,8 @@ def tiles(lay: Layout, row_bytes: int, kernel_blocks: bool = True, shared: bool 
     oo = max(1, min(lay.Ko, rows // hh))
     o_splits = _splits(lay.Ko, oo, balance=lay.Hk == 1)
     if kernel_blocks:
-        blocks = _splits(lay.Hk, min(lay.Hk, hh * -(-KERNEL_BLOCK_ROWS // hh)), balance=True)
+        want = min(KERNEL_BLOCK_ROWS, max(1, KERNEL_BLOCK_BYTES // max(row_bytes, 1)))
+        blocks = _splits(lay.Hk, min(lay.Hk, hh * -(-want // hh)), balance=True)
         if len(blocks) >= BALANCE:
             return [[(o0, o1, h0, min(h0 + hh, H1)) for h0 in range(H0, H1, hh) for o0, o1 in o_splits]
                     for H0, H1 in blocks]
@@ -137,6 +138,9 @@ def _splits(total: int, step: int, balance: bool) -> list[tuple[int, int]]:
 # row falls with the batch (rfft at n = 8192, 1 thread, measured: 1 row 56 us, 4 rows
 # 24 us/row, 7 rows 18, 28 rows 13.6, 64 rows 12.7).
 KERNEL_BLOCK_ROWS = 16
+# ...and at most this many bytes of spectrum per block (each thread holds one): at n = 262144,
+# 16 rows would be 16 MiB a thread, and a row's own cost there dwarfs a call's overhead.
+KERNEL_BLOCK_BYTES = 4 * 2**20
 # Few pieces are cut into a multiple of this many: balanced on 1, 2 or 4 threads, and the
 # tiles (so the rows MKL transforms together, so the rounding) never depend on the thread
 # count: results are bitwise the same whatever torch.get_num_threads() is.

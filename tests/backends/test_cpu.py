@@ -273,7 +273,9 @@ def test_inference_tensors_are_not_cached(fresh_cache):
                                             (1, 64, 131073 * 8), (1024, 1, 1025 * 8), (4, 3, 100), (7, 5, 3 << 20)])
 @pytest.mark.parametrize("kernel_blocks", [True, False])
 def test_tiles_cover_every_row_once_in_balanced_units(Ko, Hk, row_bytes, kernel_blocks):
-    from convfuse.backends.cpu_exec import BALANCE, KERNEL_BLOCK_ROWS, MIN_TILE_ROWS, TILE_BYTES, Layout, tiles
+    from convfuse.backends.cpu_exec import (
+        BALANCE, KERNEL_BLOCK_BYTES, KERNEL_BLOCK_ROWS, MIN_TILE_ROWS, TILE_BYTES, Layout, tiles,
+    )
 
     lay = Layout(Ko, Hk, torch.Size([Ko, Hk]), torch.empty(Hk, 1))
     units = tiles(lay, row_bytes, kernel_blocks)
@@ -287,5 +289,7 @@ def test_tiles_cover_every_row_once_in_balanced_units(Ko, Hk, row_bytes, kernel_
         assert max(sizes) - min(sizes) <= max(sizes) // 4  # ...of about the same size
     if kernel_blocks and len(units[0]) > 1:  # units are kernel blocks: one transform call each
         blocks = [(min(b[2] for b in u), max(b[3] for b in u)) for u in units]
-        assert all(h1 - h0 >= min(KERNEL_BLOCK_ROWS, Hk) // 2 for h0, h1 in blocks)
+        want = min(KERNEL_BLOCK_ROWS, max(1, KERNEL_BLOCK_BYTES // row_bytes), Hk)
+        assert all(h1 - h0 >= want // 2 for h0, h1 in blocks)
+        assert all((h1 - h0) * row_bytes <= max(KERNEL_BLOCK_BYTES, row_bytes * rows) for h0, h1 in blocks)
         assert sorted(h for h0, h1 in blocks for h in range(h0, h1)) == list(range(Hk))

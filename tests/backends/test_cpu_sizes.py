@@ -114,3 +114,23 @@ def test_rounded_calls_match_the_reference_forward_and_backward(case):
     want_grads = torch.autograd.grad(want, params, g)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_a_compiled_site_reports_the_size_it_runs_at():
+    from tests.conftest import assert_matches_eager
+
+    def fftconv(u, k):  # Hyena's spelling at an odd length: n = 2L = 74 = 2 * 37
+        n = 2 * u.shape[-1]
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., : u.shape[-1]]
+
+    def circular(u, k):  # the near miss: n = L = 37 is the definition, it stays
+        return torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(k), n=u.shape[-1])
+
+    u, k = torch.randn(2, 4, 37, requires_grad=True), torch.randn(4, 37, requires_grad=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVFUSE_CPU_ALGO", "fft")
+        linear = assert_matches_eager(fftconv, (u, k))
+        cyclic = assert_matches_eager(circular, (u, k))
+    assert linear.op_calls() == 1 and cyclic.op_calls() == 1
+    assert linear.report.sites[0].kernel == "cpu-fft(n=75)"  # 3 * 5^2, the cheapest size >= 73
+    assert cyclic.report.sites[0].kernel == "cpu-fft"
