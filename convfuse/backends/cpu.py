@@ -26,10 +26,10 @@ from torch import Tensor
 
 from convfuse.backends import cpu_cache
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.cpu_algos import Plan, compute_tile, fft_tile, prepare
+from convfuse.backends.cpu_algos import Plan, fft_tile, linear_tile, prepare
 from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
-    Layout, empty_output, grid_view, make_layout, run_tiles, tiles,
+    Layout, box_rows, empty_output, grid_view, largest_box, make_layout, run_tiles, tiles,
 )
 from convfuse.spec import ConvParams
 
@@ -122,17 +122,16 @@ def fft_conv_cpu(
     # zero): no padded copy per tile; the other algorithms read the signal as it is.
     padded = plan.fft_n if plan.algo == "fft" else 0
     width = min(Lue, padded) if padded else Lue
-    most_rows = max((o1 - o0) * (h1 - h0) for unit in units for o0, o1, h0, h1 in unit)
 
     def make_worker():
-        buf = (torch.zeros if padded else torch.empty)(most_rows, padded or width, dtype=dtype)
+        buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
 
         def work(unit: list[tuple[int, int, int, int]]) -> None:
             prepared = kernel_rows.for_unit(unit)
             for o0, o1, h0, h1 in unit:
-                rows = buf[: (o1 - o0) * (h1 - h0)].view(o1 - o0, h1 - h0, -1)
+                rows = box_rows(buf, o0, o1, h0, h1)
                 x = prologue_into(rows[..., :width], u3[o0:o1, h0:h1], pg3[o0:o1, h0:h1] if pg3 is not None else None)
-                y = fft_tile(plan, rows, prepared(h0, h1)) if padded else compute_tile(plan, x, prepared(h0, h1))
+                y = fft_tile(plan, rows, prepared(h0, h1)) if padded else linear_tile(plan, x, prepared(h0, h1))
                 epilogue_into(out3[o0:o1, h0:h1], y, x, D3[o0:o1, h0:h1] if D3 is not None else None,
                               post3[o0:o1, h0:h1] if post3 is not None else None)
 

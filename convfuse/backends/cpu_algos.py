@@ -3,7 +3,8 @@
 Tiles are (O, Hh, X): O rows share each of Hh kernel rows.  Every function returns a
 fresh tensor in the compute dtype that the caller may modify in place.
 
-- ``fft``: one length-n transform per row, the operator's own cyclic definition;
+- ``fft``: one length-n transform per row, the operator's own cyclic definition (at a
+  cheaper size with the same window when the call is linear: ``cpu_cost.fft_size``);
   valid for every call (wrap-around windows, circular convolutions, truncation), and
   the only one for a sparse kernel spectrum (only its kept bins are multiplied).
 - ``direct``: sliding dot products (depthwise ``conv1d``), for short kernels.
@@ -97,11 +98,9 @@ def fft_tile(plan: Plan, padded: Tensor, prep: Tensor) -> Tensor:
     return window(c, plan.start, plan.length)
 
 
-def compute_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
-    """x: (O, Hh, Lu) signal tile in the compute dtype; prep: prepared kernel rows (Hh, ...)."""
-    if plan.algo == "fft":
-        return fft_tile(plan, F.pad(x, (0, plan.fft_n - x.shape[-1])) if x.shape[-1] <= plan.fft_n
-                        else x[..., : plan.fft_n], prep)
+def linear_tile(plan: Plan, x: Tensor, prep: Tensor) -> Tensor:
+    """"direct" or "ols": x (O, Hh, Lu) signal tile in the compute dtype; prep: prepared kernel
+    rows (Hh, ...) -> the window ("fft" runs ``fft_tile`` on a padded buffer)."""
     if x.shape[-1] > plan.n:
         x = x[..., : plan.n]  # the operator truncates signals longer than n
     parts = [_lin_segment(plan, x, prep, a, b)

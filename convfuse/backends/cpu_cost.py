@@ -148,11 +148,11 @@ def choose_plan(
 ) -> Plan:
     """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks).  A sparse
     kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row."""
-    fft_n = fft_size(n, Lu, Lk, start, length, conj)
-    Lu, K = min(Lu, n), min(Lk, n)
-    base = dict(n=n, Lu=Lu, K=K, start=start, length=length, conj=conj, scale=scale)
+    base = dict(n=n, Lu=min(Lu, n), K=min(Lk, n), start=start, length=length, conj=conj, scale=scale)
     if 0 < bins < n // 2 + 1:
         return Plan("fft", bins=bins, fft_n=n, **base)  # the kept bins are defined at n
+    fft_n = fft_size(n, Lu, Lk, start, length, conj)  # the raw lengths: truncation keeps n
+    Lu, K = base["Lu"], base["K"]
     linear = K >= 1 and is_linear(n, Lu, K, start, length)
     if not linear or force == "fft":
         return Plan("fft", fft_n=fft_n, **base)

@@ -126,6 +126,16 @@ def tiles(lay: Layout, row_bytes: int, kernel_blocks: bool = True, shared: bool 
     return [[(o0, o1, h0, h1)] for h0, h1 in _splits(lay.Hk, hh, balance=len(o_splits) == 1) for o0, o1 in o_splits]
 
 
+def largest_box(units: list[list[tuple[int, int, int, int]]]) -> int:
+    """Rows of the largest box: what a per-thread row buffer must hold."""
+    return max((o1 - o0) * (h1 - h0) for unit in units for o0, o1, h0, h1 in unit)
+
+
+def box_rows(buf: Tensor, o0: int, o1: int, h0: int, h1: int) -> Tensor:
+    """A box's rows of a (largest_box, X) per-thread buffer, viewed (O, Hh, X)."""
+    return buf[: (o1 - o0) * (h1 - h0)].view(o1 - o0, h1 - h0, buf.shape[-1])
+
+
 def _splits(total: int, step: int, balance: bool) -> list[tuple[int, int]]:
     """[0, total) in ceil(total / step) near-equal pieces (a ragged last piece of one row would
     cost a whole call's overhead); with ``balance``, when that is few pieces, in a multiple
@@ -216,9 +226,10 @@ def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]], th
 
     Threads pull units from a shared counter rather than taking fixed halves: on a
     shared machine a core is often busy with someone else's process, and a static split
-    then waits for the slow half.  ``make_worker()`` gives each thread its own state
-    (the kernel block it prepared last).  A caller that already runs with one intra-op
-    thread (so its own torch calls never wait on a busy core) passes the count it had.
+    then waits for the slow half.  ``make_worker()`` gives each thread its own state (its
+    row buffers).  ``threads=1`` runs every unit on the calling thread with its intra-op
+    threads as they are (short calls, ``cpu_cost.use_pool``); a caller that already runs
+    with one intra-op thread passes the count it had.
     """
     threads = min(torch.get_num_threads() if threads is None else threads, len(units))
     counter = itertools.count()  # next() is atomic under the GIL

@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.common import output_shape, window
-from convfuse.backends.cpu import plan_for, prepared_kernel_rows
+from convfuse.backends.cpu import plan_for, prepared_kernel_rows, prologue_into
 from convfuse.backends.cpu_cost import use_pool
 from convfuse.backends.cpu_exec import (
-    empty_output, grid_view, make_layout, run_tiles, tiles,
+    box_rows, empty_output, grid_view, largest_box, make_layout, run_tiles, tiles,
 )
 from convfuse.spec import ConvParams
 
@@ -56,7 +56,9 @@ def fft_conv_grad_cpu(
     # sums the layout does not express.
     if plan.algo != "fft" or lay.Hk * Lk != k.numel() or tuple(g.shape[:-1]) != tuple(batch):
         return None, None, None
-    du_len, dk_len = min(Lu, p.n), min(Lk, p.n)  # a signal's tail beyond n gets no gradient
+    # A signal's tail beyond n was truncated by the forward: it gets no gradient and is not
+    # transformed (du_len <= plan.fft_n: that is n, or a size holding the whole signal).
+    du_len, dk_len = min(Lu, p.n), min(Lk, p.n)
     du = None
     if need_u:
         du = empty_output((*batch, Lu), dtype) if du_len == Lu else torch.zeros(*batch, Lu, dtype=dtype)
@@ -79,26 +81,24 @@ def fft_conv_grad_cpu(
     pool = use_pool(plan, lay.Ko * lay.Hk, transforms=2.0)
     units = tiles(lay, plan.row_bytes(dtype) * (2 if need_k or need_h else 1),  # G and UE live together
                   kernel_rows is not None and kernel_rows.cached is None, shared=not pool)
-    most_rows = max((o1 - o0) * (h1 - h0) for unit in units for o0, o1, h0, h1 in unit)
-    Lg, Lue = g.shape[-1], min(Lu, n)
+    Lg = g.shape[-1]
 
     def make_worker():
         # Zero-padded row buffers the signals are copied into (their tails stay zero): the
         # transforms pad nothing.
-        g_buf = torch.zeros(most_rows, n, dtype=dtype)
-        ue_buf = torch.zeros(most_rows, n, dtype=dtype) if need_k or need_h else None
-
-        def padded(buf: Tensor, src: Tensor, width: int) -> Tensor:
-            rows = buf[: src.shape[0] * src.shape[1]].view(*src.shape[:2], n)
-            rows[..., :width].copy_(src[..., :width])
-            return rows
+        g_buf = torch.zeros(largest_box(units), n, dtype=dtype)
+        ue_buf = torch.zeros(largest_box(units), n, dtype=dtype) if need_k or need_h else None
 
         def work(unit: list[tuple[int, int, int, int]]) -> None:
             prepared = kernel_rows.for_unit(unit) if kernel_rows is not None else None
             for o0, o1, h0, h1 in unit:
-                G = torch.fft.rfft(padded(g_buf, g3[o0:o1, h0:h1], Lg))[..., :bins]  # (O, Hh, bins)
+                g_rows = box_rows(g_buf, o0, o1, h0, h1)
+                prologue_into(g_rows[..., :Lg], g3[o0:o1, h0:h1], None)
+                G = torch.fft.rfft(g_rows)[..., :bins]  # (O, Hh, bins)
                 if need_k or need_h:
-                    UE = torch.fft.rfft(padded(ue_buf, ue3[o0:o1, h0:h1], Lue))[..., :bins]
+                    ue_rows = box_rows(ue_buf, o0, o1, h0, h1)
+                    prologue_into(ue_rows[..., :du_len], ue3[o0:o1, h0:h1], None)
+                    UE = torch.fft.rfft(ue_rows)[..., :bins]
                 if need_h:
                     c = torch.fft.irfft(UE * prepared(h0, h1), n=n)
                     h3[o0:o1, h0:h1] = window(c, p.start, p.length)
