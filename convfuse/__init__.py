@@ -2,12 +2,14 @@
 
     model = torch.compile(model, backend="convfuse")
     report = convfuse.explain(model, *example_inputs)
+    y = convfuse.fftconv(u, k, D, pre_gate, post_gate)     # FlashFFTConv-style, no compile needed
 """
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 from convfuse.api import compile, explain
 from convfuse.backend import convfuse_backend
+from convfuse.dropin import FFTConv, fftconv
 from convfuse.ops import fft_conv
 from convfuse.policies import Auto, Exact, FrequencySparse, PartialKernel, PolicyError, parse_policy
 from convfuse.report import RewriteReport, SiteReport
@@ -16,8 +18,8 @@ from convfuse.spec import ConvSpec
 
 __version__ = "0.1.0"
 __all__ = [
-    "Auto", "ConvSpec", "Exact", "FrequencySparse", "PartialKernel", "PolicyError", "RewriteReport", "SiteReport",
-    "compile", "convfuse_backend", "explain", "fft_conv", "parse_policy", "region", "unmark",
+    "Auto", "ConvSpec", "Exact", "FFTConv", "FrequencySparse", "PartialKernel", "PolicyError", "RewriteReport", "SiteReport",
+    "compile", "convfuse_backend", "explain", "fft_conv", "fftconv", "parse_policy", "region", "unmark",
 ]
 
 
