@@ -39,6 +39,17 @@ def _per_channel(D: Tensor, u: Tensor) -> Tensor:
     return D
 
 
+def _default_kernel() -> str:
+    try:  # convfuse.config (CONVFUSE_KERNEL, read once) where it exists
+        from convfuse import config
+
+        return config.kernel
+    except (ImportError, AttributeError):
+        from convfuse.backends.dispatch import default_kernel
+
+        return default_kernel()
+
+
 def fftconv(
     u: Tensor,
     k: Tensor,
@@ -77,9 +88,7 @@ def fftconv(
         if n < max(L, 1):
             raise ValueError(f"convfuse.fftconv: fft_size={n} is shorter than the input (L={L})")
     if kernel is None:
-        from convfuse.backends.dispatch import default_kernel
-
-        kernel = default_kernel()
+        kernel = _default_kernel()
     if D is not None:
         D = _per_channel(D, u)
     return torch.ops.convfuse.fft_conv(
