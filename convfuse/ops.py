@@ -6,10 +6,15 @@ autograd and Inductor can trace it with symbolic sizes) and an autograd formula
 whose backward is two more calls of the same operator: the gradients of a cyclic
 convolution are cyclic correlations (and of a correlation, a convolution and a
 correlation), so no differentiation through any implementation is needed.
+
+Both operators register a CUDA kernel of their own (``register_kernel("cuda")``): the same
+implementation under a device guard for the inputs' GPU, so tensors on a GPU other than the
+current one launch their Triton kernels and allocate their buffers there.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -46,11 +51,32 @@ def fft_conv(
     spectrum_bins = M > 0, k stands for the kernel whose one-sided spectrum at size n
     keeps only its lowest M bins (FrequencySparse).
     """
+    return _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
+                          kernel, constant_kernel, spectrum_bins)
+
+
+def _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel,
+                   constant_kernel, spectrum_bins):
     p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel, spectrum_bins)
     p.validate()
     _check_inputs(u, k, D, pre_gate, post_gate, length)
     # The fake implementation promises a fresh contiguous tensor; a window is a strided view.
     return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel).contiguous()
+
+
+def on_device(t: Tensor):
+    """A device guard for a CUDA tensor's own device (a no-op elsewhere): Triton launches and
+    allocations without one go to the *current* GPU, wherever the tensors live."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+@fft_conv.register_kernel("cuda")
+def _fft_conv_cuda(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel,
+                   constant_kernel=False, spectrum_bins=0):
+    # The CUDA entry of the dispatcher: the same implementation, on the inputs' own GPU.
+    with on_device(u):
+        return _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel,
+                              out_dtype, kernel, constant_kernel, spectrum_bins)
 
 
 def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:
@@ -137,6 +163,12 @@ def fft_conv_grad(
     transforms g and ue once each and sums d k over the batch in the frequency domain);
     elsewhere it is ``cyclic_grads`` and a forward call.
     """
+    return _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h,
+                               constant_kernel, spectrum_bins)
+
+
+def _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h,
+                        constant_kernel, spectrum_bins):
     p = ConvParams(n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, constant_kernel, spectrum_bins)
     p.validate()
     du, dk, h = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k, need_h)
@@ -147,6 +179,14 @@ def fft_conv_grad(
             h = fft_conv(ue, k, None, None, None, n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, kernel,
                          constant_kernel, spectrum_bins)
     return tuple(t.contiguous() if t is not None else g.new_empty(0) for t in (du, dk, h))
+
+
+@fft_conv_grad.register_kernel("cuda")
+def _fft_conv_grad_cuda(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h=False,
+                        constant_kernel=False, spectrum_bins=0):
+    with on_device(g):
+        return _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h,
+                                   constant_kernel, spectrum_bins)
 
 
 @fft_conv_grad.register_fake

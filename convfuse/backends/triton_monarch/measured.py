@@ -2,8 +2,9 @@
 
 ``run_measured`` has the implementation signature.  On the first call for a shape signature
 (shapes, strides, dtypes, parameters, device) it times the Triton path and the cuFFT path
-(``fft_conv_reference``: torch.fft with the prologue and epilogue around it) and keeps the
-faster, so a shape never runs slower than cuFFT by more than the timing noise.  Calls with no
+(``cufft.run``: torch.fft's cuFFT transforms with the prologue and the epilogue each fused into
+one Triton pointwise kernel) and keeps the faster, so a shape never runs slower than cuFFT by
+more than the timing noise.  Calls with no
 Triton plan go to cuFFT without measuring.  During CUDA-graph capture nothing is timed: an
 unmeasured shape runs cuFFT.  ``AUTO_IMPLEMENTATION`` is what kernel="auto" runs on CUDA
 (convfuse/backends/dispatch.py).  A Triton failure while measuring means cuFFT for that shape.
@@ -19,8 +20,7 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.dispatch import Implementation
-from convfuse.backends.reference import fft_conv_reference
-from convfuse.backends.triton_monarch import launch
+from convfuse.backends.triton_monarch import cufft, launch
 from convfuse.spec import ConvParams
 
 log = logging.getLogger("convfuse")
@@ -66,7 +66,7 @@ def choose(u, k, D, pre_gate, post_gate, p: ConvParams, timer=_time_ms) -> str:
             log.warning("convfuse: Triton kernels failed for %s (%s: %s); using cuFFT for this shape",
                         key[0], type(exc).__name__, exc)
             t_triton = float("inf")
-        t_cufft = timer(lambda: fft_conv_reference(*args), u.device)
+        t_cufft = timer(lambda: cufft.run(*args), u.device)
         choice = "triton" if t_triton < t_cufft else "cufft"
     CHOICES[key] = choice
     return choice
@@ -76,7 +76,7 @@ def run_measured(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None
                  p: ConvParams) -> Tensor:
     if choose(u, k, D, pre_gate, post_gate, p) == "triton":
         return launch.run(u, k, D, pre_gate, post_gate, p)
-    return fft_conv_reference(u, k, D, pre_gate, post_gate, p)
+    return cufft.run(u, k, D, pre_gate, post_gate, p)
 
 
 AUTO_IMPLEMENTATION = Implementation("triton-or-cufft", run_measured, ("cuda",))
