@@ -1,0 +1,82 @@
+"""The three-level fused kernel (kernels3.py / fused3.py): 4K..32K in one program per row pair.
+
+Under the Triton interpreter on tiny batches (one or two row pairs), against plain torch.fft
+written out here (nothing imported from convfuse's implementations).  32K is marked slow
+(seconds in the interpreter).  The GPU limits the interpreter does not check (tl.dot >= 16 in
+every dimension) are asserted by the plan.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from convfuse.backends.triton_monarch import fused3  # noqa: E402
+from convfuse.spec import ConvParams  # noqa: E402
+
+
+def _reference(u, k, D, pre, post, p):
+    ue = u.double() if pre is None else u.double() * pre.double()
+    K = torch.fft.rfft(k.double(), n=p.n)
+    K = K.conj() if p.conj_kernel else K
+    c = torch.fft.irfft(torch.fft.rfft(ue, n=p.n) * K, n=p.n) * p.scale * p.n ** p.n_power
+    y = c[..., (p.start + torch.arange(p.length)) % p.n]
+    if D is not None:
+        y = y + ue * D.double()
+    return y if post is None else y * post.double()
+
+
+CASES = [
+    # (u, k, D, pre, post, params, expected (m, half_in, half_out))
+    ((2, 3, 2048), (3, 2048), (3, 1), (2, 3, 2048), (2, 3, 2048), ConvParams(4096, 0, 2048), (4096, False, False)),
+    ((2, 4096), (2, 4096), None, None, (2, 4096), ConvParams(8192, 0, 4096), (8192, True, True)),  # causal skips
+    ((3, 3000), (3000,), (3, 3000), None, None, ConvParams(6000, 0, 3000, scale=0.25), (8192, True, True)),  # padded
+    ((2, 8000), (1, 8000), None, (2, 8000), None, ConvParams(16384, 0, 8000), (16384, True, True)),
+    ((2, 4096), (2, 4096), None, None, None, ConvParams(4096, 100, 4096, conj_kernel=True), (4096, False, False)),
+    ((2, 6000), (2, 5000), None, None, None, ConvParams(8192, 7000, 3000), (8192, False, False)),  # wraps at n
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_torch_fft(case):
+    *shapes, p, want = CASES[case]
+    g = torch.Generator().manual_seed(case)
+    u, k, D, pre, post = (None if s is None else torch.randn(s, generator=g) for s in shapes)
+    r = fused3.resolve(u, k, D, pre, post, p)
+    assert not isinstance(r, str), r
+    assert (r.m, r.half_in, r.half_out) == want
+    out = fused3.run(u, k, D, pre, post, p)
+    ref = _reference(u, k, D, pre, post, p)
+    assert out.shape == ref.shape
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
+
+
+def test_half_output_runs_half_dots():
+    g = torch.Generator().manual_seed(1)
+    u, post = (torch.randn(2, 3, 2000, generator=g).half() for _ in range(2))
+    k = torch.randn(3, 2000, generator=g) / 2000
+    p = ConvParams(4096, 0, 2000, out_dtype=torch.float16)
+    r = fused3.resolve(u, k, None, None, post, p)
+    assert r.plan.dot_dtype == torch.float16
+    out = fused3.run(u, k, None, None, post, p)
+    assert out.dtype == torch.float16
+    ref = _reference(u, k, None, None, post, p)
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 5e-3
+
+
+def test_refusals_are_reasons():
+    u, k = torch.randn(2, 300), torch.randn(2, 300)
+    assert "not a three-level size" in fused3.resolve(u, k, None, None, None, ConvParams(700, 5, 600, conj_kernel=True))
+    assert "frequency-sparse" in fused3.resolve(u, k, None, None, None, ConvParams(4096, 0, 300, spectrum_bins=10))
+
+
+@pytest.mark.slow
+def test_32k_one_program():
+    g = torch.Generator().manual_seed(3)
+    u, k = torch.randn(1, 16384, generator=g), torch.randn(1, 16384, generator=g)
+    p = ConvParams(32768, 0, 16384)
+    out = fused3.run(u, k, None, None, None, p)
+    ref = _reference(u, k, None, None, None, p)
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
