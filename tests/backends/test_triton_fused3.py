@@ -80,3 +80,29 @@ def test_32k_one_program():
     out = fused3.run(u, k, None, None, None, p)
     ref = _reference(u, k, None, None, None, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
+
+
+def test_kernel_triton_runs_one_kernel_from_4k(monkeypatch):
+    from convfuse.backends import triton_monarch as tm
+
+    try:
+        from convfuse import config
+    except ImportError:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.setattr(config, "triton_interpret", True)
+    g = torch.Generator().manual_seed(4)
+    u, k = torch.randn(2, 3000, generator=g), torch.randn(2, 3000, generator=g)
+    p = ConvParams(6000, 0, 3000)  # linear: padded to 8192
+    assert isinstance(tm.resolve(u, k, None, None, None, p), fused3.Call3)
+    assert "8192 = 32x16x16 in one kernel (padded from 6000)" in tm.explain(u, k, p=p)
+    assert "skips causal input and causal output" in tm.explain(u, k, p=p)
+    before = sum(n for key, n in tm.LAUNCHES.items() if key.endswith("one kernel"))
+    out = tm.run(u, k, None, None, None, p)
+    assert sum(n for key, n in tm.LAUNCHES.items() if key.endswith("one kernel")) == before + 1
+    ref = _reference(u, k, None, None, None, p)
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
+    # without the size in THREE_LEVEL_SIZES the outer passes run, with the same result
+    monkeypatch.setattr(tm.select, "THREE_LEVEL_SIZES", set())
+    assert "outer radix" in tm.explain(u, k, p=p)
+    torch.testing.assert_close(tm.run(u, k, None, None, None, p), out, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,9 @@ none, and ``explain(u, k, D, pre_gate, post_gate, p)`` what one call runs.
 
 Modules: ``plan`` (factorizations, DFT/twiddle matrices, kernel spectra, padding rules, the
 spectrum columns a frequency-sparse kernel keeps), ``kernels`` (the fused kernel, n <= 2048, also
-running overlap-save frames) and ``kernels_outer`` (outer/middle passes through GPU memory,
+running overlap-save frames), ``kernels3`` / ``fused3`` (the three-level fused kernel, 4K..32K in
+one launch, chosen by ``select``), ``cufft`` (cuFFT with the prologue and epilogue as one Triton
+kernel each: kernel="auto"'s other side on CUDA) and ``kernels_outer`` (outer/middle passes through GPU memory,
 n = 4K..4M), both imported on first launch and built twice (compiled and interpreted) over the
 device functions of ``kernels_common``, ``blocks`` (overlap-save for short kernels and the
 roofline model that picks it), ``launch`` (offsets, row pairs, launches, fallback), ``measured``
@@ -22,10 +24,11 @@ was available when it was written), including what the policies' skipped work sa
 from __future__ import annotations
 
 from convfuse.backends.dispatch import Implementation
-from convfuse.backends.triton_monarch.launch import FALLBACKS, LAUNCHES, explain, resolve, run
+from convfuse.backends.triton_monarch.launch import FALLBACKS, LAUNCHES
+from convfuse.backends.triton_monarch.select import THREE_LEVEL_SIZES, explain, resolve, run
 from convfuse.backends.triton_monarch.plan import FUSED_SIZES, MonarchPlan, check_dot_shape, plan_for
 
 IMPLEMENTATION = Implementation("triton", run, ("cuda", "cpu"))
 
-__all__ = ["IMPLEMENTATION", "FALLBACKS", "LAUNCHES", "FUSED_SIZES", "MonarchPlan", "check_dot_shape", "explain", "plan_for",
+__all__ = ["IMPLEMENTATION", "FALLBACKS", "LAUNCHES", "THREE_LEVEL_SIZES", "FUSED_SIZES", "MonarchPlan", "check_dot_shape", "explain", "plan_for",
            "resolve", "run"]

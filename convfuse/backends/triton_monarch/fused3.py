@@ -4,9 +4,8 @@
 because skipping the zero input half (and the discarded output half) halves the first and last
 contractions to N1/2 = 16, the smallest tl.dot a GPU takes; 4096 = 16^3 cannot skip (N1/2 = 8),
 so its zero half only saves loads.  ``resolve`` gives the call's plan or why not; ``run`` has the
-implementation signature.  Not yet what ``kernel="triton"`` launches (launch.py runs the outer
-passes for these sizes): ``tests/backends/test_triton_fused3.py`` checks it under the
-interpreter and ``bench/gpu.py --compile-report`` style compiles give its registers.
+implementation signature; ``select.py`` runs it where launch.py would run the outer passes.
+``tests/backends/test_triton_fused3.py`` checks it under the interpreter.
 """
 
 from __future__ import annotations
@@ -24,6 +23,10 @@ from convfuse.spec import ConvParams, is_linear
 FACTORS3: dict[int, tuple[int, int, int]] = {
     4096: (16, 16, 16), 8192: (32, 16, 16), 16384: (32, 32, 16), 32768: (32, 32, 32),
 }
+# Warps per plan, from the sm90 compile (bench/results/triton-sm90-resources.md): 4K at 8 warps
+# holds its tiles in 190 registers without spills (fp16/bf16); 8K at 8 warps spills 16 B; 16K and
+# 32K spill less at 16 warps (128 registers each) than at 8.  Not measured on a GPU yet.
+WARPS3: dict[int, int] = {4096: 8, 8192: 8, 16384: 16, 32768: 16}
 
 
 @dataclass(frozen=True)
@@ -130,5 +133,5 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         out, plan.f1, plan.f2, plan.f3, plan.tw1, plan.t2, min(Lue, p.n), Lue, p.start, p.length,
         N1=n1, N2=n2, N3=n3, HALF_IN=r.half_in, HALF_OUT=r.half_out,
         HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
-        PREC=plan.input_precision, num_warps=8)
+        PREC=plan.input_precision, num_warps=WARPS3[r.m])
     return out

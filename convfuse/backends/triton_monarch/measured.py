@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.dispatch import Implementation
-from convfuse.backends.triton_monarch import cufft, launch
+from convfuse.backends.triton_monarch import cufft, select
 from convfuse.spec import ConvParams
 
 log = logging.getLogger("convfuse")
@@ -54,14 +54,14 @@ def choose(u, k, D, pre_gate, post_gate, p: ConvParams, timer=_time_ms) -> str:
     choice = CHOICES.get(key)
     if choice is not None:
         return choice
-    if isinstance(launch.resolve(u, k, D, pre_gate, post_gate, p), str):
+    if isinstance(select.resolve(u, k, D, pre_gate, post_gate, p), str):
         choice = "cufft"
     elif u.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return "cufft"  # cannot time inside a graph capture; decide on a later eager call
     else:
         args = (u, k, D, pre_gate, post_gate, p)
         try:
-            t_triton = timer(lambda: launch.run(*args), u.device)
+            t_triton = timer(lambda: select.run(*args), u.device)
         except Exception as exc:  # a kernel that fails to compile or launch here: cuFFT, said once
             log.warning("convfuse: Triton kernels failed for %s (%s: %s); using cuFFT for this shape",
                         key[0], type(exc).__name__, exc)
@@ -75,7 +75,7 @@ def choose(u, k, D, pre_gate, post_gate, p: ConvParams, timer=_time_ms) -> str:
 def run_measured(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_gate: Tensor | None,
                  p: ConvParams) -> Tensor:
     if choose(u, k, D, pre_gate, post_gate, p) == "triton":
-        return launch.run(u, k, D, pre_gate, post_gate, p)
+        return select.run(u, k, D, pre_gate, post_gate, p)
     return cufft.run(u, k, D, pre_gate, post_gate, p)
 
 
