@@ -16,7 +16,8 @@ Phase 2, ``bench`` rows: FlashFFTConv's setting, a gated causal convolution
 ``y = ((u*g1) (*) k + u*g1*D) * g2`` at FFT size n = 2L, B = 64, H = 768, fp16 and bf16, n = 256,
 1K, 4K, 8K, 16K, 32K, 1M, forward and forward+backward, for three contestants: eager (fp32
 torch.fft, cuFFT), Inductor (``torch.compile`` of the same function, dynamic shapes: one compile
-per dtype and mode) and convfuse (the operator, Triton kernels).  H halves where memory binds
+per dtype and mode) and convfuse (the operator, Triton kernels; at 4K..32K forward also
+``convfuse_outer_ms``, the same call through the outer passes instead of the three-level kernel).  H halves where memory binds
 (estimated, then on an out-of-memory error); B never shrinks.  Peak memory per contestant is
 the allocator's peak over one call above what was allocated before it.  A time budget
 (``--budget-s``) stops phase 2 early and says so in a ``skipped`` row.
@@ -247,7 +248,7 @@ def fit_H(n: int, B: int, H: int, mode: str, device: str) -> int:
 def bench_case(n, B, H, name, mode, device, target_s, inductor) -> dict:
     torch = _torch()
     import convfuse
-    from convfuse.backends.triton_monarch import FALLBACKS, LAUNCHES, explain
+    from convfuse.backends.triton_monarch import FALLBACKS, LAUNCHES, explain, select
     from convfuse.spec import ConvParams
 
     dtype = getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[name])
@@ -284,6 +285,14 @@ def bench_case(n, B, H, name, mode, device, target_s, inductor) -> dict:
         f = call(fn)
         row[f"{cname}_ms"] = time_ms(f, device, target_s)
         row[f"{cname}_peak_mb"] = peak_mb(f, device)
+    if n in select.THREE_LEVEL_SIZES and mode == "fwd":
+        # the same call through the outer passes (three launches, an fp32 buffer): which path wins
+        saved = set(select.THREE_LEVEL_SIZES)
+        select.THREE_LEVEL_SIZES.discard(n)
+        try:
+            row["convfuse_outer_ms"] = time_ms(call(fused), device, target_s)
+        finally:
+            select.THREE_LEVEL_SIZES.update(saved)
     row["speedup_vs_eager"] = row["eager_ms"] / row["convfuse_ms"]
     if "inductor_ms" in row:
         row["speedup_vs_inductor"] = row["inductor_ms"] / row["convfuse_ms"]
