@@ -106,3 +106,13 @@ def test_kernel_triton_runs_one_kernel_from_4k(monkeypatch):
     monkeypatch.setattr(tm.select, "THREE_LEVEL_SIZES", set())
     assert "outer radix" in tm.explain(u, k, p=p)
     torch.testing.assert_close(tm.run(u, k, None, None, None, p), out, rtol=1e-5, atol=1e-5)
+
+
+def test_plans_beyond_the_devices_shared_memory_are_refused(monkeypatch):
+    monkeypatch.setattr(fused3, "device_smem", lambda device: 99 * 1024)  # a consumer GPU
+    u, k = torch.randn(2, 8000), torch.randn(2, 8000)
+    assert not isinstance(fused3.resolve(u.half(), k, None, None, None,
+                                         ConvParams(16384, 0, 8000, out_dtype=torch.float16)), str)
+    assert "shared memory" in fused3.resolve(u, k, None, None, None, ConvParams(16384, 0, 8000))
+    assert "shared memory" in fused3.resolve(u.half(), torch.randn(2, 16000), None, None, None,
+                                             ConvParams(32768, 0, 16000, out_dtype=torch.float16))

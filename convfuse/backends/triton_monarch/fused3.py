@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.triton_monarch.plan import _dft, check_dot_shape, dot_dtype_for, kernel_spectrum
+from convfuse.backends.triton_monarch.plan import _dft, check_dot_shape, device_smem, dot_dtype_for, kernel_spectrum
 from convfuse.spec import ConvParams, is_linear
 
 FACTORS3: dict[int, tuple[int, int, int]] = {
@@ -27,6 +27,13 @@ FACTORS3: dict[int, tuple[int, int, int]] = {
 # holds its tiles in 190 registers without spills (fp16/bf16); 8K at 8 warps spills 16 B; 16K and
 # 32K spill less at 16 warps (128 registers each) than at 8.  Not measured on a GPU yet.
 WARPS3: dict[int, int] = {4096: 8, 8192: 8, 16384: 16, 32768: 16}
+# Shared memory per block at those warps, as the sm90 compiler reported it, for half (fp16/bf16)
+# and fp32 (tf32x3) dots.  A plan is refused where the device has less (consumer GPUs: ~99 KB,
+# so 16K in fp32 and 32K run the outer passes there; H100: 227 KB); 32K fp32 is estimated.
+SMEM3: dict[tuple[int, str], int] = {
+    (4096, "half"): 17408, (4096, "fp32"): 32768, (8192, "half"): 34816, (8192, "fp32"): 69632,
+    (16384, "half"): 67584, (16384, "fp32"): 131072, (32768, "half"): 135168, (32768, "fp32"): 270336,
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,10 @@ def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> Call
     device = u.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    need = SMEM3[(m, "fp32" if dot == torch.float32 else "half")]
+    if need > device_smem(device):
+        return (f"n={m}: the three-level kernel needs ~{need // 1024} KB of shared memory, the device has "
+                f"{device_smem(device) // 1024} KB")
     plan = plan3(m, dtype, dot, device)
     half = plan.can_skip_half
     return Call3(plan, m, half and Lue <= m // 2, half and p.start + p.length <= m // 2)
