@@ -242,9 +242,11 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from convfuse import config
     from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
-    from convfuse.backends.triton_monarch.launch import NUM_WARPS
     from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for, sparse_factors
+
+    NUM_WARPS = config.triton_warps
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     compute_ptrs = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import convfuse  # noqa: E402,F401  registers backend="convfuse"
 import convfuse.ops_nd as ops_nd  # noqa: E402
+from convfuse import config  # noqa: E402
 from convfuse.backends import cpu_cache  # noqa: E402
 from examples.models import GFNetFilter  # noqa: E402
 
@@ -57,11 +58,8 @@ class Reference:
         self.fn = fn
 
     def __call__(self, *args):
-        ops_nd.USE_CPU_PATH = False
-        try:
+        with config.patch(nd_cpu=False):
             return self.fn(*args)
-        finally:
-            ops_nd.USE_CPU_PATH = True
 
 
 def variants(shape) -> tuple[dict, tuple]:

@@ -15,18 +15,14 @@ two more calls of itself, exactly as in 1-D.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convfuse import config
 from convfuse.backends.common import broadcast_shapes, compute_dtype
 from convfuse.backends.cpu_nd import fft_convnd_cpu, window_nd
-
-
-# CONVFUSE_ND_CPU=0 runs the reference on CPU too (benchmarks compare the two; a way out).
-USE_CPU_PATH = os.environ.get("CONVFUSE_ND_CPU", "1") != "0"
 
 
 def _batch_shape(u: Tensor, k: Tensor, d: int) -> torch.Size:
@@ -76,7 +72,9 @@ def fft_convnd(
 ) -> Tensor:
     """``constant_kernel``: the caller proves k is module state read as is (its spectrum may then
     be cached until k changes); only the compiler or a direct caller can know that."""
-    if USE_CPU_PATH and u.device.type == "cpu" and k.device.type == "cpu":
+    # convfuse.config.nd_cpu = False (CONVFUSE_ND_CPU=0) runs the reference on CPU too
+    # (benchmarks compare the two; a way out)
+    if config.nd_cpu and u.device.type == "cpu" and k.device.type == "cpu":
         _check(u, k, n, start, length)
         return fft_convnd_cpu(u, k, list(n), list(start), list(length), scale, n_power, conj_kernel, out_dtype,
                               compute_dtype(u, k), constant_kernel)

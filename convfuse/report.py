@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -99,25 +100,30 @@ class RewriteReport:
         return "\n".join(lines)
 
 
-# Reports being collected (convfuse.explain pushes one); every compiled graph adds to each.
-_collectors: list[RewriteReport] = []
+# Reports being collected in this context (convfuse.explain pushes one; explain inside explain
+# nests): every graph compiled in it adds to each.  A context variable, so a report belongs to
+# the compiles of its own thread (Dynamo calls the backend on the thread that runs the model)
+# or asyncio task: two explain() calls on two threads never see each other's sites.
+_collectors: contextvars.ContextVar[tuple[RewriteReport, ...]] = contextvars.ContextVar(
+    "convfuse_report_collectors", default=())
+# The report of the last graph compiled in this process, on any thread (a debugging aid).
 last_graph_report: RewriteReport | None = None
 
 
 @contextlib.contextmanager
 def collecting() -> Iterator[RewriteReport]:
     report = RewriteReport()
-    _collectors.append(report)
+    token = _collectors.set(_collectors.get() + (report,))
     try:
         yield report
     finally:
-        _collectors.remove(report)
+        _collectors.reset(token)
 
 
 def publish(graph_report: RewriteReport) -> None:
     global last_graph_report
     last_graph_report = graph_report
-    for report in _collectors:
+    for report in _collectors.get():
         for site in graph_report.sites:
             site.graph = report.graphs
             report.sites.append(site)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,10 @@ import torch
 import convfuse
 import spellings as sp
 from conftest import Compiled, assert_close_rel
+from convfuse import config
 from convfuse.options import BackendOptions
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_backend_name_works_in_a_fresh_interpreter_without_importing_convfuse():
@@ -60,15 +64,39 @@ def test_options_are_validated():
     assert BackendOptions.parse({"max_autotune": True}).inductor == {"max_autotune": True}
 
 
-def test_environment_sets_the_default_kernel(monkeypatch):
-    monkeypatch.setenv("CONVFUSE_KERNEL", "reference")
-    assert BackendOptions.parse(None).kernel == "reference"
-    compiled = Compiled(sp.s4_mul)
-    compiled(torch.randn(2, 4, 16), torch.randn(4, 16))
+def test_config_sets_the_default_kernel_read_once_per_compile():
+    with config.patch(kernel="reference"):
+        opts = BackendOptions.parse(None)
+        compiled = Compiled(sp.s4_mul)
+        compiled(torch.randn(2, 4, 16), torch.randn(4, 16))
+    assert opts.kernel == "reference" and opts.settings.kernel == "reference"
     assert compiled.report.sites[0].kernel == "reference"
-    monkeypatch.setenv("CONVFUSE_KERNEL", "bogus")
-    with pytest.raises(ValueError, match="CONVFUSE_KERNEL"):
-        BackendOptions.parse(None)
+    assert BackendOptions.parse(None).settings == config.snapshot()  # the patch is gone
+    with pytest.raises(ValueError, match="kernel"):
+        config.patch(kernel="bogus")
+
+
+def test_environment_sets_the_settings_at_import():
+    # The environment is read once, when convfuse.config is imported: a fresh interpreter.
+    code = textwrap.dedent("""
+        import torch, convfuse
+        from convfuse import config
+        from convfuse.options import BackendOptions
+        s = BackendOptions.parse(None)
+        print(s.kernel, config.triton_interpret, config.cpu_algo, config.cpu_cache_mb, config.nd_cpu,
+              config.triton_warps, config.triton_fp32_dot)
+    """)
+    env = dict(os.environ, CONVFUSE_KERNEL="Reference", TRITON_INTERPRET="true", CONVFUSE_CPU_ALGO="ols",
+               CONVFUSE_CPU_CACHE_MB="1.5", CONVFUSE_ND_CPU="0", CONVFUSE_TRITON_WARPS="8",
+               CONVFUSE_TRITON_FP32_DOT="ieee", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["reference", "True", "ols", "1.5", "False", "8", "ieee"]
+    # A value a setting does not take fails the import, naming the variable.
+    env["CONVFUSE_KERNEL"] = "bogus"
+    result = subprocess.run([sys.executable, "-c", "import convfuse"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode != 0 and "CONVFUSE_KERNEL='bogus'" in result.stderr
 
 
 def test_unavailable_kernel_is_a_skip_with_a_reason_not_a_crash():

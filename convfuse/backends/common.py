@@ -11,10 +11,14 @@ from convfuse.spec import ConvParams
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """fp32 for fp16/bf16/fp32 inputs, fp64 when any input is fp64: never less than fp32."""
+    """fp32 for fp16/bf16/fp32 inputs, fp64 when any input is fp64: never less than fp32.
+
+    A 0-d operand (``u * torch.tensor(0.5, dtype=torch.float64)``) does not count: as in eager's
+    type promotion, a 0-d tensor never raises the dtype of floating tensors with dimensions
+    (u and k always have one)."""
     dtype = torch.float32
     for t in tensors:
-        if t is not None and t.dtype == torch.float64:
+        if t is not None and t.dtype == torch.float64 and t.dim() > 0:
             dtype = torch.float64
     return dtype
 
@@ -30,6 +34,23 @@ def broadcast_shapes(a: Sequence, b: Sequence) -> torch.Size:
     if any(x != y and x != 1 and y != 1 for x, y in zip(a, b)):
         raise RuntimeError(f"Shape mismatch: objects cannot be broadcast to a single shape: {a} and {b}")
     return torch.Size(y if x == 1 else x for x, y in zip(a, b))
+
+
+def at_least_1d(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A 0-d operand (a scalar tensor gate or skip: ``u * torch.tensor(2.0)``) as shape (1,), which
+    broadcasts as the scalar does, for implementations that index the convolved axis.  ``dtype`` is
+    the call's ``compute_dtype`` (taken from the operands as given: a 0-d operand does not promote,
+    one of shape (1,) would): a 0-d fp64 operand of an fp32 call is cast to it, as eager does."""
+    if t is None or t.dim() > 0:
+        return t
+    return t.reshape(1) if t.dtype != torch.float64 or dtype == torch.float64 else t.to(dtype).reshape(1)
+
+
+def signal_length(u: Tensor, pre_gate: Tensor | None) -> int:
+    """Length of ue = u * pre_gate along the convolved axis (either may broadcast along it)."""
+    if pre_gate is None or pre_gate.dim() == 0:
+        return u.shape[-1]
+    return broadcast_shapes(u.shape[-1:], pre_gate.shape[-1:])[0]
 
 
 def output_shape(u: Tensor, k: Tensor, pre_gate: Tensor | None, length: int) -> torch.Size:

@@ -18,14 +18,14 @@ windows), so everything here serves forward and backward.
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from convfuse import config
 from convfuse.backends import cpu_cache
-from convfuse.backends.common import compute_dtype, output_shape
+from convfuse.backends.common import at_least_1d, compute_dtype, output_shape, signal_length
 from convfuse.backends.cpu_algos import Plan, fft_tile, linear_tile, prepare
 from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
@@ -33,18 +33,17 @@ from convfuse.backends.cpu_exec import (
 )
 from convfuse.spec import ConvParams
 
-# CONVFUSE_CPU_ALGO=fft|direct|ols forces an algorithm where it is valid (tests, benchmarks).
-_FORCE_ENV = "CONVFUSE_CPU_ALGO"
-
 
 def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
-    force = force or os.environ.get(_FORCE_ENV) or None
+    # convfuse.config.cpu_algo (CONVFUSE_CPU_ALGO=fft|direct|ols) forces an algorithm where it is
+    # valid (tests, benchmarks)
+    force = force or config.cpu_algo
     bins = p.kept_bins if p.sparse_spectrum else 0
     return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins)
 
 
 def _shape_plan(n: int, L: int, K: int, start: int, length: int, bins: int) -> Plan:
-    return choose_plan(n, L, K, start, length, False, 1.0, os.environ.get(_FORCE_ENV) or None, bins)
+    return choose_plan(n, L, K, start, length, False, 1.0, config.cpu_algo, bins)
 
 
 def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int, bins: int = 0) -> str:
@@ -99,12 +98,13 @@ def fft_conv_cpu(
     force: str | None = None,
 ) -> Tensor:
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
+    D, pre_gate, post_gate = (at_least_1d(t, dtype) for t in (D, pre_gate, post_gate))  # 0-d: (1,)
     out_dtype = p.out_dtype or dtype
     shape = output_shape(u, k, pre_gate, p.length)
     out = empty_output(shape, out_dtype)
     if out.numel() == 0:
         return out
-    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])  # broadcast
+    Lue = signal_length(u, pre_gate)  # broadcast
     if D is not None and Lue != p.length:
         raise ValueError(
             f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "

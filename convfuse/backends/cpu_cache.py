@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
-MAX_BYTES = int(float(os.environ.get("CONVFUSE_CPU_CACHE_MB", "256")) * 2**20)
+MAX_BYTES = int(__import__("convfuse.config").config.cpu_cache_mb * 2**20)  # convfuse.config, at import
 MAX_ENTRIES = 64
 MAX_SEEN = 256  # first sightings remembered (keys only, a few hundred bytes each)
 

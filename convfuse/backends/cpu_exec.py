@@ -20,14 +20,17 @@ ops release the GIL), each running torch with one intra-op thread, pulling work
 dynamically.  On a quiet machine MKL does well (1.74x on 2 threads at those sizes), and
 libgomp's workers spin ~10 ms after every OpenMP op, holding a core a pool thread needs:
 short calls run their tiles on the calling thread with torch's own intra-op threads.
-``torch.set_num_threads`` is thread-local in the OpenMP build, so the caller's setting is
-restored when a pooled call returns.
+``torch.set_num_threads`` is thread-local in the OpenMP build, but it also sets the count a
+thread started later begins with (process-wide): every change here is scoped
+(``intra_op_threads``), so when a call returns, or raises, the caller's count and the one new
+threads get are what the caller had.
 
 Output buffers of at least HUGE_OUTPUT_BYTES get transparent huge pages (``empty_output``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import math
@@ -36,7 +39,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -202,8 +205,19 @@ _pool_pid = -1
 _pool_lock = threading.Lock()
 
 
-def _single_thread() -> None:
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def intra_op_threads(count: int) -> Iterator[int]:
+    """torch runs this thread's ops on ``count`` intra-op threads inside the block; the count it
+    had is back after it, however the block ends.  Yields the count it had."""
+    saved = torch.get_num_threads()
+    if saved == count:
+        yield saved
+        return
+    torch.set_num_threads(count)
+    try:
+        yield saved
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:
@@ -213,7 +227,9 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < workers:
             if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="convfuse-cpu", initializer=_single_thread)
+            # No initializer setting one intra-op thread: torch.set_num_threads in a worker also
+            # sets the count threads started later begin with; each drain scopes its own.
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="convfuse-cpu")
             _pool_pid = os.getpid()
         return _pool
 
@@ -235,11 +251,13 @@ def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]], th
     counter = itertools.count()  # next() is atomic under the GIL
     inference = torch.is_inference_mode_enabled()
 
-    def drain() -> None:
+    def drain(count: int | None = None) -> None:
         # Grad mode, inference mode and the operator's below-autograd dispatch state are
         # thread-local: a pool thread would otherwise record autograd graphs for inputs that
         # require grad, or write into an inference-mode output outside inference mode.
-        with torch.inference_mode(inference), torch.no_grad():
+        # ``count``: the intra-op threads a pool thread runs with (1), restored after.
+        scoped = intra_op_threads(count) if count is not None else contextlib.nullcontext()
+        with scoped, torch.inference_mode(inference), torch.no_grad():
             worker = make_worker()
             for i in iter(lambda: next(counter), None):
                 if i >= len(units):
@@ -251,18 +269,17 @@ def run_tiles(units: list, make_worker: Callable[[], Callable[[list], None]], th
         return
 
     pool = _get_pool(threads - 1)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    _in_worker.active = True
     futures = []
-    try:
-        futures = [pool.submit(drain) for _ in range(threads - 1)]
-        drain()
-    finally:
-        # Wait for every worker even when this thread failed: they write into the output.
-        errors = [f.exception() for f in futures]
-        _in_worker.active = False
-        torch.set_num_threads(saved)
+    with intra_op_threads(1):
+        _in_worker.active = True
+        try:
+            futures = [pool.submit(drain, 1) for _ in range(threads - 1)]
+            drain()
+        finally:
+            # Wait for every worker even when this thread failed: they write into the output
+            # (and restore their thread counts before their futures finish).
+            errors = [f.exception() for f in futures]
+            _in_worker.active = False
     for error in errors:
         if error is not None:
             raise error

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from convfuse.backends import cpu_cache
 from convfuse.backends.common import broadcast_shapes
-from convfuse.backends.cpu_exec import TILE_BYTES, grid_view, make_layout, run_tiles
+from convfuse.backends.cpu_exec import TILE_BYTES, grid_view, intra_op_threads, make_layout, run_tiles
 
 # Below this many bytes of real input the whole call runs on the calling thread: waking the
 # pool costs more than it saves (measured (2, 8, 8, 8): inline 60 us, pool 150 us).
@@ -127,14 +127,8 @@ def fft_convnd_cpu(*args, **kwargs) -> Tensor:
 
     This thread runs torch with one intra-op thread for the whole call, as the pool threads
     do: the kernel transform and an inline call then never wait on a core someone else holds."""
-    saved = torch.get_num_threads()
-    if saved == 1:
-        return _fft_convnd(saved, *args, **kwargs)
-    torch.set_num_threads(1)
-    try:
-        return _fft_convnd(saved, *args, **kwargs)
-    finally:
-        torch.set_num_threads(saved)
+    with intra_op_threads(1) as threads:
+        return _fft_convnd(threads, *args, **kwargs)
 
 
 def _fft_convnd(

@@ -1,24 +1,25 @@
 """Which implementation runs the fused operator, per device and shape.
 
-``kernel`` is what the user asked for (torch.compile ``options={"kernel": ...}`` or
-``CONVFUSE_KERNEL``); ``choose_kernel`` turns it into the implementation that
+``kernel`` is what the user asked for (torch.compile ``options={"kernel": ...}``, by default
+``convfuse.config.kernel``, from ``CONVFUSE_KERNEL``); ``choose_kernel`` turns it into the implementation that
 runs, and the report shows that name.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import Tensor
 
+from convfuse import config
+from convfuse.backends.common import at_least_1d, compute_dtype
 from convfuse.backends.cpu import fft_conv_cpu
 from convfuse.backends.cpu_grad import fft_conv_grad_cpu
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
 
-KERNELS = ("auto", "reference", "cpu", "triton")
+KERNELS = config.KERNELS
 
 Impl = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None", ConvParams], Tensor]
 
@@ -60,13 +61,6 @@ class KernelUnavailable(RuntimeError):
     pass
 
 
-def default_kernel() -> str:
-    kernel = os.environ.get("CONVFUSE_KERNEL", "auto").strip().lower() or "auto"
-    if kernel not in KERNELS:
-        raise ValueError(f"CONVFUSE_KERNEL={kernel!r}: expected one of {', '.join(KERNELS)}")
-    return kernel
-
-
 def choose_kernel(requested: str, device_type: str) -> Implementation:
     """The implementation that runs ``requested`` on ``device_type``; raises KernelUnavailable."""
     if requested == "auto":
@@ -77,10 +71,10 @@ def choose_kernel(requested: str, device_type: str) -> Implementation:
         impl = _triton_impl()
         if impl is None:
             raise KernelUnavailable("kernel='triton': Triton is not importable here")
-        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device_type == "cpu" and not config.triton_interpret:
             raise KernelUnavailable(
-                "kernel='triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1, "
-                "a testing aid ~1000x slower than eager); use kernel='cpu' or 'auto'"
+                "kernel='triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1 or "
+                "convfuse.config.triton_interpret, a testing aid ~1000x slower than eager); use kernel='cpu' or 'auto'"
             )
     else:
         impl = IMPLEMENTATIONS.get(requested)
@@ -93,6 +87,9 @@ def choose_kernel(requested: str, device_type: str) -> Implementation:
 
 def run_fft_conv(u, k, D, pre_gate, post_gate, p: ConvParams, kernel: str) -> Tensor:
     impl = choose_kernel(kernel, u.device.type)
+    # 0-d operands (scalar tensor gates, skips) as shape (1,) for every implementation
+    dtype = compute_dtype(u, k, D, pre_gate, post_gate)
+    D, pre_gate, post_gate = (at_least_1d(t, dtype) for t in (D, pre_gate, post_gate))
     return impl.run(u, k, D, pre_gate, post_gate, p)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import convfuse  # noqa: F401  registers torch.ops.convfuse.fft_conv
+from convfuse import config
 from convfuse.backends import cpu_cache
 from convfuse.backends.cpu import describe_cpu_algorithm, fft_conv_cpu, plan_for
 from convfuse.backends.reference import fft_conv_reference
@@ -114,7 +115,7 @@ GRAD_CASES = [  # (u batch, k batch, L, K, n, start, length)
 def test_gradients_match_reference(algo, conj, monkeypatch):
     # Backward calls the operator again (conj flipped, offset windows): force the algorithm
     # everywhere it is valid, and compare with autograd through the plain torch.fft reference.
-    monkeypatch.setenv("CONVFUSE_CPU_ALGO", algo)
+    monkeypatch.setattr(config, "cpu_algo", algo)
     gen = torch.Generator().manual_seed(2)
     for ub, kb, L, K, n, start, length in GRAD_CASES:
         skip = length == L
@@ -178,7 +179,7 @@ def test_many_tiles_on_both_threadings_match_the_reference(cpu_threading, algo, 
     g = torch.randn(3, 37, 50, dtype=F64, generator=gen)
     leaves = [t for t in (u, k, D, post) if t.requires_grad]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONVFUSE_CPU_ALGO", algo)
+        mp.setattr(config, "cpu_algo", algo)
         for _ in range(3):  # the third call of a constant kernel hits the cache
             got = torch.ops.convfuse.fft_conv(u, k, D, None, post, 100, 0, 50, 0.5, -1.0, False, F64, "cpu",
                                               constant_kernel=constant)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import convfuse  # noqa: F401  registers the operators
+from convfuse import config
 from convfuse.backends import cpu_cache, cpu_exec, cpu_grad
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
@@ -44,7 +45,7 @@ def fused_calls(monkeypatch):
         return out
 
     monkeypatch.setattr("convfuse.backends.dispatch.fft_conv_grad_cpu", spy)
-    monkeypatch.setenv("CONVFUSE_CPU_ALGO", "fft")  # tiny shapes would otherwise run direct
+    monkeypatch.setattr(config, "cpu_algo", "fft")  # tiny shapes would otherwise run direct
     return calls
 
 
@@ -72,12 +73,12 @@ def test_many_tiles_and_threads_accumulate_the_kernel_gradient(fused_calls, monk
     u, k = torch.randn(16, 8, 64, dtype=F64), torch.randn(8, 64, dtype=F64)
     g = torch.randn(16, 8, 64, dtype=F64)
     p = ConvParams(128, 0, 64, 1.0, 0.0, False, F64)
-    torch.set_num_threads(2)
-    for _ in range(3):
-        got = _grads("cpu", u, k, p, g)
-        want = _grads("reference", u, k, p, g)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with cpu_exec.intra_op_threads(2):
+        for _ in range(3):
+            got = _grads("cpu", u, k, p, g)
+            want = _grads("reference", u, k, p, g)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert fused_calls and all(fused_calls)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import convfuse  # noqa: F401  registers torch.ops.convfuse.fft_conv
+from convfuse import config
 from convfuse.backends.cpu import describe_cpu_algorithm, plan_for
 from convfuse.backends.cpu_cost import fft_size, next_smooth, same_window_at, size_penalty
 from convfuse.backends.reference import cyclic_conv_reference
@@ -101,15 +102,13 @@ def test_rounded_calls_match_the_reference_forward_and_backward(case):
         torch.randn(3, length, dtype=F64, generator=gen).requires_grad_(),
     ]
     args = (n, start, length, 0.5, -1.0, conj, F64)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONVFUSE_CPU_ALGO", "fft")
+    with config.patch(cpu_algo="fft"):
         got = torch.ops.convfuse.fft_conv(*leaves, *args, "cpu")
     want = torch.ops.convfuse.fft_conv(*leaves, *args, "reference")
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     g = torch.randn_like(want)
     params = [t for t in leaves if t is not None]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONVFUSE_CPU_ALGO", "fft")
+    with config.patch(cpu_algo="fft"):
         got_grads = torch.autograd.grad(torch.ops.convfuse.fft_conv(*leaves, *args, "cpu"), params, g)
     want_grads = torch.autograd.grad(want, params, g)
     for a, b in zip(got_grads, want_grads):
@@ -127,8 +126,7 @@ def test_a_compiled_site_reports_the_size_it_runs_at():
         return torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(k), n=u.shape[-1])
 
     u, k = torch.randn(2, 4, 37, requires_grad=True), torch.randn(4, 37, requires_grad=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONVFUSE_CPU_ALGO", "fft")
+    with config.patch(cpu_algo="fft"):
         linear = assert_matches_eager(fftconv, (u, k))
         cyclic = assert_matches_eager(circular, (u, k))
     assert linear.op_calls() == 1 and cyclic.op_calls() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from convfuse import config
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.spec import ConvParams
 
@@ -16,7 +17,7 @@ def test_auto_picks_cpu_on_cpu_and_the_measured_choice_on_cuda():
 
 
 def test_forced_kernels_that_cannot_run_say_why(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(config, "triton_interpret", False)
     with pytest.raises(KernelUnavailable, match="interpreter"):
         choose_kernel("triton", "cpu")
     with pytest.raises(KernelUnavailable, match="cpu"):

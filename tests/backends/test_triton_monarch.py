@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from convfuse import config  # noqa: E402
 from convfuse.backends import triton_monarch as tm  # noqa: E402
 from convfuse.backends.dispatch import choose_kernel  # noqa: E402
 from convfuse.backends.reference import fft_conv_reference  # noqa: E402
@@ -26,7 +27,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device: compiled Trito
 
 @pytest.fixture(autouse=True)
 def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(config, "triton_interpret", True)
 
 
 def _rand(shape, dtype, device="cpu", gen=None):
@@ -251,7 +252,7 @@ def test_kernel_spectrum_cached_until_kernel_changes():
 
 
 def test_cpu_without_interpreter_raises(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(config, "triton_interpret", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         tm.run(torch.randn(2, 10), torch.randn(2, 10), None, None, None, ConvParams(256, 0, 10))
 
@@ -368,7 +369,7 @@ def test_bf16_tensors_under_the_interpreter_use_fp32_dots():
 
 @pytest.fixture
 def compiled(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(config, "triton_interpret", False)
 
 
 @needs_cuda

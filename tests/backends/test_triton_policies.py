@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from convfuse import config  # noqa: E402
 from convfuse.backends import triton_monarch as tm  # noqa: E402
 from convfuse.backends.reference import fft_conv_reference  # noqa: E402
 from convfuse.backends.triton_monarch import blocks, plan as plan_mod  # noqa: E402
@@ -23,7 +24,7 @@ from convfuse.spec import ConvParams, linear_segments  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(config, "triton_interpret", True)
 
 
 def _tensors(shapes, dtype, seed):

@@ -13,13 +13,13 @@ the reason is counted in ``FALLBACKS`` and returned by ``explain``.
 from __future__ import annotations
 
 import functools
-import os
 from collections import Counter
 
 import torch
 from torch import Tensor
 
-from convfuse.backends.common import compute_dtype, output_shape
+from convfuse import config
+from convfuse.backends.common import at_least_1d, compute_dtype, output_shape, signal_length
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.backends.triton_monarch import blocks
 from convfuse.backends.triton_monarch.plan import (
@@ -29,13 +29,13 @@ from convfuse.spec import ConvParams
 
 FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
 LAUNCHES: Counter[str] = Counter()  # plan description -> number of fused-kernel launches
-# Warps per program.  4 is what the sm90 compile was checked with (tests/backends/test_triton_compile.py);
-# not tuned on a GPU yet (none was available): CONVFUSE_TRITON_WARPS overrides it.
-NUM_WARPS = int(os.environ.get("CONVFUSE_TRITON_WARPS", "4"))
+# Warps per program: convfuse.config.triton_warps (CONVFUSE_TRITON_WARPS), read per call.  4 (the
+# default) is what the sm90 compile was checked with (tests/backends/test_triton_compile.py); not
+# tuned on a GPU yet (none was available).
 
 
 def _interpret_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+    return config.triton_interpret  # TRITON_INTERPRET, read once by convfuse.config
 
 
 def _kernels():
@@ -119,7 +119,7 @@ def _rows(t: Tensor, batch: tuple[int, ...]) -> tuple[Tensor, int]:
 def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> CallPlan | str:
     """The plan this call would run with, or why it falls back to the reference."""
     dtype = compute_dtype(u, k, D, pre_gate, post_gate)
-    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
+    Lue = signal_length(u, pre_gate)
     dot = dot_dtype_for(dtype, u.dtype, p.out_dtype or dtype)
     if dot == torch.bfloat16 and (u.device.type == "cpu" or _interpret_enabled()):
         dot = torch.float32  # the interpreter's bf16 tl.dot is wrong (errors ~1e9 measured): fp32 dots there
@@ -177,6 +177,7 @@ def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_ga
         FALLBACKS[r] += 1
         return fft_conv_reference(u, k, D, pre_gate, post_gate, p)
     try:
+        D, pre_gate, post_gate = (at_least_1d(t, r.plan.compute_dtype) for t in (D, pre_gate, post_gate))  # 0-d
         return _launch(r, u, k, D, pre_gate, post_gate, p)
     except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught, below)
         from triton.runtime.errors import OutOfResources
@@ -198,7 +199,7 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
     out = torch.empty(shape, dtype=p.out_dtype or dtype, device=u.device)
     if out.numel() == 0:
         return out
-    Lue = u.shape[-1] if pre_gate is None else max(u.shape[-1], pre_gate.shape[-1])
+    Lue = signal_length(u, pre_gate)
     if D is not None and Lue != p.length:
         raise ValueError(f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
                          f"to equal the input length ({Lue})")
@@ -219,7 +220,7 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
     post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (u_off, 0)
     Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
     flags = dict(HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
-                 PREC=plan.input_precision, num_warps=NUM_WARPS)
+                 PREC=plan.input_precision, num_warps=config.triton_warps)
     pre = pre_gate if pre_gate is not None else u
     how = " overlap-save" if r.frames is not None else f" {r.cols} columns" if r.cols else ""
     LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}{how}"] += 1
@@ -233,7 +234,7 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
         z = torch.empty((P, 2, plan.n0, m), dtype=dtype, device=u.device)
         grid = (P, m // OUTER_BJ)
         mid = dict(N0A=plan.n0, N0B=plan.n0b, M=inner.n, BJ=OUTER_BJ, KB=OUTER_KB, PREC=plan.input_precision,
-                   num_warps=NUM_WARPS)
+                   num_warps=config.triton_warps)
         del flags["HAS_D"], flags["HAS_POST"]
         ko.OUTER_FWD[interpret][grid](
             pairs, u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
@@ -243,7 +244,7 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
         ko.INNER[interpret][(P * (r.m // inner.n),)](
             z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw, r.col0,
             NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, W=r.width, PREC=plan.input_precision,
-            num_warps=NUM_WARPS)
+            num_warps=config.triton_warps)
         if plan.n0b > 1:
             ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
         ko.OUTER_INV[interpret][grid](

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,11 +40,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from convfuse import config
+
 if TYPE_CHECKING:
     from convfuse.backends.triton_monarch.blocks import Frames
 
 RADICES = (16, 32, 64)
-FP32_DOT_CHOICES = ("tf32x3", "tf32", "ieee")
+FP32_DOT_CHOICES = config.FP32_DOT_CHOICES
 MIN_DOT = 16  # tl.dot needs M, N, K >= 16 on NVIDIA GPUs
 # n -> (N1, N2).  N1 = 32 where possible: causal skipping halves N1 and needs N1 / 2 >= MIN_DOT.
 # 2048 = 64 x 32 (a radix-64 DFT matmul): the paired-row kernel compiles for sm90 at 154 registers
@@ -104,13 +105,11 @@ class MonarchPlan:
     def input_precision(self) -> str:
         # fp32 operands: tf32x3 keeps ~fp32 accuracy on tensor cores (plain tf32 loses ~3 digits).
         # Compiled for sm90, tf32x3 spills ~0.8 KB/thread of stack in the 32x32 inner kernel where tf32
-        # spills none and ieee (no tensor cores) spills 5 KB: CONVFUSE_TRITON_FP32_DOT picks.
+        # spills none and ieee (no tensor cores) spills 5 KB: convfuse.config.triton_fp32_dot
+        # (CONVFUSE_TRITON_FP32_DOT) picks, checked when it is set.
         if self.dot_dtype != torch.float32:
             return "ieee"
-        choice = os.environ.get("CONVFUSE_TRITON_FP32_DOT", "tf32x3").strip().lower()
-        if choice not in FP32_DOT_CHOICES:
-            raise ValueError(f"CONVFUSE_TRITON_FP32_DOT={choice!r}: expected one of {', '.join(FP32_DOT_CHOICES)}")
-        return choice
+        return config.triton_fp32_dot
 
     def dot_shapes(self, half_in: bool, half_out: bool, cols: int = 0) -> list[tuple[int, int, int]]:
         """(M, N, K) of every tl.dot; ``cols``: spectrum columns kept (0: all N2)."""
