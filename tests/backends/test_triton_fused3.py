@@ -116,3 +116,42 @@ def test_plans_beyond_the_devices_shared_memory_are_refused(monkeypatch):
     assert "shared memory" in fused3.resolve(u, k, None, None, None, ConvParams(16384, 0, 8000))
     assert "shared memory" in fused3.resolve(u.half(), torch.randn(2, 16000), None, None, None,
                                              ConvParams(32768, 0, 16000, out_dtype=torch.float16))
+
+
+def test_4k_compiles_for_sm90_in_registers():
+    # without a GPU: the 4K plan at its 8 warps, fp16 dots, compiled to a cubin; no spills, half mma,
+    # shared memory within a consumer GPU's 99 KB (the resources table has every size)
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from convfuse.backends.triton_monarch import kernels3
+
+    fn = kernels3.MONARCH_CONV3[False]
+    consts = dict(N1=16, N2=16, N3=16, HALF_IN=False, HALF_OUT=False, HAS_PRE=True, HAS_D=True, HAS_POST=True,
+                  PREC="ieee")
+    sig = {a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
+           "*fp32" if a in ("k_ptr", "tw1_ptr", "t2_ptr") else "*fp16" if a.endswith("_ptr") else "i32"
+           for a in fn.arg_names}
+    try:
+        k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": fused3.WARPS3[4096]})
+    except (RuntimeError, FileNotFoundError) as e:
+        pytest.skip(f"cannot compile for sm90 here: {e}")
+    assert k.metadata.shared <= 99 * 1024
+    assert re.search(r"mma[a-z0-9_.]*\.f16\.f16", k.asm["ptx"])
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("no cuobjdump in this Triton")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    assert re.search(r"STACK:0\b", usage), usage

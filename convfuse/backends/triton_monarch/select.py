@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from convfuse.backends.triton_monarch import fused3, launch
-from convfuse.backends.triton_monarch.plan import OuterPlan
+from convfuse.backends.triton_monarch.plan import CallPlan, OuterPlan
 from convfuse.spec import ConvParams
 
 # Sizes at which the three-level kernel replaces the outer passes.  4K and 8K compile for sm90
@@ -27,7 +27,7 @@ _REFUSED: set[tuple] = set()
 
 def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams):
     r = launch.resolve(u, k, D, pre_gate, post_gate, p)
-    if (isinstance(r, str) or not isinstance(r.plan, OuterPlan) or r.frames is not None or r.bins
+    if (not isinstance(r, CallPlan) or not isinstance(r.plan, OuterPlan) or r.frames is not None or r.bins
             or r.m not in THREE_LEVEL_SIZES):
         return r
     r3 = fused3.resolve(u, k, D, pre_gate, post_gate, p)
