@@ -15,8 +15,8 @@ from torch.fx import GraphModule
 from convfuse.backends.cpu import cpu_kernel_name
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
-from convfuse.passes import Match, Refusal, find_fft_sites, match_or_refuse, rewrite_site
-from convfuse.passes.policy import SitePlan, apply_policy, choose_policies, resolve_late, spectrum_bins
+from convfuse.passes import Match, Refusal, find_fft_sites, internal_error, match_or_refuse, rewrite_site, still_valid
+from convfuse.passes.policy import SitePlan, choose_policies, policy_rewrite_args, resolve_late, spectrum_bins
 from convfuse.policies import Exact, PartialKernel
 from convfuse.passes.sizes import example_value
 from convfuse.report import REWRITTEN, SKIPPED, RewriteReport, SiteReport, publish, user_source
@@ -49,7 +49,13 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
     """
     report = RewriteReport(graphs=1)
     for site in sites:
-        record = rewrite_one_site(gm, site, opts, (plans or {}).get(site) or SitePlan(asked=opts.policy))
+        plan = (plans or {}).get(site) or SitePlan(asked=opts.policy)
+        try:
+            record = rewrite_one_site(gm, site, opts, plan)
+        except Exception as exc:  # noqa: BLE001  the net: rewrite_site leaves the graph as it was
+            refusal = internal_error("rewriting", site, exc)
+            record = SiteReport(SKIPPED, refusal.family, user_source(site.meta.get("stack_trace")),
+                                reason=refusal.reason, policy=str(plan.asked), node=site.name)
         log_site(record)
         report.sites.append(record)
     if report.rewritten:
@@ -60,7 +66,8 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
 
 
 def rewrite_one_site(gm: GraphModule, site, opts: BackendOptions, plan: SitePlan) -> SiteReport:
-    outcome = match_or_refuse(site)
+    # Matched once: the policy step's match, unless an earlier rewrite touched its nodes.
+    outcome = plan.match if still_valid(plan.match) else match_or_refuse(site)
     source = user_source(site.meta.get("stack_trace"))
     if isinstance(outcome, Refusal):
         return SiteReport(SKIPPED, outcome.family, source, reason=outcome.reason, policy=str(plan.asked),
@@ -84,8 +91,7 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
                           node=m.inverse.name, shapes=shapes)
     name = m.inverse.name
     applied = plan.applied
-    out = rewrite_site(gm, m, opts.kernel)
-    apply_policy(out, applied)
+    rewrite_site(gm, m, opts.kernel, **policy_rewrite_args(applied))
     exact = isinstance(applied, Exact)
     kernel_name = _kernel_description(impl.name, m, spec, applied)
     return SiteReport(REWRITTEN, family, source, spec=spec, kernel=kernel_name, policy=str(plan.asked),
@@ -98,7 +104,7 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
 def _kernel_description(name: str, m, spec, policy) -> str:
     """What runs: for the CPU path with static sizes, the algorithm its cost model picks for the
     kernel the policy leaves (a partial kernel is a short one)."""
-    if not isinstance(m, Match):
+    if m.multi_axis:
         return "torch.fft-nd"  # fft_convnd has one implementation
     K = spec.K
     if isinstance(policy, PartialKernel) and isinstance(policy.length, int) and isinstance(K, int):

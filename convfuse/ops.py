@@ -61,7 +61,17 @@ def _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_powe
     p.validate()
     _check_inputs(u, k, D, pre_gate, post_gate, length)
     # The fake implementation promises a fresh contiguous tensor; a window is a strided view.
-    return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel).contiguous()
+    with exact_precision(u):
+        return run_fft_conv(u, k, D, pre_gate, post_gate, p, kernel).contiguous()
+
+
+def exact_precision(t: Tensor):
+    """Autocast off inside an implementation: eager's FFTs compute in fp32 under autocast, and
+    so must the operator's convolutions and GEMMs (conv1d would otherwise run in bf16/fp16)."""
+    device = t.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def on_device(t: Tensor):
@@ -171,7 +181,8 @@ def _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel,
                         constant_kernel, spectrum_bins):
     p = ConvParams(n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, constant_kernel, spectrum_bins)
     p.validate()
-    du, dk, h = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k, need_h)
+    with exact_precision(g):
+        du, dk, h = run_fft_conv_grad(g, ue, k, p, kernel, need_u, need_k, need_h)
     if du is None and dk is None and h is None:
         du, dk = cyclic_grads(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, spectrum_bins)
         dk = dk.sum_to_size(k.shape) if dk is not None else None

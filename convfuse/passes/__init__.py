@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch.fx import Graph, Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal, mutates
+from convfuse.passes.algebra import Refusal
+from convfuse.passes.effects import WRITES, effect
 from convfuse.passes.match import Match, match_site
-from convfuse.passes.match_nd import MatchND, match_site_nd
 from convfuse.passes.rewrite import rewrite_site
 
-__all__ = ["Match", "MatchND", "Refusal", "find_fft_sites", "match_or_refuse", "match_site", "rewrite_site"]
+log = logging.getLogger("convfuse")
+
+__all__ = ["internal_error", "still_valid", "Match", "Refusal", "find_fft_sites", "match_or_refuse", "match_site", "rewrite_site"]
 
 
 def _reaches_inverse(node: Node, limit: int = 64) -> bool:
@@ -24,8 +28,9 @@ def _reaches_inverse(node: Node, limit: int = 64) -> bool:
                 return True
             seen.add(user)
             frontier.append(user)
-            if mutates(user) and isinstance(user.args[0], Node):
-                frontier.append(user.args[0])  # U.mul_(K): K reaches whatever reads U afterwards
+            written = effect(user)
+            if written.kind == WRITES:  # U.mul_(K): K reaches whatever reads U afterwards
+                frontier.extend(w for w in written.written if isinstance(w, Node))
     return False
 
 
@@ -40,7 +45,7 @@ def find_fft_sites(graph: Graph) -> list[Node]:
     return sites
 
 
-def match_or_refuse(site: Node) -> Match | MatchND | Refusal:
+def match_or_refuse(site: Node) -> Match | Refusal:
     if not facts.is_inverse_fft(site):
         return Refusal(
             "a forward transform whose spectrum reaches no inverse transform in this graph "
@@ -48,8 +53,31 @@ def match_or_refuse(site: Node) -> Match | MatchND | Refusal:
             family="forward-only",
         )
     try:
-        if facts.multi_axis_transform_of(site) is not None:
-            return match_site_nd(site)
         return match_site(site)
     except Refusal as refusal:
         return refusal
+    except Exception as exc:  # noqa: BLE001  the net: an unexpected error leaves the site to eager
+        return internal_error("matching", site, exc)
+
+
+def still_valid(m: Match | None) -> bool:
+    """Whether a match made earlier still describes the graph: none of its nodes, nor anything it
+    reads, was erased or replaced by the rewrites since (a Match is a record of node identities)."""
+    if not isinstance(m, Match):
+        return False
+    from convfuse.passes.match import operator_reads
+
+    graph = m.tail.graph
+    for node in [*m.nodes, *operator_reads(m)]:
+        if isinstance(node, Node) and (getattr(node, "_erased", False) or node.graph is not graph):
+            return False
+    return bool(m.tail.users)
+
+
+def internal_error(step: str, site: Node, exc: BaseException) -> Refusal:
+    """The refusal (and warning) for an unexpected exception while ``step`` a site."""
+    what = f"{type(exc).__name__}: {exc}"
+    log.warning("convfuse: an internal error while %s `%s` left it to eager: %s", step, site.name, what,
+                exc_info=log.isEnabledFor(logging.DEBUG))
+    return Refusal(f"convfuse hit an internal error while {step} this site ({what}); it is left to eager "
+                   "(please report it)", family="internal-error")

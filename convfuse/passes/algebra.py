@@ -10,16 +10,10 @@ import torch
 from torch.fx import Node
 
 from convfuse.passes import facts
+from convfuse.passes.refusal import Refusal  # noqa: F401  (re-exported)
 from convfuse.passes.sizes import SymSize, example_value, proven, same
 
 
-class Refusal(Exception):
-    """This site is not provably a convolution convfuse can run; ``reason`` says why."""
-
-    def __init__(self, reason: str, family: str = "unrecognised"):
-        super().__init__(reason)
-        self.reason = reason
-        self.family = family
 
 
 def scalar(arg: Any) -> Any:
@@ -51,11 +45,18 @@ def same_shape(a: Node, b: Node) -> bool:
 
 
 def strip_exact_upcasts(node: Node) -> tuple[Node, list[Node]]:
-    """(x, casts) for x.to(float32) of an fp16 x: an operator computing in fp32 reads x itself."""
+    """(x, casts) for x.to(float32) of an fp16 x: an operator computing in fp32 reads x itself.
+
+    Only casts to the precision the operator computes in anyway are stripped (fp32 from
+    fp16/bf16, or a cast to the dtype x already has): an upcast to fp64 stays in the graph, so
+    the operator computes in fp64 as eager did (``x.double() * 1e40`` must not overflow in fp32).
+    """
     casts = []
     while isinstance(node, Node) and (dst := facts.cast_target_dtype(node)) is not None:
         src = node.args[0]
         if not is_tensor(src) or not facts.is_exact_upcast(example_value(src).dtype, dst):
+            break
+        if dst != example_value(src).dtype and dst != torch.float32:
             break
         casts.append(node)
         node = src
@@ -173,25 +174,3 @@ def slice_bounds(start: Any, stop: Any, n: SymSize) -> tuple[SymSize, SymSize]:
             "compile without dynamic=True or slice with bounds derived from n"
         )
     return lo, hi.minus(lo)
-
-
-_INPLACE_FUNCTIONS = {
-    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.ipow,
-    operator.imod, operator.imatmul, operator.iand, operator.ior, operator.ixor, operator.ilshift,
-    operator.irshift, operator.setitem,
-}
-
-
-def mutates(node: Node) -> bool:
-    """Whether the call writes into one of its arguments (in-place method, x[...] = v, out=)."""
-    if node.op == "call_method":
-        return node.target.endswith("_") and not node.target.startswith("_")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return (
-            node.target in _INPLACE_FUNCTIONS
-            or (name.endswith("_") and not name.startswith("_"))
-            or node.kwargs.get("inplace") is True
-            or node.kwargs.get("out") is not None
-        )
-    return False

@@ -125,9 +125,12 @@ def _post_gate(mul: Node, tail: Node) -> Node | None:
     return gate if gate is not None and gate is not tail and is_float_tensor(gate) else None
 
 
-def walk_epilogue(head: Node, axis: int, n: SymSize, operands: list[Operand]) -> Epilogue:
+def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]) -> Epilogue:
+    """The steps after the inverse the operator absorbs; over several axes, scales and casts only."""
+    axis, n = axes[-1], sizes[-1]
+    one_axis = len(axes) == 1  # no window, roll, skip term or gate over several axes yet
     epi = Epilogue(tail=head, start=SymSize.const(0), length=n)
-    windowed = rolled = False
+    windowed = rolled = not one_axis
     stage = 0  # 0: window, roll, scales, upcasts; 1: skip seen; 2: gate seen; 3: final cast
     while stage < 3 and (nxt := sole_user(epi.tail)) is not None:
         tail = epi.tail
@@ -142,8 +145,12 @@ def walk_epilogue(head: Node, axis: int, n: SymSize, operands: list[Operand]) ->
         elif stage == 0 and (inner := scaled(nxt)) is not None and inner[0] is tail:
             epi.factors += inner[1]
         elif (dst := facts.cast_target_dtype(nxt)) is not None:
-            if not facts.is_exact_upcast(example_value(tail).dtype, dst):
+            if dst != example_value(tail).dtype:
+                # Any cast that changes the dtype is the last step absorbed: what follows it
+                # (scales, skip, gate) eager computes in the new dtype, the operator would not.
                 stage = 3
+        elif not one_axis:
+            break
         elif stage == 0 and (skip := _skip_term(nxt, tail, operands)) is not None and same_shape(nxt, tail):
             operand, D, D_align, used = skip
             if not same(operand.length, epi.length.value):

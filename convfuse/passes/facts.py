@@ -32,12 +32,13 @@ def _signature(*params: str | tuple[str, Any]) -> inspect.Signature:
 
 @dataclass(frozen=True)
 class Transform:
-    """A torch.fft function along one axis."""
+    """A torch.fft function over one axis (``n=``, ``dim=``) or several (``s=``, ``dim=(...)``)."""
 
     name: str
     inverse: bool
-    one_sided: bool  # rfft/irfft: the spectrum holds bins 0..n//2 of a real signal
+    one_sided: bool  # rfft/irfft: the spectrum holds bins 0..n//2 of a real signal (of the last axis)
     signature: inspect.Signature
+    multi_axis: bool = False
 
 
 _ONE_AXIS = _signature("input", ("n", None), ("dim", -1), ("norm", None))
@@ -45,24 +46,21 @@ _ONE_AXIS = _signature("input", ("n", None), ("dim", -1), ("norm", None))
 # irfft(rfft(u, n) * rfft(k, n), n) is the cyclic convolution of u and k at size n:
 # the convolution theorem for the unnormalised DFT pair (forward sum, inverse 1/n).
 # The full complex pair is the same theorem: ifft(fft(u, n) * fft(k, n)).real for real u, k.
+_MULTI_AXIS = _signature("input", ("s", None), ("dim", None), ("norm", None))
+_TWO_AXIS = _signature("input", ("s", None), ("dim", (-2, -1)), ("norm", None))
+# The same theorem over several axes (GFNet's global filters): irfftn(rfftn(u) * rfftn(k)).
 TRANSFORMS: dict[Callable, Transform] = {
     torch.fft.rfft: Transform("rfft", inverse=False, one_sided=True, signature=_ONE_AXIS),
     torch.fft.irfft: Transform("irfft", inverse=True, one_sided=True, signature=_ONE_AXIS),
     torch.fft.fft: Transform("fft", inverse=False, one_sided=False, signature=_ONE_AXIS),
     torch.fft.ifft: Transform("ifft", inverse=True, one_sided=False, signature=_ONE_AXIS),
-}
-_MULTI_AXIS = _signature("input", ("s", None), ("dim", None), ("norm", None))
-_TWO_AXIS = _signature("input", ("s", None), ("dim", (-2, -1)), ("norm", None))
-# The same theorem over several axes (GFNet's global filters): irfftn(rfftn(u) * rfftn(k)).
-MULTI_AXIS_TRANSFORMS: dict[Callable, Transform] = {
-    torch.fft.rfft2: Transform("rfft2", inverse=False, one_sided=True, signature=_TWO_AXIS),
-    torch.fft.irfft2: Transform("irfft2", inverse=True, one_sided=True, signature=_TWO_AXIS),
-    torch.fft.rfftn: Transform("rfftn", inverse=False, one_sided=True, signature=_MULTI_AXIS),
-    torch.fft.irfftn: Transform("irfftn", inverse=True, one_sided=True, signature=_MULTI_AXIS),
+    torch.fft.rfft2: Transform("rfft2", inverse=False, one_sided=True, signature=_TWO_AXIS, multi_axis=True),
+    torch.fft.irfft2: Transform("irfft2", inverse=True, one_sided=True, signature=_TWO_AXIS, multi_axis=True),
+    torch.fft.rfftn: Transform("rfftn", inverse=False, one_sided=True, signature=_MULTI_AXIS, multi_axis=True),
+    torch.fft.irfftn: Transform("irfftn", inverse=True, one_sided=True, signature=_MULTI_AXIS, multi_axis=True),
 }
 # Transforms convfuse recognises as FFTs (so the report lists them) without yet rewriting them.
 OTHER_FFTS = {
-    *MULTI_AXIS_TRANSFORMS,
     torch.fft.fft2, torch.fft.ifft2, torch.fft.fftn, torch.fft.ifftn, torch.fft.hfft, torch.fft.ihfft,
 }
 
@@ -73,10 +71,28 @@ def transform_of(node: Node) -> Transform | None:
     return None
 
 
-def multi_axis_transform_of(node: Node) -> Transform | None:
-    if node.op == "call_function":
-        return MULTI_AXIS_TRANSFORMS.get(node.target)
-    return None
+def transform_axes(args: dict[str, Any], rank: int, transform: Transform, what: str) -> tuple[int, ...]:
+    """The negative axes a transform runs over, ascending: (dim,) for a one-axis transform."""
+    from convfuse.passes.refusal import Refusal
+
+    if not transform.multi_axis:
+        return (axis_of(args["dim"], rank, what),)
+    dims, sizes = args["dim"], args["s"]
+    if dims is None:
+        if sizes is None:
+            raise Refusal(f"{transform.name} over every axis (dim=None, s=None) includes the batch: not a filter")
+        dims = tuple(range(-len(sizes), 0))
+    dims = tuple(axis_of(d, rank, what) for d in (dims if isinstance(dims, (tuple, list)) else (dims,)))
+    if len(set(dims)) != len(dims) or list(dims) != sorted(dims):
+        raise Refusal(f"{transform.name} over axes {dims}: only distinct axes in increasing order are supported")
+    return dims
+
+
+def size_args(args: dict[str, Any], transform: Transform) -> list | None:
+    """The transform's explicit sizes (``n=`` as one, ``s=``), or None when it takes the shape's."""
+    if not transform.multi_axis:
+        return None if args["n"] is None else [args["n"]]
+    return None if args["s"] is None else list(args["s"])
 
 
 def is_fft(node: Node) -> bool:
@@ -91,9 +107,36 @@ def is_inverse_fft(node: Node) -> bool:
 
 
 def bind(node: Node, transform: Transform) -> dict[str, Any]:
-    bound = transform.signature.bind(*node.args, **node.kwargs)
+    """The transform's arguments by name; a call they do not describe (``out=``) is refused."""
+    from convfuse.passes.refusal import Refusal
+
+    if node.kwargs.get("out") is not None:
+        raise Refusal(
+            f"`{node.name}` ({transform.name}) writes its result into `out=`: the fused operator returns a new "
+            "tensor, so the site is left to eager (assign the result instead of passing out=)",
+            family="writes-in-place",
+        )
+    try:
+        bound = transform.signature.bind(*node.args, **{k: v for k, v in node.kwargs.items() if k != "out"})
+    except TypeError as exc:
+        raise Refusal(f"`{node.name}` calls {transform.name} with arguments convfuse does not know: {exc}") from None
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+def axis_of(dim: Any, rank: int, what: str) -> int:
+    """A transform's ``dim`` as a negative axis; a symbolic or non-integer one is refused."""
+    from convfuse.passes.refusal import Refusal
+
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise Refusal(
+            f"{what} runs along dim={getattr(dim, 'name', dim)!s}, which is not a constant integer (an axis passed as "
+            "an argument becomes symbolic under dynamic shapes): pass the axis as a literal",
+            family="symbolic-axis",
+        )
+    if not -rank <= dim < rank:
+        raise Refusal(f"{what} runs along dim={dim} of a rank-{rank} tensor")
+    return dim - rank if dim >= 0 else dim
 
 
 # Norm modes as the power of n each transform multiplies by (torch.fft docs: "backward"

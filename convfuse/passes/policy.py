@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch.fx import GraphModule, Node
 
-from convfuse.passes import Match, MatchND, match_or_refuse, rewrite_site
+from convfuse.passes import Match, match_or_refuse, rewrite_site
 from convfuse.passes.match import is_module_state
 from convfuse.passes.sizes import example_value, proven
 from convfuse.policies import Auto, Exact, FrequencySparse, PartialKernel, Policy
@@ -58,6 +58,7 @@ class SitePlan:
     kernel_rel_change: float | None = None  # ||k' - k|| / ||k||
     flops_saved: float | None = None  # estimated, per call
     bytes_saved: float | None = None
+    match: Any = None  # the site's Match when this step matched it (the rewrite reuses it while valid)
 
 
 # ---- the definitions, as run in the graph ------------------------------------------------------
@@ -124,26 +125,12 @@ def _static(value: Any) -> int | None:
 
 
 def kernel_identified(m: Match, spec: Any) -> str:
-    """'' when the match's kernel operand is known to be the kernel, else why not."""
-    if spec.skip:
-        return ""  # the skip term binds the input
-    k_operand = getattr(m, "k", None)
-    if getattr(k_operand, "terms", None) is not None or getattr(k_operand, "built", False):
-        return ""  # the matcher built the kernel (a sum of spectra): it is the kernel
-    u = getattr(getattr(m, "u", None), "signal", None)
-    if spec.constant_kernel and not (isinstance(u, Node) and is_module_state(u)):
+    """'' when the match's kernel operand is known to be the kernel (by provenance), else why not."""
+    if getattr(m, "roles", None):
         return ""
-    K, L = _static(spec.K), _static(spec.L)
-    if K is not None and L is not None and K < L:
-        return ""
-    k = getattr(getattr(m, "k", None), "signal", None)
-    if isinstance(u, Node) and isinstance(k, Node):
-        uv, kv = example_value(u), example_value(k)
-        if isinstance(uv, torch.Tensor) and isinstance(kv, torch.Tensor) and proven(kv.numel() < uv.numel()):
-            return ""
     return (
-        "cannot tell which of the two convolved signals is the kernel (neither is smaller, neither alone is a "
-        "parameter/buffer, no skip term binds the input)"
+        "cannot tell which of the two convolved signals is the kernel (neither alone is a parameter/buffer, no "
+        "skip term or gate binds the input, neither spectrum is built or conjugated); sizes are no proof"
     )
 
 
@@ -395,7 +382,8 @@ def choose_policies(gm: GraphModule, sites: list[Node], opts: Any, example_input
             plan.applied = sc.policy
             continue
         m = match_or_refuse(site)
-        if isinstance(m, MatchND):
+        plan.match = m if isinstance(m, Match) else None
+        if isinstance(m, Match) and m.multi_axis:
             plan.reason = (f"policy {sc.policy} applies to 1-D convolutions; this {len(m.axes)}-D convolution "
                            "is left to eager (ask for exact to fuse it)")
             continue
@@ -465,21 +453,9 @@ def _measure(gm: GraphModule, sites: list[Node], example_inputs: list, pending: 
             plan.flops_saved, plan.bytes_saved = estimate_saved(plan.applied, m.spec().n, K, out_shape)
 
 
-def apply_policy(out: Node, policy: Policy) -> None:
-    """Put ``policy`` in the graph on the kernel operand of the fused call behind ``out``."""
-    bins = spectrum_bins(policy)
-    if bins:
-        op_node(out).update_kwarg("spectrum_bins", bins)
-    transform = kernel_transform(policy)
-    if transform is None:
-        return
-    op = op_node(out)
-    graph = op.graph
-    with graph.inserting_before(op):
-        k = transform(graph, op.args[1], op.args[5])
-    op.update_arg(1, k)
-    if not keeps_constant_kernel(policy):
-        if len(op.args) > 13:
-            op.update_arg(13, False)
-        else:
-            op.update_kwarg("constant_kernel", False)
+def policy_rewrite_args(policy: Policy | None) -> dict[str, Any]:
+    """``rewrite_site``'s keyword arguments that put ``policy`` in the graph."""
+    if policy is None:
+        return {}
+    return {"kernel_transform": kernel_transform(policy), "constant_kernel": keeps_constant_kernel(policy),
+            "spectrum_bins": spectrum_bins(policy)}

@@ -9,6 +9,7 @@ terms time-reversed: conj(F[x]) = F[x reversed mod n] for real x).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Any, Callable
 
@@ -19,7 +20,6 @@ from torch.fx import Graph, GraphModule, Node
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 from convfuse.passes.match import Match
-from convfuse.passes.match_nd import MatchND
 from convfuse.passes.sizes import example_value, proven
 
 _SIZE_OPS = {"sub": operator.sub, "add": operator.add, "mod": operator.mod}
@@ -55,6 +55,9 @@ def _combined_kernel(graph: Graph, m: Match, n: Any, rank: int) -> Node:
     total = None
     for weight, term in zip(m.kernel_weights, m.k.terms):
         x = _to_last_axis(graph, term.signal, None, m.axis, rank)
+        if term.dtype is not None and example_value(term.signal).dtype != term.dtype:
+            # the upcast the transform read: the sum is computed in the dtype eager's spectra had
+            x = graph.call_method("to", (x, term.dtype))
         length = example_value(term.signal).shape[term.axis]
         if not proven(length <= m.n.value):
             # Truncated to n, then padded back to n below: a reversal (conj) and the sum need every
@@ -78,13 +81,13 @@ def _kernel_of_spectrum(graph: Graph, m: Match, n: Any, rank: int) -> Node:
     return graph.call_function(torch.real, (graph.call_function(torch.fft.ifft, (W,), {"n": n, "dim": -1}),))
 
 
-def rewrite_site_nd(gm: GraphModule, m: MatchND, kernel: str) -> Node:
+def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
     """One fft_convnd call over ``m.axes`` moved last (the 1-D kernel options do not apply)."""
     graph = gm.graph
     d = len(m.axes)
     last = tuple(range(-d, 0))
     with graph.inserting_before(m.tail):
-        n = [_materialize(graph, s.arg) for s in m.n]
+        n = [_materialize(graph, s.arg) for s in m.sizes]
         u = graph.call_function(torch.movedim, (m.u.signal, m.axes, last))
         if m.k.spectrum is not None:
             k = graph.call_function(torch.fft.irfftn, (m.k.spectrum,), {"s": n, "dim": m.axes})
@@ -96,10 +99,10 @@ def rewrite_site_nd(gm: GraphModule, m: MatchND, kernel: str) -> Node:
             (u, k, n, [0] * d, n, m.scale, float(m.power), m.conj_kernel, m.out_dtype),
         )
         out = graph.call_function(torch.movedim, (out, last, m.axes))
-    return _replace(graph, m, out)
+    return out
 
 
-def _replace(graph: Graph, m: Match | MatchND, out: Node) -> Node:
+def _replace(graph: Graph, m: Match, out: Node) -> Node:
     # Later sites may read this value (one convolution feeding the next): they reason from meta.
     out.meta["example_value"] = m.tail.meta.get("example_value")
     out.meta["stack_trace"] = m.tail.meta.get("stack_trace")
@@ -111,6 +114,20 @@ def _replace(graph: Graph, m: Match | MatchND, out: Node) -> Node:
     return out
 
 
+@contextlib.contextmanager
+def _all_or_nothing(graph: Graph):
+    """Nodes inserted inside the block are erased again if it raises: a failed rewrite leaves
+    the graph as it was (the site's own nodes are replaced only after every insertion)."""
+    before = set(graph.nodes)
+    try:
+        yield
+    except BaseException:
+        for node in reversed([node for node in graph.nodes if node not in before]):
+            if not node.users:
+                graph.erase_node(node)
+        raise
+
+
 def rewrite_site(
     gm: GraphModule,
     m: Match,
@@ -118,11 +135,21 @@ def rewrite_site(
     *,
     kernel_transform: Callable[[Graph, Node, Any], Node] | None = None,
     constant_kernel: bool = True,
+    spectrum_bins: int = 0,
 ) -> Node:
-    """Insert the operator call; ``kernel_transform`` (a policy) rewrites the kernel operand first,
-    and ``constant_kernel=False`` says the kernel it produces is no longer module state."""
-    if isinstance(m, MatchND):
-        if kernel_transform is not None:
+    """Insert the operator call and replace the site's value with it, or leave the graph as it
+    was and raise.  A policy comes in as ``kernel_transform`` (rewrites the kernel operand),
+    ``constant_kernel=False`` (the kernel it produces is no longer module state) and
+    ``spectrum_bins`` (FrequencySparse's cut, the operator's own argument)."""
+    with _all_or_nothing(gm.graph):
+        out = _insert(gm, m, kernel, kernel_transform, constant_kernel, spectrum_bins)
+    return _replace(gm.graph, m, out)
+
+
+def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_kernel: bool,
+            spectrum_bins: int) -> Node:
+    if m.multi_axis:
+        if kernel_transform is not None or spectrum_bins:
             raise ValueError("convfuse: approximate policies apply to 1-D convolutions only")
         return rewrite_site_nd(gm, m, kernel)
     graph = gm.graph
@@ -145,10 +172,10 @@ def rewrite_site(
         gate = _to_last_axis(graph, m.post_gate, None, m.axis, rank)
         out = graph.call_function(
             torch.ops.convfuse.fft_conv.default,
-            (u, k, D, pre, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel,
-             m.constant_kernel and constant_kernel),
+            (u, k, D, pre, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel),
+            {"constant_kernel": m.constant_kernel and constant_kernel, "spectrum_bins": spectrum_bins},
         )
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:
             out = graph.call_function(torch.movedim, (out, -1, m.axis))
-    return _replace(graph, m, out)
+    return out

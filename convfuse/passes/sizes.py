@@ -70,10 +70,16 @@ class SymSize:
 
 
 def proven(condition: Any) -> bool:
-    """True only when ``condition`` (a bool or SymBool) holds for every traced size."""
+    """True only when ``condition`` (a bool or SymBool) holds for every traced size.
+
+    Never raises and never adds a guard: an expression neither prover handles is "not proven".
+    """
     if isinstance(condition, bool):
         return condition
-    return statically_known_true(condition) or _proven_by_floor_bounds(condition)
+    try:
+        return bool(statically_known_true(condition)) or _proven_by_floor_bounds(condition)
+    except Exception:  # noqa: BLE001  sympy gives up on some expressions: not proven
+        return False
 
 
 def _proven_by_floor_bounds(condition: Any) -> bool:
@@ -99,13 +105,34 @@ def _proven_by_floor_bounds(condition: Any) -> bool:
         diff, strict = expr.rhs - expr.lhs, isinstance(expr, sympy.StrictLessThan)
     else:
         return False
-    diff = sympy.expand(diff)
+    return _nonnegative(sympy.expand(diff), strict, shape_env)
+
+
+def _nonnegative(diff: Any, strict: bool, shape_env: Any, depth: int = 0) -> bool:
+    """Whether ``diff >= 0`` (``> 0`` when strict) for every size in the shape environment's ranges.
+
+    ``max(a, b)`` where it adds and ``min(a, b)`` where it subtracts are bounded below by
+    either argument: the inequality holds if it holds with one of them in place.
+    """
+    import sympy
+    from torch.utils._sympy.functions import FloorDiv
+
+    maxima, minima = _extremum_types()
+    for extreme in diff.atoms(*maxima, *minima):
+        coeff = diff.coeff(extreme)
+        if depth > 6 or not coeff.is_number or coeff == 0 or (diff - coeff * extreme).has(extreme):
+            return False
+        if (coeff > 0) != isinstance(extreme, maxima):
+            return False
+        return any(
+            _nonnegative(sympy.expand(diff.subs(extreme, arg)), strict, shape_env, depth + 1) for arg in extreme.args
+        )
     for floor in diff.atoms(FloorDiv):
         a, c = floor.args
         if not (c.is_Integer and c > 0):
             return False
         coeff = diff.coeff(floor)
-        if not coeff.is_number:
+        if not coeff.is_number or (diff - coeff * floor).has(floor):
             return False
         diff = sympy.expand(diff.subs(floor, (a - c + 1) / c if coeff > 0 else a / c))
     if diff.atoms(sympy.Function):
@@ -126,6 +153,16 @@ def _proven_by_floor_bounds(condition: Any) -> bool:
         return False
     constant = coeffs.get((0,) * len(offsets), 0)
     return bool(constant > 0) if strict else True
+
+
+def _extremum_types() -> tuple[tuple, tuple]:
+    """(max classes, min classes): sympy's, and torch's own where it has them."""
+    import sympy
+    from torch.utils._sympy import functions
+
+    maxima = (sympy.Max,) + ((functions.Max,) if hasattr(functions, "Max") else ())
+    minima = (sympy.Min,) + ((functions.Min,) if hasattr(functions, "Min") else ())
+    return maxima, minima
 
 
 def same(a: SizeValue, b: SizeValue) -> bool:

@@ -35,9 +35,9 @@ class Operand:
     """
 
     signal: Node | None  # the real time-domain tensor the fused operator reads
-    n: SymSize
-    axis: int  # negative axis being transformed, in the signal's (and product's) layout
-    power: Fraction  # n ** power from the norm mode
+    sizes: tuple  # SymSize per transformed axis (one for a one-axis transform)
+    axes: tuple  # negative axes being transformed, ascending, in the signal's (and product's) layout
+    power: Fraction  # N ** power from the norm modes, N the product of the sizes
     factors: list  # scalar multipliers: (number or SymSize, exponent)
     sided: str = ONE_SIDED
     conj: bool = False
@@ -45,6 +45,16 @@ class Operand:
     nodes: list[Node] = field(default_factory=list)
     terms: list["Operand"] | None = None
     spectrum: Node | None = None  # a kernel given as its spectrum (a complex parameter)
+    dtype: torch.dtype | None = None  # what the transform read: the signal after its stripped casts
+
+    @property
+    def n(self) -> SymSize:
+        """The size of the last transformed axis (the only one of a one-axis transform)."""
+        return self.sizes[-1]
+
+    @property
+    def axis(self) -> int:
+        return self.axes[-1]
 
     @property
     def built(self) -> bool:
@@ -56,6 +66,16 @@ class Operand:
         if self.built:
             return self.n.value  # a built kernel has the FFT size
         return example_value(self.signal).shape[self.axis]
+
+
+def comes_after(later: Node, earlier: Node) -> bool:
+    """Whether ``later`` follows ``earlier`` in graph order."""
+    node = earlier.next
+    while node.op != "root":
+        if node is later:
+            return True
+        node = node.next
+    return False
 
 
 def _what(node: Node) -> str:
@@ -110,7 +130,7 @@ def given_spectrum(node: Node) -> Operand | None:
     value = example_value(node)
     if not (isinstance(value, torch.Tensor) and value.is_complex() and is_module_state(base)):
         return None
-    return Operand(signal=None, n=None, axis=None, power=Fraction(0), factors=[], spectrum=node, nodes=[])
+    return Operand(signal=None, sizes=(), axes=(), power=Fraction(0), factors=[], spectrum=node, nodes=[])
 
 
 def transformed_signal(node: Node) -> Operand:
@@ -131,21 +151,26 @@ def transformed_signal(node: Node) -> Operand:
             f"`{node.name}` transforms a {getattr(value, 'dtype', type(value).__name__)} signal: "
             "convfuse convolves real floating signals; cast it to a float dtype first"
         )
-    axis = args["dim"] - value.dim() if args["dim"] >= 0 else args["dim"]
-    n = SymSize.of_shape(x, axis) if args["n"] is None else SymSize.of_arg(args["n"])
-    if n is None:
-        raise Refusal(f"`{node.name}`: FFT size {args['n']!r} is not an integer")
+    axes = facts.transform_axes(args, value.dim(), transform, f"`{node.name}`")
+    given = facts.size_args(args, transform)
+    if given is None:
+        sizes = tuple(SymSize.of_shape(x, a) for a in axes)
+    else:
+        sizes = tuple(SymSize.of_arg(s) for s in given)
+        if len(sizes) != len(axes) or any(s is None for s in sizes):
+            raise Refusal(f"`{node.name}`: FFT sizes {given!r} are not one integer per transformed axis")
     signal, casts = strip_exact_upcasts(x)
     return Operand(
-        signal=signal, n=n, axis=axis, power=facts.norm_power(args["norm"], inverse=False), factors=[],
-        sided=ONE_SIDED if transform.one_sided else FULL, nodes=[node] + casts,
+        signal=signal, sizes=sizes, axes=axes, power=facts.norm_power(args["norm"], inverse=False), factors=[],
+        sided=ONE_SIDED if transform.one_sided else FULL, nodes=[node] + casts, dtype=value.dtype,
     )
 
 
 def one_sided_half(node: Node) -> Operand:
     """fft(x, n)[..., :n//2 + 1] of a real x is rfft(x, n): the half a one-sided inverse reads."""
     operand = spectrum_operand(node.args[0])
-    window = slice_along(node, node.args[0], operand.axis, operand.n) if operand.sided == FULL else None
+    full_one_axis = operand.sided == FULL and len(operand.axes) == 1
+    window = slice_along(node, node.args[0], operand.axis, operand.n) if full_one_axis else None
     if window is None or not (window[0].static and window[0].value == 0):
         raise Refusal(f"`{node.name}` slices a spectrum other than to its one-sided half")
     if not same(window[1].value, operand.n.value // 2 + 1):
@@ -179,6 +204,8 @@ def summed_kernel(node: Node, a: Operand, b: Operand) -> Operand:
     terms = _terms_of(a) + _terms_of(b)
     if any(t.spectrum is not None for t in terms):
         raise Refusal(f"`{node.name}` adds a parameter spectrum to a transform: not supported yet")
+    if any(len(t.axes) != 1 for t in terms):
+        raise Refusal(f"`{node.name}` adds spectra over several axes: only one-axis kernels can be summed yet")
     for term in terms:
         if not (same(term.n.value, a.n.value) and term.axis == a.axis and term.sided == a.sided):
             raise Refusal(f"`{node.name}` adds spectra of different sizes, axes or sidedness")
@@ -186,14 +213,15 @@ def summed_kernel(node: Node, a: Operand, b: Operand) -> Operand:
             raise Refusal(f"`{node.name}` adds spectra that an einsum realigned")
     if not all(same_shape(t.signal, terms[0].signal) for t in terms):
         raise Refusal(f"`{node.name}` adds spectra of signals with different shapes")
-    return Operand(signal=None, n=a.n, axis=a.axis, power=Fraction(0), factors=[], sided=a.sided,
+    return Operand(signal=None, sizes=a.sizes, axes=a.axes, power=Fraction(0), factors=[], sided=a.sided,
                    nodes=[node] + a.nodes + b.nodes, terms=terms)
 
 
 def _same_spectrum(x: Operand, y: Operand) -> bool:
     return (
         not x.built and not y.built and x.signal is y.signal and x.conj == y.conj and x.align == y.align
-        and x.axis == y.axis and x.power == y.power and x.sided == y.sided and same(x.n.value, y.n.value)
+        and x.axes == y.axes and x.power == y.power and x.sided == y.sided
+        and all(same(a.value, b.value) for a, b in zip(x.sizes, y.sizes))
     )
 
 
@@ -226,8 +254,13 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
     in_place = [u for u in node.users if facts.is_call(u, set(), {"mul_"}) and u.args[0] is node]
     if reader is None and len(in_place) == 1 and len(node.users) == 2:
         # U.mul_(K); irfft(U): the inverse reads U after the in-place product (checked before
-        # anything else: U itself may be a scaled spectrum).
-        return spectral_product(in_place[0], reader=next(u for u in node.users if u is not in_place[0]))
+        # anything else: U itself may be a scaled spectrum).  An inverse that reads U before the
+        # product (irfft(U); U.mul_(K)) transforms U alone.
+        other = next(u for u in node.users if u is not in_place[0])
+        if not comes_after(other, in_place[0]):
+            raise Refusal(f"`{other.name}` reads `{node.name}` before `{in_place[0].name}` multiplies it in place: "
+                          "the inverse transforms a single spectrum, not a product")
+        return spectral_product(in_place[0], reader=other)
     if (inner := scaled(node)) is not None:
         inner_node, factors, used = inner
         operands, more, nodes, notes = spectral_product(inner_node)
@@ -246,10 +279,14 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
             raise Refusal(f"einsum {equation!r} {terms}", family="spectral-contraction")
         operands = [spectrum_operand(t) for t in tensors]
         for operand, term in zip(operands, terms):
+            if len(operand.axes) > 1:
+                raise Refusal(f"einsum {equation!r} of spectra over several axes: not supported yet")
+            if not operand.axes:
+                raise Refusal(f"einsum {equation!r} of a parameter spectrum: not supported yet")
             letter = term.letter_of_axis(operand.axis)
             if letter is None:
                 raise Refusal(f"einsum {equation!r}: the transformed axis is inside '...'")
-            operand.axis = term.output_axis(letter)
+            operand.axes = (term.output_axis(letter),)
             operand.align = term.align
         return operands, [], [node], [f"einsum {equation!r}"]
     if facts.is_call(node, facts.ADD_FUNCTIONS, facts.ADD_METHODS) or facts.is_call(
