@@ -13,9 +13,13 @@ Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip te
             runs, which computes the same: 8192 for 8190), on cache-resident blocks of rows, both
             cores, per round the faster of two ways to use them (per-thread blocks on the convfuse
             pool, or one block at a time on torch's OpenMP threads; see make_floor).
-"kernel as input": the kernel's version is bumped before every call (outside the timer), so no
-spectrum cache can hit; "kernel constant": an unchanged buffer.  Runs are interleaved (each round
-times every variant once) and medians reported, because this 2-core machine is shared and noisy.
+"kernel as input": ``constant_kernel=False`` (a kernel computed in the graph), transformed in every
+call; "kernel constant": an unchanged buffer with ``constant_kernel=True``, its cached spectrum used
+after comparing the kernel with the copy it was computed from, every call (the sound default,
+convfuse/backends/cpu_cache.py); "kernel frozen": the same behind ``convfuse.freeze`` (the opt-in
+that trusts it unchanged: no comparison), so const - frozen is what the comparison costs.  Runs
+are interleaved (each round times every variant once) and medians reported, because this 2-core
+machine is shared and noisy.
 
 Peak memory: each variant is run in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB
 (so freed buffers go back to the OS); after a warm-up call the kernel's peak-RSS counter is reset
@@ -49,7 +53,7 @@ SHAPES = [(4, 256, 1024), (4, 256, 4096), (2, 256, 16384), (1, 64, 131072)]
 # Not among the goals' shapes: the length a language model trains on (inputs tokens[:, :-1]),
 # where Hyena's n = 2L = 8190 = 2*3^2*5*7*13 and convfuse transforms at 8192 instead.
 EXTRA_SHAPES = [(4, 256, 4095)]
-VARIANTS = ["eager", "compile", "convfuse_input", "convfuse_const", "floor"]
+VARIANTS = ["eager", "compile", "convfuse_input", "convfuse_const", "convfuse_frozen", "floor"]
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -125,15 +129,17 @@ def make_variants(B, H, L, compiled, floor=True):
     u = torch.randn(B, H, L, generator=g)
     k_in = torch.randn(H, L, generator=g)
     k_const = k_in.clone()
+    k_frozen = cpu_cache.freeze(k_in.clone())
     D = torch.randn(H, generator=g)
     fns = {
         "eager": lambda: fftconv(u, k_in, D),
         "compile": lambda: compiled(u, k_in, D),
         "convfuse_input": lambda: convfuse_op(u, k_in, D),
         "convfuse_const": lambda: convfuse_op(u, k_const, D, constant=True),
+        "convfuse_frozen": lambda: convfuse_op(u, k_frozen, D, constant=True),
         **(make_floor(u) if floor else {}),
     }
-    # Kernel as an input: a new version before every call, outside the timer (no cache can hit).
+    # Kernel as an input: a new version before every call, outside the timer (as a training step would).
     before = {name: (lambda: k_in.add_(0.0)) for name in ("eager", "compile", "convfuse_input")}
     return fns, before, (u, k_in, D)
 
@@ -142,7 +148,7 @@ def time_shape(B, H, L, repeats, compiled):
     fns, before, (u, k, D) = make_variants(B, H, L, compiled)
     with torch.no_grad():
         want = fftconv(u, k, D)
-        for name in ("compile", "convfuse_input", "convfuse_const"):
+        for name in ("compile", "convfuse_input", "convfuse_const", "convfuse_frozen"):
             err = ((fns[name]() - want).abs().max() / want.abs().max()).item()
             assert err < 1e-4, (name, err)
         for fn in fns.values():  # warm-up: compile, plans, thread pool, cache (second sighting)
@@ -284,7 +290,13 @@ def write_outputs(rows, model, meta):
             t = model[key]
             lines.append(f"| {key[:-3]} | {t['eager']:.1f} | {t['compile']:.1f} | {t['convfuse']:.1f} "
                          f"| {t['eager'] / t['convfuse']:.2f}x | {t['compile'] / t['convfuse']:.2f}x |")
-    lines += ["", "Best of the rounds (ms, eager / compile / convfuse input / convfuse const / floor): " + "; ".join(
+    lines += ["", "Constant kernel, the sound cache (compared every call) / frozen (`convfuse.freeze`, not compared), ms "
+                  "and vs eager: " + "; ".join(
+        f"{r['L']}: {r['ms']['convfuse_const']:.2f} / {r['ms']['convfuse_frozen']:.2f} "
+        f"({r['ms']['eager'] / r['ms']['convfuse_const']:.2f}x / {r['ms']['eager'] / r['ms']['convfuse_frozen']:.2f}x)"
+        for r in rows)]
+    lines += ["", "Best of the rounds (ms, eager / compile / convfuse input / convfuse const / convfuse frozen / floor): "
+                  + "; ".join(
         f"{r['L']}: " + " / ".join(f"{r['min_ms'][v]:.2f}" for v in VARIANTS) for r in rows if "min_ms" in r)]
     lines += ["", "Process CPU time per call, median (ms, same order; both threads summed): " + "; ".join(
         f"{r['L']}: " + " / ".join(f"{r['cpu_ms'][v]:.2f}" for v in VARIANTS) for r in rows if "cpu_ms" in r)]
@@ -370,7 +382,7 @@ def main(argv=None):
         ms, best, cpu_ms = time_shape(B, H, L, repeats, compiled)
         row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "cpu_ms": cpu_ms, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
         if not args.no_memory:
-            row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v != "floor"}
+            row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v not in ("floor", "convfuse_frozen")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     model = None if args.no_model else hyena_model(args.quick, 5 if args.quick else 10)

@@ -8,6 +8,7 @@
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 from convfuse.api import compile, explain
+from convfuse.backends.cpu_cache import freeze, unfreeze
 from convfuse.backend import convfuse_backend
 from convfuse.dropin import FFTConv, fftconv
 from convfuse.ops import fft_conv
@@ -19,7 +20,8 @@ from convfuse.spec import ConvSpec
 __version__ = "0.1.0"
 __all__ = [
     "Auto", "ConvSpec", "Exact", "FFTConv", "FrequencySparse", "PartialKernel", "PolicyError", "RewriteReport", "SiteReport",
-    "compile", "convfuse_backend", "explain", "fft_conv", "fftconv", "parse_policy", "region", "unmark",
+    "compile", "convfuse_backend", "explain", "fft_conv", "fftconv", "freeze", "parse_policy", "region",
+    "unfreeze", "unmark",
 ]
 
 

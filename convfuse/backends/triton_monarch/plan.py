@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +39,7 @@ import torch
 from torch import Tensor
 
 from convfuse import config
+from convfuse.backends import cpu_cache
 
 if TYPE_CHECKING:
     from convfuse.backends.triton_monarch.blocks import Frames
@@ -364,11 +363,11 @@ def plan_for_factors(n: int, factors: tuple[int, int], dtype: torch.dtype, devic
     return _plan_cached(n, dtype, dot_dtype, torch.device(device), factors)
 
 
-# Kernel spectra: constant kernels (parameters, buffers) can be transformed once and reused until
-# they change: the tensor's version counter moves on every in-place update (optimizer steps).
-# Off by default: writes through ``.data`` (``p.data.add_(...)``, gradcheck's perturbations) do
-# NOT move the counter, so a stale spectrum would be returned silently.  Turn it on with
-# ``with cache_kernel_spectra():`` where kernels are updated only in place without ``.data``.
+# Kernel spectra go through the one spectrum cache (convfuse/backends/cpu_cache.py: a hit needs the
+# kernel's bits unchanged, or the kernel frozen with convfuse.freeze).  On a GPU the comparison
+# hands its answer to the host, a synchronisation per call that costs more than the transform it
+# saves, so by value it is off by default (``with cache_kernel_spectra():`` turns it on); frozen
+# kernels are reused without one.  Nothing is cached while a CUDA graph is being captured.
 SPECTRUM_CACHE = False
 
 
@@ -381,11 +380,11 @@ def cache_kernel_spectra(enabled: bool = True):
     finally:
         SPECTRUM_CACHE = old
         if not enabled or not old:
-            _SPECTRA.clear()
+            cpu_cache.discard(_is_monarch_variant)
 
 
-_SPECTRA: OrderedDict[tuple, tuple[weakref.ref, int, Tensor]] = OrderedDict()
-_SPECTRA_MAX = 16
+def _is_monarch_variant(variant) -> bool:
+    return isinstance(variant, tuple) and variant[:1] == ("monarch",)
 
 
 def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
@@ -400,18 +399,18 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     bins <= f <= n - bins zeroed (the one-sided mask, both sides), and only the ``cols`` last-axis
     columns from ``col0`` (cyclic) are stored: (..., 2, *radices[:-1], cols).
     """
-    key = (id(k), tuple(k.shape), tuple(k.stride()), k.dtype, k.device, n, m, conj, scale, compute, radices,
-           bins, col0, cols)
-    version = None
-    if SPECTRUM_CACHE:
-        try:
-            version = k._version
-        except RuntimeError:  # inference tensors keep no version counter: never cached
-            pass
-    hit = _SPECTRA.get(key)
-    if version is not None and hit is not None and hit[0]() is k and hit[1] == version:
-        _SPECTRA.move_to_end(key)
-        return hit[2]
+    def spectrum() -> Tensor:
+        return _kernel_spectrum(k, n, m, conj, scale, compute, radices, bins, col0, cols)
+
+    if k.is_cuda and torch.cuda.is_current_stream_capturing():
+        return spectrum()
+    variant = ("monarch", n, m, conj, scale, compute, tuple(radices), bins, col0, cols)
+    spec = cpu_cache.lookup(k, variant, spectrum, by_value=SPECTRUM_CACHE)
+    return spec if spec is not None else spectrum()
+
+
+def _kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
+                     radices: tuple[int, ...], bins: int, col0: int, cols: int) -> Tensor:
     kf = torch.fft.fft(k[..., :n].to(compute), n=m)  # (..., m) complex
     if conj:
         kf = kf.conj()
@@ -423,9 +422,4 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     kf = kf.permute(*range(nb), *range(nb + d - 1, nb - 1, -1))  # [k0, k1, ..] = k0 + R0*(k1 + R1*..)
     if cols and cols < radices[-1]:
         kf = kf.index_select(-1, (col0 + torch.arange(cols, device=kf.device)) % radices[-1])
-    spec = torch.stack([kf.real, kf.imag], dim=-d - 1).contiguous()  # (..., 2, *radices[:-1], cols)
-    if version is not None:
-        _SPECTRA[key] = (weakref.ref(k), version, spec)
-        while len(_SPECTRA) > _SPECTRA_MAX:
-            _SPECTRA.popitem(last=False)
-    return spec
+    return torch.stack([kf.real, kf.imag], dim=-d - 1).contiguous()  # (..., 2, *radices[:-1], cols)
