@@ -114,7 +114,8 @@ def _skip_term(add: Node, tail: Node, operands: list[Operand]):
     for signal, D, signal_align, D_align in candidates:
         signal, casts = strip_exact_upcasts(signal)
         for operand in operands:
-            if operand.terms is None and signal is operand.signal and operand.align == signal_align:
+            if operand.terms is None and signal is operand.signal and operand.align == signal_align \
+                    and not operand.layout:
                 if is_float_tensor(D):
                     return operand, D, D_align, [other] + casts
     return None

@@ -76,7 +76,7 @@ class Match:
     def constant_kernel(self) -> bool:
         if self.multi_axis:
             return False
-        return not self.k.built and self.k.align is None and is_module_state(self.k.signal)
+        return not self.k.built and self.k.align is None and not self.k.layout and is_module_state(self.k.signal)
 
     def spec(self) -> ConvSpec:
         if self.multi_axis:
@@ -226,6 +226,7 @@ def _assign_roles(u: Operand, k: Operand, epi) -> tuple[Operand, Operand, str | 
     if u_state != k_state:
         return (k, u, "it is module state") if u_state else (u, k, "it is module state")
     u_gated, k_gated = (facts.is_call(o.signal, facts.MUL_FUNCTIONS, facts.MUL_METHODS) and o.align is None
+                        and not o.layout
                         for o in (u, k))
     if u_gated != k_gated:
         return (k, u, "the other signal is gated") if k_gated else (u, k, "the other signal is gated")
@@ -239,7 +240,7 @@ def _assign_roles(u: Operand, k: Operand, epi) -> tuple[Operand, Operand, str | 
 def _pre_gate(u: Operand, site_nodes: set[Node]) -> tuple[Node, Node] | None:
     """(x, v) when the input signal is x * v used by nothing but this site: a fusable gate."""
     signal = u.signal
-    if u.align is not None or not facts.is_call(signal, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
+    if u.align is not None or u.layout or not facts.is_call(signal, facts.MUL_FUNCTIONS, facts.MUL_METHODS):
         return None
     pair = facts.binary_operands(signal)
     if pair is None or not all(is_float_tensor(p) for p in pair):

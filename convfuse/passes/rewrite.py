@@ -19,6 +19,7 @@ from torch.fx import Graph, GraphModule, Node
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
+from convfuse.passes.layout import replay
 from convfuse.passes.match import Match
 from convfuse.passes.sizes import example_value, proven
 
@@ -36,13 +37,17 @@ def _materialize(graph: Graph, arg: Any) -> Any:
     return arg
 
 
-def _to_last_axis(graph: Graph, node: Node | None, align: tuple | None, axis: int, rank: int) -> Node | None:
-    """View ``node`` in the site's output layout (rank ``rank``) with ``axis`` moved last."""
+def _to_last_axis(graph: Graph, node: Node | None, align: tuple | None, axis: int, rank: int,
+                  layout: list = ()) -> Node | None:
+    """View ``node`` in the site's output layout (rank ``rank``) with ``axis`` moved last: the
+    layout steps its spectrum went through replayed on it first, then an einsum's alignment."""
     if node is None:
         return None
+    node_rank = example_value(layout[-1].node if layout else node).dim()
+    node = replay(graph, node, list(layout))
     if align is not None:
         node = graph.call_function(operator.getitem, (node, align))
-    missing = rank - example_value(node).dim() if align is None else 0
+    missing = rank - node_rank if align is None else 0
     if missing > 0 and axis != -1:
         node = graph.call_function(operator.getitem, (node, (None,) * missing + (Ellipsis,)))
     if axis != -1:
@@ -88,11 +93,11 @@ def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
     last = tuple(range(-d, 0))
     with graph.inserting_before(m.tail):
         n = [_materialize(graph, s.arg) for s in m.sizes]
-        u = graph.call_function(torch.movedim, (m.u.signal, m.axes, last))
+        u = graph.call_function(torch.movedim, (replay(graph, m.u.signal, m.u.layout), m.axes, last))
         if m.k.spectrum is not None:
             k = graph.call_function(torch.fft.irfftn, (m.k.spectrum,), {"s": n, "dim": m.axes})
         else:
-            k = m.k.signal
+            k = replay(graph, m.k.signal, m.k.layout)
         k = graph.call_function(torch.movedim, (k, m.axes, last))
         out = graph.call_function(
             torch.ops.convfuse.fft_convnd.default,
@@ -156,7 +161,7 @@ def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_k
     rank = example_value(m.tail).dim()
     with graph.inserting_before(m.tail):
         n, start, length = (_materialize(graph, s.arg) for s in (m.n, m.start, m.length))
-        u = _to_last_axis(graph, m.u.signal, m.u.align, m.axis, rank)
+        u = _to_last_axis(graph, m.u.signal, m.u.align, m.axis, rank, m.u.layout)
         if m.k.terms is not None:
             k = _combined_kernel(graph, m, n, rank)
             if m.k.align is not None:
@@ -164,7 +169,7 @@ def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_k
         elif m.k.spectrum is not None:
             k = _kernel_of_spectrum(graph, m, n, rank)
         else:
-            k = _to_last_axis(graph, m.k.signal, m.k.align, m.axis, rank)
+            k = _to_last_axis(graph, m.k.signal, m.k.align, m.axis, rank, m.k.layout)
         if kernel_transform is not None:
             k = kernel_transform(graph, k, n)
         D = _to_last_axis(graph, m.D, m.D_align, m.axis, rank)

@@ -22,6 +22,7 @@ from convfuse.passes.algebra import (
     Refusal, is_module_state, is_tensor, same_shape, scaled, slice_along, strip_exact_upcasts,
 )
 from convfuse.passes.einsum import elementwise_einsum
+from convfuse.passes.layout import layout_kind, step_through
 from convfuse.passes.sizes import SymSize, example_value, same
 
 ONE_SIDED, FULL = "one-sided", "full"
@@ -46,6 +47,8 @@ class Operand:
     terms: list["Operand"] | None = None
     spectrum: Node | None = None  # a kernel given as its spectrum (a complex parameter)
     dtype: torch.dtype | None = None  # what the transform read: the signal after its stripped casts
+    signal_axes: tuple = ()  # the transformed axes in the signal's own layout (``axes`` is the product's)
+    layout: list = field(default_factory=list)  # LayoutSteps from the transform to the product, innermost first
 
     @property
     def n(self) -> SymSize:
@@ -65,7 +68,7 @@ class Operand:
     def length(self):
         if self.built:
             return self.n.value  # a built kernel has the FFT size
-        return example_value(self.signal).shape[self.axis]
+        return example_value(self.signal).shape[self.signal_axes[-1]]
 
 
 def comes_after(later: Node, earlier: Node) -> bool:
@@ -107,7 +110,14 @@ def spectrum_operand(node: Any) -> Operand:
     ):
         operand = spectral_sum(node)
     elif node.op == "call_function" and node.target is operator.getitem:
-        operand = one_sided_half(node)
+        inner = spectrum_operand(node.args[0])
+        full = inner.sided == FULL and len(inner.axes) == 1
+        if full and slice_along(node, node.args[0], inner.axis, inner.n) is not None or layout_kind(node) is None:
+            operand = one_sided_half(node, inner)
+        else:
+            operand = through_layout(node, inner)
+    elif layout_kind(node) is not None:
+        operand = through_layout(node, spectrum_operand(node.args[0]))
     else:
         operand = transformed_signal(node)
     if conj:
@@ -163,12 +173,25 @@ def transformed_signal(node: Node) -> Operand:
     return Operand(
         signal=signal, sizes=sizes, axes=axes, power=facts.norm_power(args["norm"], inverse=False), factors=[],
         sided=ONE_SIDED if transform.one_sided else FULL, nodes=[node] + casts, dtype=value.dtype,
+        signal_axes=axes,
     )
 
 
-def one_sided_half(node: Node) -> Operand:
+def through_layout(node: Node, operand: Operand) -> Operand:
+    """``operand`` through the layout op ``node`` that leaves its transformed axes whole."""
+    if operand.built:
+        raise Refusal(f"`{node.name}` changes the layout of a summed or parameter spectrum: not supported yet")
+    rank_in = example_value(node.args[0]).dim()
+    step = step_through(node, tuple(a + rank_in for a in operand.axes))
+    rank_out = example_value(node).dim()
+    operand.axes = tuple(a - rank_out for a in step.out_axes)
+    operand.layout.append(step)
+    operand.nodes.append(node)
+    return operand
+
+
+def one_sided_half(node: Node, operand: Operand) -> Operand:
     """fft(x, n)[..., :n//2 + 1] of a real x is rfft(x, n): the half a one-sided inverse reads."""
-    operand = spectrum_operand(node.args[0])
     full_one_axis = operand.sided == FULL and len(operand.axes) == 1
     window = slice_along(node, node.args[0], operand.axis, operand.n) if full_one_axis else None
     if window is None or not (window[0].static and window[0].value == 0):
@@ -206,6 +229,8 @@ def summed_kernel(node: Node, a: Operand, b: Operand) -> Operand:
         raise Refusal(f"`{node.name}` adds a parameter spectrum to a transform: not supported yet")
     if any(len(t.axes) != 1 for t in terms):
         raise Refusal(f"`{node.name}` adds spectra over several axes: only one-axis kernels can be summed yet")
+    if any(t.layout for t in terms):
+        raise Refusal(f"`{node.name}` adds spectra whose layouts were changed: not supported yet")
     for term in terms:
         if not (same(term.n.value, a.n.value) and term.axis == a.axis and term.sided == a.sided):
             raise Refusal(f"`{node.name}` adds spectra of different sizes, axes or sidedness")
@@ -220,6 +245,7 @@ def summed_kernel(node: Node, a: Operand, b: Operand) -> Operand:
 def _same_spectrum(x: Operand, y: Operand) -> bool:
     return (
         not x.built and not y.built and x.signal is y.signal and x.conj == y.conj and x.align == y.align
+        and not x.layout and not y.layout
         and x.axes == y.axes and x.power == y.power and x.sided == y.sided
         and all(same(a.value, b.value) for a, b in zip(x.sizes, y.sizes))
     )

@@ -1,0 +1,176 @@
+"""The layout map: convolutions whose spectra pass through layout ops that leave the frequency
+axis whole (unsqueeze, None indexing, squeeze, view/reshape of other axes, expand, permute,
+transpose, movedim, contiguous, clone), written the way published models write them (our own
+code in their style).  Each is compared with eager (outputs and every gradient), must be
+rewritten into one operator call, and a near miss that mixes the frequency axis must not be.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FFT_CONV, Compiled, assert_matches_eager
+
+L = 16
+
+
+def hyenadna_fftconv(u, k, D):
+    # HyenaDNA's fftconv on 4-D input (B, H, C, L): a per-head kernel broadcast over channels
+    # by unsqueezing its spectrum.
+    seqlen = u.shape[-1]
+    fft_size = 2 * seqlen
+    k_f = torch.fft.rfft(k, n=fft_size) / fft_size
+    k_f = k_f.unsqueeze(1)
+    u_f = torch.fft.rfft(u.to(dtype=k.dtype), n=fft_size)
+    y = torch.fft.irfft(u_f * k_f, n=fft_size, norm="forward")[..., :seqlen]
+    return y + u * D.unsqueeze(-1)
+
+
+def striped_filter(x, h):
+    # StripedHyena-style 4-D filter path: (B, G, D, L) with a filter per group, H.unsqueeze(1).
+    L = x.shape[-1]
+    n = 2 * L
+    H = torch.fft.rfft(h, n=n)  # (G, L) -> (G, F)
+    X = torch.fft.rfft(x, n=n)  # (B, G, D, F)
+    return torch.fft.irfft(X * H.unsqueeze(1), n=n)[..., :L]
+
+
+def gss_conv1d_fft(x, f_weight):
+    # Mega/GSS-style conv1d_fft: the input (B, L, H) along dim=-2, the kernel along its last
+    # axis, aligned by conj().view(*shape, 1)-style reshapes and a transpose.
+    B, N, H = x.shape
+    n = 2 * N
+    x_f = torch.fft.rfft(x.float(), n=n, dim=-2)  # (B, F, H)
+    w_f = torch.fft.rfft(f_weight.float(), n=n).transpose(0, 1)  # (H, F) -> (F, H)
+    y = torch.fft.irfft(x_f * w_f, n=n, dim=-2)
+    return y[:, :N, :]
+
+
+def batched_kernel_none(u, k):
+    n = 2 * u.shape[-1]
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n)[None], n=n)[..., : u.shape[-1]]
+
+
+def expanded_kernel(u, k):
+    n = 2 * u.shape[-1]
+    k_f = torch.fft.rfft(k, n=n).expand(u.shape[0], -1, -1)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., : u.shape[-1]]
+
+
+def split_heads(u, k):
+    # (B, H*D, L) -> spectrum reshaped to (B, H, D, F); a kernel per head (H, 1, L).
+    n = 2 * u.shape[-1]
+    B, HD, _ = u.shape
+    u_f = torch.fft.rfft(u, n=n).reshape(B, k.shape[0], HD // k.shape[0], n // 2 + 1)
+    return torch.fft.irfft(u_f * torch.fft.rfft(k, n=n), n=n)[..., : u.shape[-1]]
+
+
+def permuted_spectrum(x, k):
+    # x (B, L, H): transformed along dim=1, then its spectrum permuted to (B, H, F).
+    n = 2 * x.shape[1]
+    x_f = torch.fft.rfft(x, n=n, dim=1).permute(0, 2, 1)
+    return torch.fft.irfft(x_f * torch.fft.rfft(k, n=n), n=n)[..., : x.shape[1]]
+
+
+def movedim_spectrum(x, k):
+    n = 2 * x.shape[1]
+    x_f = torch.fft.rfft(x, n=n, dim=1).movedim(1, -1).contiguous()
+    return torch.fft.irfft(x_f * torch.fft.rfft(k, n=n).clone(), n=n)[..., : x.shape[1]]
+
+
+def squeezed_kernel(u, k):
+    n = 2 * u.shape[-1]
+    k_f = torch.fft.rfft(k, n=n).squeeze(0)  # (1, H, F) -> (H, F)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., : u.shape[-1]]
+
+
+def selected_rows(u, k):
+    # Indexing other axes selects rows of the spectrum: the same rows of the signal.
+    n = 2 * u.shape[-1]
+    k_f = torch.fft.rfft(k, n=n)[1:3]  # (H', F)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n)[:, 1:3] * k_f, n=n)[..., : u.shape[-1]]
+
+
+CASES = {
+    "hyenadna 4-D": (hyenadna_fftconv, lambda: (torch.randn(2, 4, 3, L), torch.randn(4, L), torch.randn(3))),
+    "hyenadna 5-D": (hyenadna_fftconv, lambda: (torch.randn(2, 4, 2, 3, L), torch.randn(4, 3, L), torch.randn(3))),
+    "striped filter": (striped_filter, lambda: (torch.randn(2, 3, 4, L), torch.randn(3, L))),
+    "gss conv1d_fft": (gss_conv1d_fft, lambda: (torch.randn(2, L, 4), torch.randn(4, L))),
+    "k_f[None]": (batched_kernel_none, lambda: (torch.randn(2, 4, L), torch.randn(4, L))),
+    "expand": (expanded_kernel, lambda: (torch.randn(2, 4, L), torch.randn(4, L))),
+    "reshape splits heads": (split_heads, lambda: (torch.randn(2, 6, L), torch.randn(2, 1, L))),
+    "permute": (permuted_spectrum, lambda: (torch.randn(2, L, 4), torch.randn(4, L))),
+    "movedim + contiguous + clone": (movedim_spectrum, lambda: (torch.randn(2, L, 4), torch.randn(4, L))),
+    "squeeze": (squeezed_kernel, lambda: (torch.randn(2, 4, L), torch.randn(1, 4, L))),
+    "selected rows": (selected_rows, lambda: (torch.randn(2, 4, L), torch.randn(4, L))),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_layout_ops_on_a_spectrum_are_followed(name):
+    fn, make = CASES[name]
+    args = [a.requires_grad_() for a in make()]
+    c = assert_matches_eager(fn, args)
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    assert c.op_calls() == 1 and c.fft_calls() == 0
+
+
+@pytest.mark.parametrize("name", ["hyenadna 4-D", "reshape splits heads", "permute", "expand"])
+def test_layout_ops_under_dynamic_shapes(name):
+    fn, make = CASES[name]
+    c = Compiled(fn, dynamic=True)
+    for scale in (1, 2):
+        args = [torch.cat([a] * scale, dim=-1) if a.dim() > 1 and a.shape[-1] == L else a for a in make()]
+        if name in ("permute",):
+            args = [torch.cat([a] * scale, dim=1) if a.dim() == 3 else torch.cat([a] * scale, dim=-1) for a in make()]
+        torch.testing.assert_close(c(*args), fn(*args), rtol=1e-4, atol=1e-4)
+
+
+def test_the_replayed_layouts_are_views_of_the_signal():
+    c = assert_matches_eager(split_heads, (torch.randn(2, 6, L), torch.randn(2, 1, L)), grads=False)
+    (gm,) = c.graphs
+    op = next(node for node in gm.graph.nodes if node.target is FFT_CONV)
+    u_arg = op.args[0]
+    # the input reaches the operator through reshape (a view of a contiguous tensor), no copy op
+    chain = []
+    while hasattr(u_arg, "op") and u_arg.op != "placeholder":
+        chain.append(u_arg.target if u_arg.op == "call_method" else getattr(u_arg.target, "__name__", u_arg.target))
+        u_arg = u_arg.args[0]
+    assert "reshape" in chain and not {"clone", "contiguous", "copy_"} & set(map(str, chain))
+
+
+def reshape_across_frequency(u, k):
+    n = 2 * u.shape[-1]
+    U = torch.fft.rfft(u, n=n).reshape(u.shape[0], -1)  # merges channels with bins
+    K = torch.fft.rfft(k, n=n).reshape(-1)
+    return torch.fft.irfft((U * K).reshape(u.shape[0], k.shape[0], -1), n=n)[..., : u.shape[-1]]
+
+
+def index_along_frequency(u, k):
+    n = 2 * u.shape[-1]
+    K = torch.fft.rfft(k, n=n).flip(-1)  # reverses the bins: not a kernel's spectrum
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * K, n=n)[..., : u.shape[-1]]
+
+
+def transposed_into_frequency(u, k):
+    n = 2 * u.shape[-1]
+    K = torch.fft.rfft(k, n=n)  # (F, F) square: a transpose swaps bins with channels
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * K.transpose(0, 1), n=n)[..., : u.shape[-1]]
+
+
+NEAR_MISSES = {
+    "reshape across frequency": (reshape_across_frequency, lambda: (torch.randn(2, 4, L), torch.randn(4, L))),
+    "flip of the bins": (index_along_frequency, lambda: (torch.randn(2, 4, L), torch.randn(4, L))),
+    "transpose into frequency": (transposed_into_frequency, lambda: (torch.randn(2, L + 1, L), torch.randn(L + 1, L))),
+}
+
+
+@pytest.mark.parametrize("name", list(NEAR_MISSES))
+def test_layout_ops_that_mix_the_frequency_axis_are_refused(name):
+    fn, make = NEAR_MISSES[name]
+    args = make()
+    c = Compiled(fn)
+    torch.testing.assert_close(c(*args), fn(*args))
+    assert c.op_calls() == 0, c.report.sites[0]
