@@ -9,7 +9,8 @@ the model (an ``nn.Module`` or any function) and a tuple of the inputs to call i
 Exit codes: 0 the report was produced; 1 with ``--fail-on-skip`` when an FFT site was
 skipped; 2 a usage error (no such file, module or callable, a callable that returned
 something else, an unparsable policy); 3 the model failed to compile or run under
-convfuse (a convfuse bug: rerun with ``--verbose`` for the traceback).
+convfuse (a convfuse bug): one line with what failed and the cause's type and message,
+``--verbose`` adds the traceback.
 
 Rendering lives in ``cli_render``, the ``--check``/``--bench``/graph-break measurements
 in ``cli_measure``; this module parses arguments, loads the target and runs the steps.
@@ -44,7 +45,8 @@ is reported by `convfuse report my_model.py:example`.  CALLABLE may be dotted
 EXIT_HELP = """\
 exit codes: 0 report produced; 1 with --fail-on-skip when an FFT site was
 skipped; 2 usage error (no such file/module/callable, wrong return value,
-unparsable policy); 3 the model failed to compile or run under convfuse."""
+unparsable policy); 3 the model failed to compile or run under convfuse (the
+cause on one line; --verbose for the traceback)."""
 
 
 class UsageError(Exception):
@@ -52,7 +54,21 @@ class UsageError(Exception):
 
 
 class RunFailure(Exception):
-    """The model failed under convfuse (not the user's fault): exit code 3."""
+    """The model failed under convfuse (not the user's fault): exit code 3.
+
+    ``step`` says what was being done; ``cause`` is the exception, whose type and message
+    are printed on the one error line (``--verbose`` adds the traceback).
+    """
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step, self.cause = step, cause
+        super().__init__(f"{step} failed: {_one_line(cause)}")
+
+
+# The one error line: the cause's message is trimmed so that the line fits in this many
+# columns (two rows of a terminal 80 columns wide).
+ERROR_WIDTH = 160
+VERBOSE_HINT = " (rerun with --verbose for the traceback)"
 
 
 # --------------------------------------------------------------------------- target
@@ -139,9 +155,51 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    return lines[0] if lines else ""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception that says what went wrong: through wrappers that only say where it happened.
+
+    Dynamo's ``BackendCompilerFailed`` (first line ``backend=... raised:``) carries the backend's
+    exception as ``inner_exception``; any exception whose first line is empty or ends in ``:``
+    (an introduction to what follows) gives way to its ``__cause__``.
+    """
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "inner_exception", None)
+        if not isinstance(inner, BaseException):
+            inner = exc.__cause__
+        first = _first_line(exc)
+        wrapper = type(exc).__name__ == "BackendCompilerFailed" or not first or first.endswith(":")
+        if inner is None or not wrapper:
+            break
+        exc = inner
+    return exc
+
+
+def _one_line(exc: BaseException, width: int | None = None) -> str:
+    """``Type: first line of the message`` of ``exc``'s root cause, in at most ``width`` columns.
+
+    With no message, where it was raised (``AssertionError at file.py:12``) stands in for one.
+    """
+    exc = root_cause(exc)
+    first = " ".join(_first_line(exc).split())
+    if first:
+        text = f"{type(exc).__name__}: {first}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+        text = type(exc).__name__
+        if frames:
+            from convfuse.cli_render import relative_path
+
+            text += f" at {relative_path(frames[-1].filename)}:{frames[-1].lineno}"
+    if width is not None and len(text) > width:
+        text = text[: max(width - 3, 0)] + "..."
+    return text
 
 
 # --------------------------------------------------------------------------- policy
@@ -245,12 +303,12 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             report = convfuse.explain(model, *inputs, dynamic=dynamic, options=dict(options))
         except Exception as exc:
-            raise RunFailure(f"convfuse.explain failed: {_one_line(exc)}") from exc
+            raise RunFailure("convfuse.explain", exc) from exc
     ui.print_report(report, title=label, verbose=args.verbose)
     breaks = check = bench = None
     if report.graphs > 1:
         with ui.stage("finding graph breaks"):
-            breaks = _measured(cli_measure.graph_breaks, model, inputs)
+            breaks = _listed_once(_measured(cli_measure.graph_breaks, model, inputs))
         ui.print_graph_breaks(breaks, verbose=args.verbose)
     if args.check:
         with ui.stage("checking convfuse against eager"):
@@ -272,7 +330,26 @@ def _measured(fn: Callable, *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as exc:
-        raise RunFailure(f"{fn.__name__} failed: {_one_line(exc)}") from exc
+        raise RunFailure(fn.__name__, exc) from exc
+
+
+def _listed_once(breaks: dict[str, Any]) -> dict[str, Any]:
+    """Graph breaks with one count: the breaks listed, each (source, reason) once with how often.
+
+    ``torch._dynamo.explain`` counts ``graphs - 1`` breaks, but lists only the graphs that ended
+    in a break, and a break inside a called function is listed twice (once from the caller's
+    frame, once from its own).  The header printed, ``--json``'s ``graph_breaks`` and the list
+    are the same breaks: ``graph_breaks == len(reasons)``.
+    """
+    listed: dict[tuple[str, str], dict[str, Any]] = {}
+    for reason in breaks["reasons"]:
+        key = (reason["source"], reason["reason"])
+        if key in listed:
+            listed[key]["times"] += 1
+        else:
+            listed[key] = {**reason, "times": 1}
+    reasons = list(listed.values())
+    return {**breaks, "graph_breaks": len(reasons), "reasons": reasons}
 
 
 def _write_json(path: str, report, label: str, options: dict, dynamic, check, bench, breaks) -> None:
@@ -308,13 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         code, message, error = EXIT_USAGE, f"convfuse report: error: {exc}", exc
     except RunFailure as exc:
-        code, message, error = EXIT_FAILED, f"convfuse report: {exc}", exc
+        # One line, the cause on it: what failed, then the root exception's type and message,
+        # trimmed so that the line (with the hint) fits in ERROR_WIDTH columns.
+        head = f"convfuse report: {exc.step} failed: "
+        hint = "" if args.verbose else VERBOSE_HINT
+        cause = _one_line(exc.cause, max(ERROR_WIDTH - len(head) - len(hint), 20))
+        code, message, error = EXIT_FAILED, head + cause + hint, exc
     except KeyboardInterrupt:
         return 130
     if args.verbose:
         traceback.print_exception(error.__cause__ or error, file=sys.stderr)
-    elif code == EXIT_FAILED:
-        message += " (rerun with --verbose for the traceback)"
     print(message, file=sys.stderr)
     return code
 

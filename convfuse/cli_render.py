@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import textwrap
 from typing import Any, Iterator
 
 WIDTH = 80
@@ -45,6 +44,83 @@ def shorten(text: str, width: int, keep_end: bool = False) -> str:
     if keep_end:
         return ELLIPSIS + text[-(width - len(ELLIPSIS)):]
     return text[: width - len(ELLIPSIS)] + ELLIPSIS
+
+
+def _split_suffix(text: str) -> tuple[str, str]:
+    """``("dir/file.py", ":70")`` from ``dir/file.py:70`` (or ``:callable``): the suffix stays with the name."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path and tail and "/" not in tail and os.sep not in tail:
+        return path, sep + tail
+    return text, ""
+
+
+def shortest_path(text: str) -> str:
+    """What ``shorten_path`` keeps at the least: ``.../file.py:70`` (the file name and its suffix whole)."""
+    path, suffix = _split_suffix(text)
+    parts = path.replace(os.sep, "/").split("/")
+    return text if len(parts) == 1 else f"{ELLIPSIS}/{parts[-1]}{suffix}"
+
+
+def shorten_path(text: str, width: int) -> str:
+    """``text`` (a path, ``path:line`` or ``path:callable``) in ``width`` columns, cut from the left at
+    a path separator: ``.../examples/models.py:70``.  The file name and what follows it are kept
+    whole; only when they alone are wider than ``width`` is the name itself cut (from the left)."""
+    if len(text) <= width:
+        return text
+    path, suffix = _split_suffix(text)
+    parts = path.replace(os.sep, "/").split("/")
+    kept = parts[-1] + suffix
+    for part in reversed(parts[:-1]):
+        if len(f"{ELLIPSIS}/{part}/{kept}") > width:
+            break
+        kept = f"{part}/{kept}"
+    if len(parts) > 1 and len(f"{ELLIPSIS}/{kept}") <= width:
+        return f"{ELLIPSIS}/{kept}"
+    return shorten(kept, width, keep_end=True)
+
+
+BREAK_AFTER = ("/\\", ".,;:=", "_-")  # where a token wider than a line may be split, tried in order
+
+
+def _split_token(token: str, room: int) -> list[str]:
+    """A token wider than ``room``, in pieces of at most ``room`` columns, each ending at the last
+    separator that fits (a path separator first, then punctuation, then ``_``/``-``); cut mid-word
+    only when a piece has no separator at all."""
+    pieces, rest = [], token
+    while len(rest) > room:
+        for separators in BREAK_AFTER:
+            cut = max(rest.rfind(c, 0, room) for c in separators) + 1  # after the separator
+            if cut > 0:
+                break
+        else:
+            cut = room
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    return pieces + [rest] if rest else pieces
+
+
+def wrap(text: str, width: int = WIDTH, initial_indent: str = "", subsequent_indent: str = "") -> list[str]:
+    """``text`` in lines of at most ``width`` columns, broken at spaces only.
+
+    Unlike ``textwrap`` (which breaks words at hyphens and cuts a long word wherever the line
+    ends), a word is never split unless it is wider than a whole line; then it is split after a
+    path separator or punctuation (``_split_token``) and continues on the next line.
+    """
+    room = width - max(len(initial_indent), len(subsequent_indent))
+    lines: list[str] = []
+    line, empty = initial_indent, True
+    for word in text.split():
+        pieces = _split_token(word, max(room, 1)) if len(word) > room else [word]
+        for k, piece in enumerate(pieces):
+            glue = "" if empty or k else " "
+            if empty or len(line) + len(glue) + len(piece) <= width:
+                line, empty = line + glue + piece, False
+            else:
+                lines.append(line)
+                line = subsequent_indent + piece
+    if not empty:
+        lines.append(line)
+    return lines
 
 
 def shapes_text(shapes: dict[str, list]) -> str:
@@ -111,7 +187,11 @@ def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:
     columns = [c for c in COLUMNS if c != "graph" or report.graphs > 1]
     widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
     total = sum(widths.values()) + len(GAP) * (len(columns) - 1)
-    for column, floor in SHRINK:
+    # A source is cut at a path separator and keeps its file name and line whole (.../models.py:70):
+    # the column shrinks no narrower than that, unless nothing else is left to shrink.
+    whole_name = max([len(shortest_path(r["source"])) for r in rows], default=0)
+    steps = [(c, max(floor, whole_name) if c == "source" else floor) for c, floor in SHRINK]
+    for column, floor in steps + [("source", dict(SHRINK)["source"])]:
         if total <= width:
             break
         cut = min(total - width, max(0, widths[column] - max(floor, len(column))))
@@ -122,7 +202,7 @@ def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:
     def line(cells: dict[str, str]) -> str:
         parts = []
         for c in columns:
-            text = shorten(cells[c], widths[c], keep_end=(c == "source"))
+            text = shorten_path(cells[c], widths[c]) if c == "source" else shorten(cells[c], widths[c])
             parts.append(text.rjust(widths[c]) if c in right else text.ljust(widths[c]))
         return GAP.join(parts).rstrip()
 
@@ -143,9 +223,8 @@ def plain_table(report: Any, width: int = WIDTH, verbose: bool = False) -> str:
         if row["reason"]:
             details.append(("reason", row["reason"]))
         for label, text in details:
-            out += textwrap.wrap(text, width=width, initial_indent=f"{indent}{label}: ",
-                                 subsequent_indent=indent + " " * (len(label) + 2),
-                                 break_long_words=True, break_on_hyphens=False)
+            out += wrap(text, width, initial_indent=f"{indent}{label}: ",
+                        subsequent_indent=indent + " " * (len(label) + 2))
     return "\n".join(out)
 
 
@@ -192,7 +271,7 @@ class Console:
             head = "convfuse report: "
             where, sep, attr = title.rpartition(":")
             title = f"{relative_path(where)}{sep}{attr}"
-            self._print(head + shorten(title, self.width - len(head), keep_end=True))
+            self._print(head + shorten_path(title, self.width - len(head)))
         if not report.sites:
             self._print("no FFT sites found (no irfft/irfftn/ifft in the compiled graphs)")
         elif self.rich is not None:
@@ -213,12 +292,18 @@ class Console:
         self.rich.print(text, soft_wrap=True)
 
     def print_graph_breaks(self, breaks: dict[str, Any], verbose: bool = False) -> None:
-        n, graphs = breaks["graph_breaks"], breaks["graphs"]
-        self._print(f"graph breaks: {n} ({graphs} graphs; convfuse sees each graph on its own)")
-        for i, reason in enumerate(breaks["reasons"], 1):
+        """The count is the number of breaks listed: one value, read off the list itself."""
+        reasons, graphs = breaks["reasons"], breaks["graphs"]
+        self._print(f"graph breaks: {len(reasons)} ({graphs} graph{'s' if graphs != 1 else ''}; "
+                    "convfuse sees each graph on its own)")
+        for i, reason in enumerate(reasons, 1):
             text = reason["reason"] if verbose else brief_reason(reason["reason"])
-            head = f"  {i}. {relative_source(reason['source'])}: "
-            for chunk in textwrap.wrap(head + " ".join(text.split()), width=self.width, subsequent_indent="     "):
+            number = f"  {i}. "
+            times = reason.get("times", 1)
+            seen = f" ({times} times)" if times > 1 else ""
+            source = shorten_path(relative_source(reason["source"]), self.width - len(number) - len(seen) - 1)
+            for chunk in wrap(f"{source}{seen}: {text}", self.width, initial_indent=number,
+                              subsequent_indent=" " * len(number)):
                 self._print(chunk)
 
     def print_check(self, check: dict[str, Any], report: Any = None) -> None:
@@ -228,8 +313,7 @@ class Console:
         tolerance = f" (tolerance {check['tolerance']:.0e})" if check["tolerance"] is not None else ""
         self._print(f"  max abs error {check['max_abs_error']:.2e}, max rel error {check['max_rel_error']:.2e}"
                     + tolerance)
-        for chunk in textwrap.wrap(check.get("note", ""), width=self.width, initial_indent="  ",
-                                   subsequent_indent="    "):
+        for chunk in wrap(check.get("note", ""), self.width, initial_indent="  ", subsequent_indent="    "):
             self._print(chunk)
         number = {(site.graph, site.node): i for i, site in enumerate(getattr(report, "sites", []), 1)}
         if check.get("sites"):
@@ -256,13 +340,12 @@ class Console:
             self._print(f"    {label}: eager {t['eager']:.3f} ms, convfuse {t['convfuse']:.3f} ms "
                         f"({row['speedup']:.2f}x)")
         self._unmeasured(bench)
-        for chunk in textwrap.wrap(bench.get("note", ""), width=self.width, initial_indent="  ",
-                                   subsequent_indent="    "):
+        for chunk in wrap(bench.get("note", ""), self.width, initial_indent="  ", subsequent_indent="    "):
             self._print(chunk)
 
     def _unmeasured(self, result: dict[str, Any]) -> None:
         n = result.get("sites_not_measured", 0)
         text = (f"{n} rewritten site{'s' if n != 1 else ''} not measured alone (an output that feeds only "
                 "other rewritten sites cannot be told apart from them)")
-        for chunk in textwrap.wrap(text, width=self.width, initial_indent="    ", subsequent_indent="    ") if n else ():
+        for chunk in wrap(text, self.width, initial_indent="    ", subsequent_indent="    ") if n else ():
             self._print(chunk)

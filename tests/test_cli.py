@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from convfuse import cli
-from convfuse.cli_render import plain_table, relative_source
+from convfuse import cli_render
+from convfuse.cli_render import plain_table, relative_source, shorten_path, wrap
 from convfuse.report import RewriteReport, SiteReport
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +107,21 @@ MODEL = textwrap.dedent('''
 
     def wrong_shape():
         return HyenaConv(H=4), (torch.randn(2, 5, 32),)
+
+
+    def nested_break():
+        torch.manual_seed(0)
+        conv = HyenaConv()
+
+        def inner(y):
+            y = y + 1
+            torch._dynamo.graph_break()  # inside a called function: Dynamo lists it from both frames
+            return y * 3
+
+        def f(u):
+            return conv(inner(conv(u)) * 2)
+
+        return f, (torch.randn(2, 4, 32),)
 ''')
 
 
@@ -117,6 +133,7 @@ def line_of(snippet: str) -> int:
 CONV_LINE = line_of('y = torch.fft.irfft(u_f * k_f')
 MASK_LINE = line_of('return torch.fft.irfft(torch.fft.rfft(x) * mask')
 BREAK_LINE = line_of('torch._dynamo.graph_break()')
+NESTED_BREAK_LINE = line_of('torch._dynamo.graph_break()  # inside a called function')
 
 
 @pytest.fixture
@@ -366,3 +383,197 @@ def test_check_per_site_on_chained_sites(model_file: Path, monkeypatch: pytest.M
     (second,) = result["sites"]
     assert second["max_rel_error"] < 1e-4 and second["node"]
     assert result["sites_not_measured"] == 1
+
+
+# ---------------------------------------------------------------- exit code 3: the cause on the one line
+
+
+def _failing_backend(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """convfuse's backend raising ``exc`` inside torch.compile: Dynamo wraps it in BackendCompilerFailed."""
+    import convfuse.api
+
+    def backend(gm, example_inputs, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(convfuse.api, "convfuse_backend", backend)
+
+
+def test_exit_3_prints_the_cause_without_verbose(in_process, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_backend(monkeypatch, RuntimeError("kernel exploded in the backend\nsecond line"))
+    assert in_process("report", "usermodel.py:hyena") == 3
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    # Dynamo's "backend=... raised:" wrapper gives way to the backend's own exception.
+    assert err == ["convfuse report: convfuse.explain failed: RuntimeError: kernel exploded in the backend "
+                   "(rerun with --verbose for the traceback)"]
+    assert "BackendCompilerFailed" not in captured.err and captured.out == ""
+
+
+def test_exit_3_trims_a_long_cause_and_names_where_an_empty_one_was_raised(
+        in_process, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_backend(monkeypatch, ValueError("shape mismatch " + "(64, 768, 32768) " * 40))
+    assert in_process("report", "usermodel.py:hyena") == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert len(line) <= cli.ERROR_WIDTH
+    assert "ValueError: shape mismatch (64, 768, 32768)" in line
+    assert line.endswith("... (rerun with --verbose for the traceback)")
+
+    def raises_bare(*args, **kwargs):
+        raise AssertionError  # no message: where it was raised stands in for one
+
+    import convfuse
+
+    monkeypatch.setattr(convfuse, "explain", raises_bare)
+    assert in_process("report", "usermodel.py:hyena") == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "convfuse.explain failed: AssertionError at " in line and "test_cli.py:" in line, line
+
+
+def test_exit_3_verbose_keeps_the_traceback(in_process, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_backend(monkeypatch, RuntimeError("kernel exploded in the backend"))
+    assert in_process("report", "usermodel.py:hyena", "--verbose") == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    last = err.strip().splitlines()[-1]
+    assert last == "convfuse report: convfuse.explain failed: RuntimeError: kernel exploded in the backend"
+
+
+def test_root_cause() -> None:
+    try:
+        try:
+            raise KeyError("the key")
+        except KeyError as inner:
+            raise RuntimeError("while doing things:") from inner
+    except RuntimeError as outer:
+        assert cli.root_cause(outer) is outer.__cause__
+        assert cli._one_line(outer) == "KeyError: 'the key'"
+    informative = RuntimeError("the real message")
+    informative.__cause__ = KeyError("detail")
+    assert cli.root_cause(informative) is informative  # a message of its own: kept
+    assert cli._one_line(RuntimeError("x" * 50), 20) == "RuntimeError: xxx..."
+
+
+def test_target_that_fails_to_load(in_process, capsys, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import torch\nVALUE = 1 / 0\n\ndef example():\n    return None\n")
+    assert in_process("report", "broken.py:example") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convfuse report: error: importing broken.py failed: ZeroDivisionError: division by zero"]
+
+
+# ---------------------------------------------------------------- paths cut from the left, words never split
+
+
+def test_source_paths_are_cut_at_a_separator() -> None:
+    path = "/home/someone/projects/examples/models.py:70"
+    assert shorten_path(path, 80) == path
+    assert shorten_path(path, 25) == ".../examples/models.py:70"
+    assert shorten_path(path, 24) == ".../models.py:70"  # never ".../amples/models.py:70"
+    assert shorten_path(path, 12) == "models.py:70"  # the file name and line whole, as long as they fit
+    assert shorten_path(path, 10) == "...s.py:70"  # only then the name itself (from the left)
+    assert shorten_path("deep/dir/usermodel.py:mixed", 24) == ".../usermodel.py:mixed"  # a TARGET too
+
+
+def test_plain_table_cuts_long_sources_at_a_separator() -> None:
+    long_dir = "/very/long/path/" + "deeply/nested/" * 6
+    source = long_dir + "models.py:1234"
+    report = RewriteReport(graphs=1, sites=[
+        SiteReport("rewritten", "causal-conv", source, kernel="cpu-fft", policy="exact"),
+        SiteReport("skipped", "spectral-filter", source, reason="a spectrum multiplied by a real mask " * 4),
+    ])
+    text = plain_table(report)
+    assert_plain(text)
+    rows = [line for line in text.splitlines() if line[:3] in ("1  ", "2  ")]
+    for row in rows:
+        (cell,) = [token for token in row.split() if token.endswith("models.py:1234")]
+        assert cell.startswith(".../") and source.endswith("/" + cell[4:]), cell  # whole components
+    # The full path on the line below, broken only after a "/", and whole when put back together.
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("source: "))
+    pieces = [lines[start].split("source: ", 1)[1]]
+    pieces += [line.strip() for line in lines[start + 1:start + 3] if not line.lstrip().startswith(("1", "2", "reason"))]
+    assert all(piece.endswith("/") for piece in pieces[:-1])
+    assert "".join(pieces) == source
+
+
+def test_reasons_wrap_at_word_boundaries() -> None:
+    reason = ("the spectrum u_f is multiplied by a real-valued mask (a frequency-domain filter) in "
+              "torch.ops.aten._foreach_mul_.Scalar at non-singleton dimension -1, causal-conv refused; " * 3)
+    report = RewriteReport(graphs=1, sites=[SiteReport("skipped", "spectral-filter", "m.py:3", reason=reason)])
+    text = plain_table(report)
+    assert_plain(text)
+    body = text.split("reason: ", 1)[1]
+    assert body.split() == reason.split()  # every word whole: none cut at a hyphen or at the margin
+    for width in (50, 60, 80):  # every word narrower than a line: none split
+        lines = wrap(reason, width, initial_indent="   reason: ", subsequent_indent=" " * 11)
+        assert all(len(line) <= width for line in lines)
+        assert " ".join(lines).split()[1:] == reason.split()
+    token = "/a/" + "long_directory/" * 8 + "file.py:12"  # wider than a line: split after a "/" only
+    lines = wrap("see " + token, 40, subsequent_indent="  ")
+    assert all(len(line) <= 40 for line in lines) and "".join(line.strip() for line in lines) == "see " + token
+    assert len(lines) > 2 and all(line.endswith("/") for line in lines[:-1])
+
+
+def test_rich_table_is_not_wrapped_by_rich(capsys) -> None:
+    rich_console = pytest.importorskip("rich.console")
+    import io
+
+    source = "/very/long/path/" + "deeply/nested/" * 6 + "models.py:1234"
+    report = RewriteReport(graphs=1, sites=[SiteReport("skipped", "spectral-filter", source, reason="why " * 40)])
+    ui = cli_render.Console()
+    buffer = io.StringIO()
+    ui.rich = rich_console.Console(file=buffer, width=60, force_terminal=True, color_system=None)
+    ui.print_report(report)
+    table = buffer.getvalue()
+    assert table.splitlines() == plain_table(report).splitlines()  # soft_wrap: rich adds no line breaks
+
+
+# ---------------------------------------------------------------- graph breaks: one count
+
+
+def test_graph_break_count_is_the_list(capsys) -> None:
+    reason = "Call to `torch._dynamo.graph_break()`\n  Explanation: User-inserted graph break.\n  Hint: remove it"
+    measured = {"graphs": 4, "graph_breaks": 3, "reasons": [  # Dynamo's own count: graphs - 1
+        {"reason": reason, "source": "/x/m.py:19"}, {"reason": reason, "source": "/x/m.py:19"}]}
+    breaks = cli._listed_once(measured)
+    assert breaks["graph_breaks"] == len(breaks["reasons"]) == 1 and breaks["reasons"][0]["times"] == 2
+    cli_render.Console().print_graph_breaks(breaks)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("graph breaks: 1 (4 graphs;")
+    assert out[1].startswith("  1. /x/m.py:19 (2 times): Call to `torch._dynamo.graph_break()`")
+    # The header counts what is listed even when given a count that disagrees.
+    cli_render.Console().print_graph_breaks({**measured, "graph_breaks": 7})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("graph breaks: 2 (") and [line[:5] for line in out[1:] if line[2:3].isdigit()] == \
+        ["  1. ", "  2. "]
+
+
+def test_long_path_and_nested_break_end_to_end(model_file: Path, tmp_path: Path, capsys,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path.joinpath(*["a_rather_long_directory_name"] * 3)
+    deep.mkdir(parents=True)
+    (deep / "usermodel.py").write_text(MODEL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    out = tmp_path / "b.json"
+    target = str(deep.relative_to(tmp_path) / "usermodel.py") + ":nested_break"
+    try:
+        assert cli.main(["report", target, "--json", str(out)]) == 0
+    finally:
+        sys.modules.pop("usermodel", None)
+        sys.modules.pop("_convfuse_target", None)
+    text = capsys.readouterr().out
+    assert_plain(text)
+    lines = text.splitlines()
+    title = lines[0].removeprefix("convfuse report: ")
+    assert title.startswith(".../") and target.endswith("/" + title[4:]), title  # cut at a "/"
+    rows = [line for line in lines if line[:3] in ("1  ", "2  ")]
+    assert len(rows) == 2
+    for row in rows:  # the source cell: cut at a "/", the file name and line whole
+        (cell,) = [token for token in row.split() if token.endswith(f"usermodel.py:{CONV_LINE}")]
+        assert cell in (f".../usermodel.py:{CONV_LINE}", f".../a_rather_long_directory_name/usermodel.py:{CONV_LINE}")
+    header = next(line for line in lines if line.startswith("graph breaks: "))
+    listed = [line for line in lines if line[:2] == "  " and line[2:3].isdigit() and ". " in line]
+    assert header.startswith(f"graph breaks: {len(listed)} (")
+    assert len(listed) == 1 and f"usermodel.py:{NESTED_BREAK_LINE}" in listed[0]
+    data = json.loads(out.read_text())["graph_breaks"]
+    assert data["graph_breaks"] == len(data["reasons"]) == len(listed)
