@@ -4,11 +4,14 @@
     python bench/cpu.py --quick      # fewer repeats, smaller model run
     python bench/cpu.py --rounds 31  # more op-level rounds (a noisy machine)
     python bench/cpu.py --calibrate  # measure the CPU cost model's constants (convfuse/backends/cpu_cost.py)
+    python bench/cpu.py --small-only --no-model --no-memory   # the small sizes (16..1024 samples) alone
 
 Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip term D):
 - eager:    the convolution as published code writes it (rfft/rfft/multiply/irfft/slice/skip)
 - compile:  torch.compile(eager function), the default backend (Inductor)
 - convfuse: torch.ops.convfuse.fft_conv(..., kernel="cpu"), the same function fused
+- auto:     torch.compile(eager function, backend="convfuse") with the default kernel="auto": what a
+            user gets, so a site the cost model predicts no gain for stays eager code (Inductor's)
 - floor:    the library rfft + irfft alone of every row, at size n (or the cheaper size convfuse
             runs, which computes the same: 8192 for 8190), on cache-resident blocks of rows, both
             cores, per round the faster of two ways to use them (per-thread blocks on the convfuse
@@ -17,9 +20,11 @@ Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip te
 call; "kernel constant": an unchanged buffer with ``constant_kernel=True``, its cached spectrum used
 after comparing the kernel with the copy it was computed from, every call (the sound default,
 convfuse/backends/cpu_cache.py); "kernel frozen": the same behind ``convfuse.freeze`` (the opt-in
-that trusts it unchanged: no comparison), so const - frozen is what the comparison costs.  Runs
-are interleaved (each round times every variant once) and medians reported, because this 2-core
-machine is shared and noisy.
+that trusts it unchanged: no comparison), so const - frozen is what the comparison costs.  Each
+variant is timed with torch.utils.benchmark (Timer.blocked_autorange: a block of calls sized to
+``--min-run-time``, its median per call); rounds are interleaved (each round times every variant
+once, the order rotating) and the medians of the rounds reported, because this 2-core machine is
+shared and noisy.  The load average at the start and end is printed with the table.
 
 Peak memory: each variant is run in a fresh subprocess with glibc's mmap threshold fixed at 64 KiB
 (so freed buffers go back to the OS); after a warm-up call the kernel's peak-RSS counter is reset
@@ -50,10 +55,12 @@ from convfuse.backends.cpu_cost import fft_size  # noqa: E402
 from convfuse.backends.cpu_exec import TILE_BYTES, run_tiles  # noqa: E402
 
 SHAPES = [(4, 256, 1024), (4, 256, 4096), (2, 256, 16384), (1, 64, 131072)]
+# Small calls, 16 to 1024 samples: where a call's fixed cost decides (issue 15); no peak memory.
+SMALL_SHAPES = [(1, 8, 16), (1, 8, 64), (1, 8, 256), (4, 32, 512), (4, 64, 1024)]
 # Not among the goals' shapes: the length a language model trains on (inputs tokens[:, :-1]),
 # where Hyena's n = 2L = 8190 = 2*3^2*5*7*13 and convfuse transforms at 8192 instead.
 EXTRA_SHAPES = [(4, 256, 4095)]
-VARIANTS = ["eager", "compile", "convfuse_input", "convfuse_const", "convfuse_frozen", "floor"]
+VARIANTS = ["eager", "compile", "convfuse_input", "convfuse_const", "convfuse_frozen", "auto", "floor"]
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -93,7 +100,7 @@ def make_floor(u):
         for block in sorted(b for b in sizes if b <= rows):
             fn = _floor_with(rows, L, block, mode == "pool")
             fn()
-            t = min(_rounds({"f": fn}, 2)["f"])
+            t = min(_rounds({"f": fn}, 2, min_run_time=0.05)["f"])
             if best is None or t < best[0]:
                 best = (t, fn)
         fns[f"floor_{mode}"] = best[1]
@@ -124,7 +131,7 @@ def _merge_floors(per_variant: dict) -> dict:
     return per_variant
 
 
-def make_variants(B, H, L, compiled, floor=True):
+def make_variants(B, H, L, compiled, floor=True, auto=None):
     g = torch.Generator().manual_seed(0)
     u = torch.randn(B, H, L, generator=g)
     k_in = torch.randn(H, L, generator=g)
@@ -137,6 +144,7 @@ def make_variants(B, H, L, compiled, floor=True):
         "convfuse_input": lambda: convfuse_op(u, k_in, D),
         "convfuse_const": lambda: convfuse_op(u, k_const, D, constant=True),
         "convfuse_frozen": lambda: convfuse_op(u, k_frozen, D, constant=True),
+        **({"auto": lambda: auto(u, k_in, D)} if auto is not None else {}),
         **(make_floor(u) if floor else {}),
     }
     # Kernel as an input: a new version before every call, outside the timer (as a training step would).
@@ -144,42 +152,37 @@ def make_variants(B, H, L, compiled, floor=True):
     return fns, before, (u, k_in, D)
 
 
-def time_shape(B, H, L, repeats, compiled):
-    fns, before, (u, k, D) = make_variants(B, H, L, compiled)
+def time_shape(B, H, L, repeats, compiled, auto=None, min_run_time=0.2):
+    fns, before, (u, k, D) = make_variants(B, H, L, compiled, auto=auto)
     with torch.no_grad():
         want = fftconv(u, k, D)
-        for name in ("compile", "convfuse_input", "convfuse_const", "convfuse_frozen"):
+        for name in ("compile", "convfuse_input", "convfuse_const", "convfuse_frozen", "auto"):
+            if name not in fns:
+                continue
             err = ((fns[name]() - want).abs().max() / want.abs().max()).item()
             assert err < 1e-4, (name, err)
         for fn in fns.values():  # warm-up: compile, plans, thread pool, cache (second sighting)
             fn(), fn()
-        cpu = {}
-        times = _merge_floors(_rounds(fns, repeats, before, cpu))
-        cpu = _merge_floors(cpu)
-    return ({name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()},
-            {name: statistics.median(t) for name, t in cpu.items()})
+        times = _merge_floors(_rounds(fns, repeats, min_run_time=min_run_time))
+    return {name: statistics.median(t) for name, t in times.items()}, {name: min(t) for name, t in times.items()}
 
 
-def _rounds(fns, repeats, before=None, cpu=None):
-    """Interleaved rounds; the order rotates each round so no variant always follows the same one.
+def _rounds(fns, repeats, before=None, min_run_time=0.2):
+    """Interleaved rounds of torch.utils.benchmark measurements (ms per call, one per round per
+    variant: the median of a ``blocked_autorange`` block); the order rotates each round so no
+    variant always follows the same one.  ``before``: per variant, a call run before each
+    measurement (outside the timer)."""
+    from torch.utils.benchmark import Timer
 
-    ``cpu`` collects process CPU time (all threads) per call: on a shared machine wall time
-    includes waiting for cores other processes hold, CPU time is the work itself (spin-waiting
-    OpenMP threads count as work: they hold a core).
-    """
     names = list(fns)
     times = {name: [] for name in names}
-    if cpu is not None:
-        cpu.update({name: [] for name in names})
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             if before and name in before:
                 before[name]()
-            c0, t0 = time.process_time(), time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-            if cpu is not None:
-                cpu[name].append((time.process_time() - c0) * 1e3)
+            m = Timer("fn()", globals={"fn": fns[name]}, num_threads=torch.get_num_threads()).blocked_autorange(
+                min_run_time=min_run_time)
+            times[name].append(m.median * 1e3)
     return times
 
 
@@ -260,25 +263,30 @@ def hyena_model(quick, repeats):
 
 
 def _interleaved(fns, repeats):
-    return {name: statistics.median(t) for name, t in _rounds(fns, repeats).items()}
+    return {name: statistics.median(t) for name, t in _rounds(fns, repeats, min_run_time=0.5).items()}
 
 
 def write_outputs(rows, model, meta):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cpu.json").write_text(json.dumps({"meta": meta, "op": rows, "model": model}, indent=2))
     lines = [
-        "| B, H, L | algorithm | eager ms | compile ms | convfuse ms (k input) | convfuse ms (k const) | floor ms "
-        "| vs eager (input / const) | vs compile (input) | vs floor (input / const) | peak MiB eager / compile / convfuse |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| B, H, L | algorithm | eager ms | compile ms | convfuse ms (k input) | convfuse ms (k const) | auto ms | floor ms "
+        "| vs eager (input / const / auto) | vs compile (input / auto) | vs floor (input / const) "
+        "| peak MiB eager / compile / convfuse |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t, m = r["ms"], r.get("peak_mib", {})
         mem = " / ".join(f"{m[v]:.0f}" if v in m else "-" for v in ("eager", "compile", "convfuse_input"))
+        auto = t.get("auto")
+        auto_ms = f"{auto:.3f}" if auto else "-"
+        auto_e = f" / {t['eager'] / auto:.2f}x" if auto else ""
+        auto_c = f" / {t['compile'] / auto:.2f}x" if auto else ""
         lines.append(
-            f"| {r['B']}, {r['H']}, {r['L']} | {r['algorithm']} | {t['eager']:.2f} | {t['compile']:.2f} "
-            f"| {t['convfuse_input']:.2f} | {t['convfuse_const']:.2f} | {t['floor']:.2f} "
-            f"| {t['eager'] / t['convfuse_input']:.2f}x / {t['eager'] / t['convfuse_const']:.2f}x "
-            f"| {t['compile'] / t['convfuse_input']:.2f}x "
+            f"| {r['B']}, {r['H']}, {r['L']} | {r['algorithm']} | {t['eager']:.3f} | {t['compile']:.3f} "
+            f"| {t['convfuse_input']:.3f} | {t['convfuse_const']:.3f} | {auto_ms} | {t['floor']:.3f} "
+            f"| {t['eager'] / t['convfuse_input']:.2f}x / {t['eager'] / t['convfuse_const']:.2f}x{auto_e} "
+            f"| {t['compile'] / t['convfuse_input']:.2f}x{auto_c} "
             f"| {t['convfuse_input'] / t['floor']:.2f} / {t['convfuse_const'] / t['floor']:.2f} | {mem} |"
         )
     if model:
@@ -297,11 +305,11 @@ def write_outputs(rows, model, meta):
         for r in rows)]
     lines += ["", "Best of the rounds (ms, eager / compile / convfuse input / convfuse const / convfuse frozen / floor): "
                   + "; ".join(
-        f"{r['L']}: " + " / ".join(f"{r['min_ms'][v]:.2f}" for v in VARIANTS) for r in rows if "min_ms" in r)]
-    lines += ["", "Process CPU time per call, median (ms, same order; both threads summed): " + "; ".join(
-        f"{r['L']}: " + " / ".join(f"{r['cpu_ms'][v]:.2f}" for v in VARIANTS) for r in rows if "cpu_ms" in r)]
+        f"{r['L']}: " + " / ".join(f"{r['min_ms'][v]:.3f}" for v in VARIANTS if v in r['min_ms'])
+        for r in rows if "min_ms" in r)]
     load = ", ".join(f"{meta[k][0]:.1f}" for k in ("loadavg_start", "loadavg_end") if k in meta)
-    lines += ["", f"{meta['machine']}; {meta['repeats']} interleaved rounds (order rotating), medians; "
+    lines += ["", f"{meta['machine']}; {meta['repeats']} interleaved rounds (order rotating) of "
+                  "torch.utils.benchmark blocked_autorange, medians; "
                   f"1-min load average at start, end: {load} (a shared machine); torch {meta['torch']}.",
               "Peak extra memory: VmHWM - VmRSS around one warm call in a fresh subprocess, output included."]
     (RESULTS / "cpu.md").write_text("\n".join(lines) + "\n")
@@ -368,6 +376,9 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true", help="skip peak-memory subprocesses")
     ap.add_argument("--no-extra", action="store_true", help="only the goals' four shapes (not L = 4095)")
     ap.add_argument("--rounds", type=int, default=0, help="op-level rounds (default 15, 5 with --quick)")
+    ap.add_argument("--small-only", action="store_true", help="only the small sizes (16..1024 samples)")
+    ap.add_argument("--no-small", action="store_true", help="skip the small sizes")
+    ap.add_argument("--min-run-time", type=float, default=0.2, help="seconds per blocked_autorange measurement")
     args = ap.parse_args(argv)
     if args.calibrate:
         calibrate(args.quick)
@@ -376,13 +387,17 @@ def main(argv=None):
     meta = {"machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
             "torch": torch.__version__, "repeats": repeats, "loadavg_start": os.getloadavg()}
     rows = []
-    for B, H, L in SHAPES + ([] if args.no_extra else EXTRA_SHAPES):
+    shapes = [] if args.no_small else list(SMALL_SHAPES)
+    if not args.small_only:
+        shapes += SHAPES + ([] if args.no_extra else EXTRA_SHAPES)
+    for B, H, L in shapes:
         torch._dynamo.reset()
         compiled = torch.compile(fftconv, dynamic=False)
-        ms, best, cpu_ms = time_shape(B, H, L, repeats, compiled)
-        row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "cpu_ms": cpu_ms, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
-        if not args.no_memory:
-            row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v not in ("floor", "convfuse_frozen")}
+        auto = torch.compile(fftconv, backend="convfuse", dynamic=False)
+        ms, best = time_shape(B, H, L, repeats, compiled, auto, args.min_run_time)
+        row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
+        if not args.no_memory and (B, H, L) not in SMALL_SHAPES:
+            row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v not in ("floor", "convfuse_frozen", "auto")}
         rows.append(row)
         print(json.dumps(row), flush=True)
     model = None if args.no_model else hyena_model(args.quick, 5 if args.quick else 10)

@@ -9,10 +9,12 @@ Inductor (or the inner compiler asked for) compile the rest.
 from __future__ import annotations
 
 import logging
+import math
 
 from torch.fx import GraphModule
 
 from convfuse.backends.cpu import cpu_kernel_name
+from convfuse.backends.cpu_cost import no_gain_reason
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, internal_error, match_or_refuse, rewrite_site, still_valid
@@ -91,6 +93,10 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
                           node=m.inverse.name, shapes=shapes)
     name = m.inverse.name
     applied = plan.applied
+    no_gain = _no_gain(m, spec, opts, impl.name, applied)
+    if no_gain:
+        return SiteReport(SKIPPED, family, source, reason=no_gain, spec=spec, policy=str(plan.asked),
+                          policy_note=plan.note, node=name, shapes=shapes)
     rewrite_site(gm, m, opts.kernel, **policy_rewrite_args(applied))
     exact = isinstance(applied, Exact)
     kernel_name = _kernel_description(impl.name, m, spec, applied)
@@ -99,6 +105,31 @@ def _rewrite_one(gm: GraphModule, m: Match, opts: BackendOptions, source: str, p
                       flops_saved=plan.flops_saved if not exact else 0.0,
                       bytes_saved=plan.bytes_saved if not exact else 0.0, policy_note=plan.note,
                       node=name, shapes=shapes)
+
+
+def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | None:
+    """The reason a site stays eager code because the CPU cost model predicts the fused operator
+    no faster there (``cpu_cost.no_gain_reason``), or None.  Only ``kernel="auto"`` on CPU, one
+    axis, exact, static shapes; ``kernel="cpu"`` always rewrites."""
+    if opts.kernel != "auto" or impl_name != "cpu" or m.multi_axis or not isinstance(policy, Exact):
+        return None
+    if not opts.settings.cpu_no_gain_refusal:
+        return None
+    u_shape = example_value(m.u.signal).shape
+    out_shape = example_value(m.tail).shape
+    sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)
+    if not all(isinstance(v, int) for v in (*sizes, *u_shape, *out_shape)):
+        return None  # symbolic sizes: decided per call, never refused
+    axis = spec.axis % len(out_shape)
+    rows = math.prod(d for i, d in enumerate(out_shape) if i != axis)
+    k_node = m.k.signal or m.k.spectrum
+    kernel_rows = rows  # a kernel summed from terms: at most one per output row
+    if k_node is not None:
+        k_shape = example_value(k_node).shape
+        if all(isinstance(d, int) for d in k_shape) and k_shape and len(k_shape) >= -spec.axis:
+            kernel_rows = math.prod(k_shape) // max(1, k_shape[spec.axis])
+    ops = 2 * int(spec.skip) + int(spec.pre_gate) + int(spec.post_gate)
+    return no_gain_reason(*sizes, rows, kernel_rows, spec.constant_kernel, ops)
 
 
 def _kernel_description(name: str, m, spec, policy) -> str:

@@ -283,21 +283,25 @@ def _sync(inputs: tuple) -> None:
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, inputs: tuple) -> dict[str, float]:
     """Median ms per call of each no-argument function, samples interleaved so noise hits all alike.
 
-    Calls per sample: enough that a sample of the first function lasts about a millisecond.
+    Each sample is one torch.utils.benchmark measurement (``Timer.timeit``: a block of calls
+    with the device synchronised after it), of enough calls that a sample of the first function
+    lasts about a millisecond.
     """
+    from torch.utils.benchmark import Timer
+
     first = next(iter(fns.values()))
     start = time.perf_counter()
     first()
     _sync(inputs)
     number = max(1, min(100, math.ceil(1e-3 / max(time.perf_counter() - start, 1e-7))))
+    threads = torch.get_num_threads()  # Timer would run on one thread otherwise
+    timers = {name: Timer("fn()", setup="sync()", globals={"fn": fn, "sync": functools.partial(_sync, inputs)},
+                          num_threads=threads)
+              for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            _sync(inputs)
-            times[name].append((time.perf_counter() - start) * 1e3 / number)
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(number).median * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -14,7 +14,7 @@ python train.py`` keeps working; changing ``os.environ`` later changes nothing: 
 assignment.  Nothing else in convfuse reads the environment.
 
 When each is read:
-- at compile time: ``kernel``.  ``BackendOptions.parse`` takes a ``snapshot()`` of every setting
+- at compile time: ``kernel``, ``cpu_no_gain_refusal``.  ``BackendOptions.parse`` takes a ``snapshot()`` of every setting
   once per compile (it is ``BackendOptions.settings``), and the compile reads that snapshot only;
   the kernel chosen is baked into the rewritten graph as the operator's ``kernel`` argument;
 - per operator call: the others, which only say how an implementation runs a call (its algorithm,
@@ -109,6 +109,10 @@ class Settings:
     cpu_cache_mb: float = _setting(
         "CONVFUSE_CPU_CACHE_MB", 256.0, _megabytes,
         "MiB of constant-kernel spectra the CPU path may cache", parse=float)
+    cpu_no_gain_refusal: bool = _setting(
+        "CONVFUSE_CPU_NO_GAIN_REFUSAL", True, _bool,
+        "with kernel='auto', a static-shape CPU site the cost model predicts no faster fused stays eager code "
+        "(\"no gain at this size\" in the report; read at compile time)", parse=parse_bool)
     nd_cpu: bool = _setting(
         "CONVFUSE_ND_CPU", True, _bool,
         "`fft_convnd` runs its CPU implementation on CPU tensors (false: the torch.fft reference)", parse=parse_bool)
@@ -221,6 +225,7 @@ globals().update(from_environ().as_dict())
 kernel: str
 cpu_algo: str | None
 cpu_cache_mb: float
+cpu_no_gain_refusal: bool
 nd_cpu: bool
 triton_interpret: bool
 triton_warps: int

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# The suite runs the pass on tiny shapes, which the CPU cost model would leave to eager ("no gain
+# at this size", kernel="auto"): off for every test and the subprocesses they start; the refusal's
+# own tests (tests/backends/test_cpu_plan.py) turn it on with config.patch.
+os.environ.setdefault("CONVFUSE_CPU_NO_GAIN_REFUSAL", "0")
+
 import torch
 import pytest
 
@@ -82,8 +89,9 @@ def cpu_threading(request, monkeypatch):
     tiles, so even small shapes make several units and both pool threads take some."""
     import math
 
-    from convfuse.backends import cpu_cost, cpu_exec
+    from convfuse.backends import cpu, cpu_cost, cpu_exec
 
     monkeypatch.setattr(cpu_cost, "POOL_MIN_SECONDS", 0.0 if request.param == "pool" else math.inf)
     monkeypatch.setattr(cpu_exec, "TILE_BYTES", 1)
+    monkeypatch.setattr(cpu, "FAST_BYTES", -1)  # small calls tiled too (not the small-call path)
     return request.param

@@ -24,22 +24,27 @@ import torch
 from torch import Tensor
 
 from convfuse import config
-from convfuse.backends import cpu_cache
-from convfuse.backends.common import at_least_1d, compute_dtype, output_shape, signal_length
+from convfuse.backends import cpu_cache, cpu_plan
+from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
 from convfuse.backends.cpu_algos import Plan, fft_tile, linear_tile, prepare
 from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
-    Layout, box_rows, empty_output, grid_view, largest_box, make_layout, run_tiles, tiles,
+    Layout, box_rows, empty_output, grid_view, largest_box, layout_from, layout_geometry, run_tiles, tiles,
 )
 from convfuse.spec import ConvParams
 
 
-def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None) -> Plan:
+# A call whose rows' complex spectra total at most this many bytes runs as one block of library
+# calls on the caller's threads (``CpuCall.fast``): tiles would be one tile anyway.
+FAST_BYTES = 2 * 2**20
+
+
+def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None, rows: int = 0) -> Plan:
     # convfuse.config.cpu_algo (CONVFUSE_CPU_ALGO=fft|direct|ols) forces an algorithm where it is
-    # valid (tests, benchmarks)
+    # valid (tests, benchmarks); ``rows``: the call's rows, when known (fixed costs per call count)
     force = force or config.cpu_algo
     bins = p.kept_bins if p.sparse_spectrum else 0
-    return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins)
+    return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins, rows)
 
 
 def _shape_plan(n: int, L: int, K: int, start: int, length: int, bins: int) -> Plan:
@@ -97,48 +102,125 @@ def fft_conv_cpu(
     p: ConvParams,
     force: str | None = None,
 ) -> Tensor:
-    dtype = compute_dtype(u, k, D, pre_gate, post_gate)
-    D, pre_gate, post_gate = (at_least_1d(t, dtype) for t in (D, pre_gate, post_gate))  # 0-d: (1,)
-    out_dtype = p.out_dtype or dtype
-    shape = output_shape(u, k, pre_gate, p.length)
-    out = empty_output(shape, out_dtype)
-    if out.numel() == 0:
+    """The forward on CPU tensors: the call's per-shape plan (``cpu_plan``), run.  Called directly
+    (tests, benchmarks) it also works on inputs that require grad: the result is a plain tensor
+    (the operator's autograd owns gradients)."""
+    call = cpu_plan.call_for(("params", p, force or config.cpu_algo, cpu_plan.signature(u, k, D, pre_gate, post_gate)),
+                             u, k, D, pre_gate, post_gate, p, force)
+    with torch.no_grad():
+        return call(u, k, D, pre_gate, post_gate)
+
+
+class CpuCall:
+    """Everything the shapes, strides, dtypes and parameters of a call decide, decided once:
+    the compute and output dtypes, the output shape, the algorithm and FFT size (``Plan``),
+    the layout of rows, and whether the call is small enough to go straight to the library
+    transforms (``fast``: all its spectra within FAST_BYTES, read per call).  Tiles and threads
+    are cut per call on the tiled path, which only large calls take.  ``__call__`` runs one call
+    of that shape.
+
+    Building one checks the call as the operator does (a bad call raises and builds nothing)."""
+
+    def __init__(self, u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams, force: str | None = None):
+        dtype = compute_dtype(u, k, D, pre_gate, post_gate)
+        self.lift = tuple(t is not None and t.dim() == 0 for t in (D, pre_gate, post_gate))
+        D, pre_gate, post_gate = (at_least_1d(t, dtype) for t in (D, pre_gate, post_gate))  # 0-d: (1,)
+        self.p, self.dtype, self.out_dtype = p, dtype, p.out_dtype or dtype
+        self.shape = output_shape(u, k, pre_gate, p.length)
+        self.empty = self.shape.numel() == 0
+        self.Lue = signal_length(u, pre_gate)  # broadcast
+        if not self.empty and D is not None and self.Lue != p.length:
+            raise ValueError(
+                f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
+                f"to equal the input length ({self.Lue})"
+            )
+        self.Lk = k.shape[-1]
+        self.kernel_batch = (*k.shape[:-1], -1)  # a prepared (rows, X) kernel viewed as k's batch
+        self.batch = self.shape[:-1]
+        self.geometry = layout_geometry(self.batch, k.shape)
+        Ko, Hk, _ = self.geometry
+        self.rows = Ko * Hk
+        plan = self.plan = plan_for(p, self.Lue, self.Lk, force, self.rows)
+        self.row_bytes = plan.row_bytes(dtype)
+        self.padded = plan.fft_n if plan.algo == "fft" else 0
+        self.width = min(self.Lue, self.padded) if self.padded else self.Lue
+        # Small calls (all rows one tile) skip tiles, row buffers and threads: the library
+        # transforms on the whole call, eager's own calls, with the fused epilogue.
+        ue_batch = broadcast_shapes(u.shape, pre_gate.shape)[:-1] if pre_gate is not None else u.shape[:-1]
+        self.spectrum_bytes = self.rows * self.row_bytes if plan.algo == "fft" and not self.empty else -1
+        self.ue_full = tuple(ue_batch) == tuple(self.batch)  # the signal's spectrum has the output's shape
+
+    @property
+    def fast(self) -> bool:
+        return 0 <= self.spectrum_bytes <= FAST_BYTES
+
+    def __call__(self, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
+        if self.lift[0] or self.lift[1] or self.lift[2]:
+            D, pre_gate, post_gate = (at_least_1d(t, self.dtype) for t in (D, pre_gate, post_gate))
+        out = empty_output(self.shape, self.out_dtype)
+        if self.empty:
+            return out
+        if 0 <= self.spectrum_bytes <= FAST_BYTES:
+            return self._fast(out, u, k, D, pre_gate, post_gate)
+        return self._tiled(out, u, k, D, pre_gate, post_gate)
+
+    def kernel_spectrum(self, k: Tensor) -> Tensor:
+        """The prepared kernel (scale, conjugate and bins folded in) at k's batch shape."""
+        plan, dtype = self.plan, self.dtype
+        k2 = k.reshape(-1, self.Lk)
+        prepared = None
+        if self.p.constant_kernel:
+            prepared = cpu_cache.lookup(k2, plan.variant(dtype), lambda: prepare(plan, k2, dtype))
+        if prepared is None:
+            prepared = prepare(plan, k2, dtype)
+        return prepared.view(self.kernel_batch)
+
+    def _fast(self, out: Tensor, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
+        plan, dtype = self.plan, self.dtype
+        ue = u if u.dtype == dtype else u.to(dtype)
+        if pre_gate is not None:
+            ue = ue * pre_gate
+        U = torch.fft.rfft(ue, n=plan.fft_n)  # pads (and truncates a signal longer than n) itself
+        if plan.bins:
+            U = U[..., : plan.bins]
+        K = self.kernel_spectrum(k)
+        U = U.mul_(K) if self.ue_full else U * K
+        y = window(torch.fft.irfft(U, n=plan.fft_n), plan.start, plan.length)
+        epilogue_into(out, y, ue, D, post_gate)
         return out
-    Lue = signal_length(u, pre_gate)  # broadcast
-    if D is not None and Lue != p.length:
-        raise ValueError(
-            f"convfuse.fft_conv: a skip term needs the output length ({p.length}) "
-            f"to equal the input length ({Lue})"
-        )
-    plan = plan_for(p, Lue, k.shape[-1], force)
-    lay = make_layout(shape[:-1], k)
-    u3, pg3 = grid_view(u, lay), grid_view(pre_gate, lay)
-    D3, post3 = grid_view(D, lay), grid_view(post_gate, lay)
-    out3 = out.view(lay.Ko, lay.Hk, p.length)
-    kernel_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel)
-    pool = use_pool(plan, lay.Ko * lay.Hk)
-    units = tiles(lay, plan.row_bytes(dtype), kernel_rows.cached is None, shared=not pool)
-    # "fft" transforms a zero-padded row buffer the prologue writes into (the tail stays
-    # zero): no padded copy per tile; the other algorithms read the signal as it is.
-    padded = plan.fft_n if plan.algo == "fft" else 0
-    width = min(Lue, padded) if padded else Lue
 
-    def make_worker():
-        buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
+    def _tiled(self, out: Tensor, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
+        p, plan, dtype = self.p, self.plan, self.dtype
+        lay = layout_from(self.geometry, self.batch, k)
+        u3, pg3 = grid_view(u, lay), grid_view(pre_gate, lay)
+        D3, post3 = grid_view(D, lay), grid_view(post_gate, lay)
+        out3 = out.view(lay.Ko, lay.Hk, p.length)
+        kernel_rows = prepared_kernel_rows(plan, lay, dtype, p.constant_kernel)
+        # Threads and tiles per call (a few microseconds against a call of many tiles), so they
+        # follow cpu_cost / cpu_exec's settings as they are now.
+        pool = use_pool(plan, self.rows)
+        units = tiles(lay, self.row_bytes, kernel_rows.cached is None, shared=not pool)
+        # "fft" transforms a zero-padded row buffer the prologue writes into (the tail stays
+        # zero): no padded copy per tile; the other algorithms read the signal as it is.
+        padded, width = self.padded, self.width
 
-        def work(unit: list[tuple[int, int, int, int]]) -> None:
-            prepared = kernel_rows.for_unit(unit)
-            for o0, o1, h0, h1 in unit:
-                rows = box_rows(buf, o0, o1, h0, h1)
-                x = prologue_into(rows[..., :width], u3[o0:o1, h0:h1], pg3[o0:o1, h0:h1] if pg3 is not None else None)
-                y = fft_tile(plan, rows, prepared(h0, h1)) if padded else linear_tile(plan, x, prepared(h0, h1))
-                epilogue_into(out3[o0:o1, h0:h1], y, x, D3[o0:o1, h0:h1] if D3 is not None else None,
-                              post3[o0:o1, h0:h1] if post3 is not None else None)
+        def make_worker():
+            buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
 
-        return work
+            def work(unit: list[tuple[int, int, int, int]]) -> None:
+                prepared = kernel_rows.for_unit(unit)
+                for o0, o1, h0, h1 in unit:
+                    rows = box_rows(buf, o0, o1, h0, h1)
+                    x = prologue_into(rows[..., :width], u3[o0:o1, h0:h1],
+                                      pg3[o0:o1, h0:h1] if pg3 is not None else None)
+                    y = fft_tile(plan, rows, prepared(h0, h1)) if padded else linear_tile(plan, x, prepared(h0, h1))
+                    epilogue_into(out3[o0:o1, h0:h1], y, x, D3[o0:o1, h0:h1] if D3 is not None else None,
+                                  post3[o0:o1, h0:h1] if post3 is not None else None)
 
-    run_tiles(units, make_worker, None if pool else 1)
-    return out
+            return work
+
+        run_tiles(units, make_worker, None if pool else 1)
+        return out
 
 
 def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:

@@ -144,10 +144,12 @@ def best_ols(n: int, K: int, out: int) -> tuple[float, int]:
 @functools.lru_cache(maxsize=1024)
 def choose_plan(
     n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None = None,
-    bins: int = 0,
+    bins: int = 0, rows: int = 0,
 ) -> Plan:
     """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks).  A sparse
-    kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row."""
+    kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row.
+    ``rows`` (when known): the call's rows, so an algorithm's fixed cost per call counts
+    (``ALGO_FIXED_SECONDS``: conv1d's setup is ~130 us, more than a small call's transforms)."""
     base = dict(n=n, Lu=min(Lu, n), K=min(Lk, n), start=start, length=length, conj=conj, scale=scale)
     if 0 < bins < n // 2 + 1:
         return Plan("fft", bins=bins, fft_n=n, **base)  # the kept bins are defined at n
@@ -161,6 +163,8 @@ def choose_plan(
     candidates = {"fft": fft_cost(fft_n), "direct": direct_cost(K, out)}
     if N:
         candidates["ols"] = cost_ols
+    if rows:
+        candidates = {a: rows * c + ALGO_FIXED_SECONDS[a] for a, c in candidates.items()}
     if force:
         if force == "ols" and not N:
             N = 1 << max(1, (2 * K - 1).bit_length())
@@ -205,3 +209,42 @@ def describe(plan: Plan) -> str:
     if plan.algo == "direct":
         return f"cpu-direct(K={plan.K})"
     return f"cpu-overlap-save(N={plan.N}, block={plan.block}, K={plan.K})"
+
+
+# -- whether a rewrite pays at all (the backend's no-gain refusal) ------------------------------------
+#
+# At small sizes a call's fixed costs decide: eager's FFT program is 7-10 torch calls of a few
+# microseconds each, the fused operator one custom-op dispatch (~15-30 us through torch's
+# custom_op autograd wrapper, measured with an empty kernel) plus its plan lookup and 5-6
+# library calls.  Measured (thread time, 1 intra-op thread, medians of blocked_autorange,
+# load ~4.5): (1, 8, 256) kernel as input: eager 51 us, the operator ~100 us.
+OP_FIXED_SECONDS = 45e-6  # the operator's dispatch, plan lookup and its own library calls
+EAGER_CALL_SECONDS = 4e-6  # one eager torch call at small sizes
+ALGO_FIXED_SECONDS = {"fft": 0.0, "direct": 120e-6, "ols": 30e-6}  # conv1d's oneDNN setup: ~130 us a call
+EAGER_ROW_FACTOR = 1.15  # eager's unfused passes (scale, product, slice, skip term) per row, vs a tile's
+
+
+def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,
+                    constant: bool, epilogue_ops: int = 0, bins: int = 0) -> tuple[float, float]:
+    """(eager seconds, convfuse seconds) the model predicts for one call of a static-shape site:
+    ``rows`` output rows, ``kernel_rows`` distinct kernel rows (transformed every call by eager,
+    and by convfuse unless ``constant``), ``epilogue_ops`` eager calls around the transforms
+    (skip term, gates, casts, scales)."""
+    plan = choose_plan(n, L, K, start, length, False, 1.0, None, bins, rows)
+    kernel_eager = kernel_rows * fft_cost(n) / 2  # one forward transform per kernel row
+    eager = (6 + epilogue_ops) * EAGER_CALL_SECONDS + EAGER_ROW_FACTOR * rows * fft_cost(n) + kernel_eager
+    kernel_cf = 0.0 if constant else kernel_rows * (fft_cost(plan.fft_n) / 2 if plan.algo == "fft" else 0.0)
+    convfuse = OP_FIXED_SECONDS + ALGO_FIXED_SECONDS[plan.algo] + rows * row_seconds(plan) + kernel_cf
+    return eager, convfuse
+
+
+def no_gain_reason(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,
+                   constant: bool, epilogue_ops: int = 0, bins: int = 0) -> str | None:
+    """The report's reason when the model predicts the fused operator is no faster than eager's
+    own program for this static shape, else None."""
+    eager, convfuse = predicted_times(n, L, K, start, length, rows, kernel_rows, constant, epilogue_ops, bins)
+    if convfuse < eager:
+        return None
+    return (f"no gain at this size: the CPU cost model predicts {convfuse * 1e3:.3f} ms for the fused operator "
+            f"against {eager * 1e3:.3f} ms for eager's FFT program (convfuse/backends/cpu_cost.py); "
+            f"kernel='cpu' rewrites it anyway")

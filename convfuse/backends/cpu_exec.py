@@ -78,20 +78,30 @@ def _full_rank(t: Tensor, rank: int) -> Tensor:
     return t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) if t.dim() < rank else t
 
 
-def make_layout(batch: torch.Size, k: Tensor) -> Layout:
-    """Split the batch into (outer, inner) with the kernel's batch == inner (after ones)."""
+def layout_geometry(batch: torch.Size, k_shape: torch.Size) -> tuple[int, int, bool]:
+    """(Ko, Hk, interleaved) of ``make_layout``: shapes only, so a per-shape plan decides it once."""
     rank = len(batch)
-    kb = tuple(_full_rank(k, rank + 1).shape[:-1])
+    kb = (1,) * (rank + 1 - len(k_shape)) + tuple(k_shape[:-1]) if len(k_shape) <= rank + 1 else tuple(k_shape[:-1])
     for s in range(rank + 1):
         if kb[s:] == tuple(batch[s:]) and all(d == 1 for d in kb[:s]):
-            Hk = math.prod(batch[s:])
-            Ko = math.prod(batch[:s])
-            return Layout(Ko, Hk, batch, k.reshape(Hk, k.shape[-1]))
+            return math.prod(batch[:s]), math.prod(batch[s:]), False
+    return 1, math.prod(batch), True
+
+
+def layout_from(geometry: tuple[int, int, bool], batch: torch.Size, k: Tensor) -> Layout:
+    """The Layout of ``geometry`` (from ``layout_geometry``) for this call's kernel tensor."""
+    Ko, Hk, interleaved = geometry
+    if not interleaved:
+        return Layout(Ko, Hk, batch, k.reshape(Hk, k.shape[-1]))
     # Kernel batch interleaved with broadcast dims (rare): materialise its rows per output
     # row; correct, at the cost of transforming the kernel once per output row.
-    rows = math.prod(batch)
-    k2 = _full_rank(k, rank + 1).expand(*batch, k.shape[-1]).reshape(rows, k.shape[-1])
-    return Layout(1, rows, batch, k2)
+    k2 = _full_rank(k, len(batch) + 1).expand(*batch, k.shape[-1]).reshape(Hk, k.shape[-1])
+    return Layout(Ko, Hk, batch, k2)
+
+
+def make_layout(batch: torch.Size, k: Tensor) -> Layout:
+    """Split the batch into (outer, inner) with the kernel's batch == inner (after ones)."""
+    return layout_from(layout_geometry(batch, k.shape), batch, k)
 
 
 def grid_view(t: Tensor | None, lay: Layout) -> Tensor | None:

@@ -1,0 +1,64 @@
+"""Per-shape plans for the CPU path: what a call's shapes decide, decided once per shape.
+
+An operator call's fixed cost was about 0.12-0.3 ms of Python before any transform: checking
+arguments, broadcasting shapes, choosing the algorithm and FFT size, laying out rows, cutting
+tiles, choosing threads.  All of it depends only on the shapes, strides and dtypes of the
+operands and on the operator's non-tensor arguments, so it is computed once per such key
+(``convfuse.backends.cpu.CpuCall``) and looked up by a tuple afterwards.  Nothing a plan holds
+depends on values: the kernel-spectrum cache (``cpu_cache``) still decides per call, by value,
+whether a prepared spectrum may be reused.
+
+The key includes ``convfuse.config.cpu_algo`` (a forced algorithm), read per call as a module
+attribute (no environment lookup).  Plans are few (one per distinct call shape in a model);
+the table is bounded (``MAX_CALLS``, oldest dropped first).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable
+
+from torch import Tensor
+
+MAX_CALLS = 512
+_calls: dict[Hashable, object] = {}
+stats = {"built": 0}
+
+
+def _sig(t: Tensor | None):
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def signature(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_gate: Tensor | None) -> tuple:
+    """The operands' part of a plan key: shapes, strides and dtypes (devices are the caller's)."""
+    return (u.shape, u.stride(), u.dtype, k.shape, k.stride(), k.dtype, _sig(D), _sig(pre_gate), _sig(post_gate))
+
+
+def lookup(key: Hashable):
+    return _calls.get(key)
+
+
+def store(key: Hashable, call):
+    if len(_calls) >= MAX_CALLS:
+        _calls.pop(next(iter(_calls)), None)
+    _calls[key] = call
+    stats["built"] += 1
+    return call
+
+
+def call_for(key: Hashable, u, k, D, pre_gate, post_gate, p, force=None):
+    """The plan for this key, built from the call (and stored) the first time."""
+    call = _calls.get(key)
+    if call is None:
+        from convfuse.backends.cpu import CpuCall
+
+        call = store(key, CpuCall(u, k, D, pre_gate, post_gate, p, force))
+    return call
+
+
+def clear() -> None:
+    _calls.clear()
+    stats["built"] = 0
+
+
+def size() -> int:
+    return len(_calls)

@@ -1,0 +1,193 @@
+"""Per-shape plans (convfuse/backends/cpu_plan.py), the small-call path, and the no-gain refusal.
+
+The plan cache and the fast path change how a call runs, never what it computes: outputs and
+gradients are checked against the plain torch.fft reference with the fast path on and off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import convfuse  # noqa: F401
+from convfuse import config
+from convfuse.backends import cpu as cpu_mod
+from convfuse.backends import cpu_cache, cpu_plan
+from convfuse.backends.cpu_cost import no_gain_reason, predicted_times
+from convfuse.backends.reference import fft_conv_reference
+from convfuse.spec import ConvParams
+
+from tests.backends.test_cpu import SHAPES, WINDOWS, expected, params
+from tests.conftest import Compiled
+
+F64 = torch.float64
+
+
+@pytest.fixture(params=["fast", "tiled"])
+def path(request, monkeypatch):
+    """Every call through the small-call path, or none of them."""
+    monkeypatch.setattr(cpu_mod, "FAST_BYTES", 2**40 if request.param == "fast" else -1)
+    cpu_plan.clear()
+    yield request.param
+    cpu_plan.clear()
+
+
+def _op(u, k, D, pre, post, p, kernel="cpu"):
+    return torch.ops.convfuse.fft_conv(u, k, D, pre, post, p.n, p.start, p.length, p.scale, p.n_power,
+                                       p.conj_kernel, p.out_dtype or u.dtype, kernel, p.constant_kernel,
+                                       p.spectrum_bins)
+
+
+@pytest.mark.parametrize("conj", [False, True])
+def test_forward_matches_reference(path, conj):
+    gen = torch.Generator().manual_seed(0)
+    for L, K, n, start, length in WINDOWS:
+        for ub, kb in SHAPES:
+            u = torch.randn(*ub, L, dtype=F64, generator=gen)
+            k = torch.randn(*kb, K, dtype=F64, generator=gen)
+            p = params(n, start, length, conj, out_dtype=F64)
+            want = expected(u, k, None, None, None, p)
+            for _ in range(2):  # built, then looked up
+                got = _op(u, k, None, None, None, p)
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{(L, K, n, start, length, ub, kb)}")
+    calls = list(cpu_plan._calls.values())
+    assert calls and all(c.fast == (path == "fast") for c in calls if c.plan.algo == "fft" and not c.empty)
+
+
+def test_plan_built_once_per_shape(path):
+    u, k, D = torch.randn(2, 4, 64), torch.randn(4, 64), torch.randn(4, 1)
+    p = ConvParams(128, 0, 64)
+    _op(u, k, D, None, None, p)
+    built = cpu_plan.stats["built"]
+    for _ in range(3):
+        _op(torch.randn(2, 4, 64), torch.randn(4, 64), torch.randn(4, 1), None, None, p)
+    assert cpu_plan.stats["built"] == built  # same shapes, strides, dtypes: no new plan
+    _op(torch.randn(2, 4, 64).double(), k, D, None, None, p)  # a new dtype: a new plan
+    _op(torch.randn(4, 2, 64).transpose(0, 1), k, D, None, None, p)  # new strides: a new plan
+    assert cpu_plan.stats["built"] == built + 2
+
+
+def test_epilogue_dtypes_and_scalars(path):
+    gen = torch.Generator().manual_seed(1)
+    B, H, L, K, n = 2, 3, 24, 6, 48
+    u = torch.randn(B, H, L, generator=gen).bfloat16()
+    k = torch.randn(H, K, generator=gen)
+    D = torch.randn(H, 1, generator=gen)
+    pre = torch.randn(B, H, L, generator=gen)
+    post = torch.randn(1, H, L, generator=gen).half()
+    p = params(n, 0, L, False, out_dtype=torch.bfloat16)
+    got = _op(u, k, D, pre, post, p)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous()
+    torch.testing.assert_close(got.float(), fft_conv_reference(u, k, D, pre, post, p).float(), rtol=1e-2, atol=1e-2)
+    # 0-d operands broadcast as scalars; fp64 anywhere computes in fp64
+    s = torch.tensor(0.5, dtype=F64)
+    p64 = params(n, 0, L, True, out_dtype=F64)
+    got = _op(u.double(), k, s, s, post, p64)
+    torch.testing.assert_close(got, fft_conv_reference(u.double(), k, s.reshape(1), s.reshape(1), post, p64))
+    # a spectrum cut (FrequencySparse) and a broadcast signal
+    p = ConvParams(n, 0, L, 1.0, 0.0, False, F64, spectrum_bins=5)
+    u1 = torch.randn(B, 1, L, dtype=F64, generator=gen)
+    torch.testing.assert_close(_op(u1, k.double(), None, None, None, p), fft_conv_reference(u1, k, None, None, None, p))
+
+
+def test_gradients_match_reference(path):
+    gen = torch.Generator().manual_seed(2)
+    for ub, kb, L, K, n, start, length in [((2, 3), (3,), 12, 5, 24, 0, 12), ((2, 1), (3,), 12, 12, 12, 5, 12),
+                                            ((2, 3), (3,), 20, 4, 16, 0, 16), ((3,), (), 1, 1, 1, 0, 1)]:
+        skip = length == L
+        tensors = [torch.randn(*ub, L, dtype=F64, generator=gen), torch.randn(*kb, K, dtype=F64, generator=gen),
+                   torch.randn(3, 1, dtype=F64, generator=gen) if skip else None,
+                   torch.randn(*ub, L, dtype=F64, generator=gen), torch.randn(3, length, dtype=F64, generator=gen)]
+        leaves = [t.requires_grad_() if t is not None else None for t in tensors]
+        p = params(n, start, length, False, out_dtype=F64)
+        g = torch.randn(*torch.broadcast_shapes(ub, kb, (3,)), length, dtype=F64, generator=gen)
+        wrt = [t for t in leaves if t is not None]
+        got = torch.autograd.grad(_op(*leaves, p), wrt, g)
+        want = torch.autograd.grad(fft_conv_reference(*leaves, p), wrt, g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_constant_kernel_follows_its_values(path):
+    """The plan is per shape; whether a cached spectrum is used stays a comparison by value."""
+    cpu_cache.clear()
+    u, k = torch.randn(2, 4, 32, dtype=F64), torch.randn(4, 32, dtype=F64)
+    p = ConvParams(64, 0, 32, 1.0, 0.0, False, F64, constant_kernel=True)
+
+    def op():
+        return torch.ops.convfuse.fft_conv(u, k, None, None, None, 64, 0, 32, 1.0, 0.0, False, F64, "cpu",
+                                           constant_kernel=True)
+
+    for _ in range(3):
+        torch.testing.assert_close(op(), fft_conv_reference(u, k, None, None, None, p))
+    assert cpu_cache.stats["hits"] >= 1
+    with torch.no_grad():
+        k.mul_(-2.0)  # same storage, shape and version-invisible to the plan: new values
+    torch.testing.assert_close(op(), fft_conv_reference(u, k, None, None, None, p))
+
+
+def test_autocast_does_not_lower_precision(path):
+    u, k = torch.randn(2, 4, 32), torch.randn(4, 32)
+    p = ConvParams(64, 0, 32, 1.0, 0.0, False, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _op(u, k, None, None, None, p)
+    torch.testing.assert_close(got, fft_conv_reference(u, k, None, None, None, p), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_calls_still_raise(path):
+    u, k = torch.randn(2, 8), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="skip term"):
+        _op(u, k, torch.randn(2, 1), None, None, ConvParams(16, 0, 10))
+    with pytest.raises(ValueError, match="window start"):
+        _op(u, k, None, None, None, ConvParams(16, 16, 4))
+    with pytest.raises(TypeError, match="real floating"):
+        _op(u.long(), k, None, None, None, ConvParams(16, 0, 8))
+
+
+# -- the no-gain refusal (convfuse/backend.py, cpu_cost.no_gain_reason) ------------------------------
+
+
+def _hyena(u, k, D):
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+    return y + u * D
+
+
+def test_model_predicts_no_gain_only_for_small_calls():
+    eager, fused = predicted_times(512, 256, 256, 0, 256, 8, 8, False, 2)
+    assert fused >= eager
+    assert "no gain at this size" in no_gain_reason(512, 256, 256, 0, 256, 8, 8, False, 2)
+    assert no_gain_reason(2048, 1024, 1024, 0, 1024, 256, 64, False, 2) is None
+    assert no_gain_reason(8192, 4096, 4096, 0, 4096, 1024, 256, True, 2) is None
+
+
+def test_tiny_site_stays_eager_unless_kernel_cpu():
+    u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
+    with config.patch(cpu_no_gain_refusal=True):
+        auto = Compiled(_hyena)
+        torch.testing.assert_close(auto(u, k, D), _hyena(u, k, D))
+        (site,) = auto.report.sites
+        assert site.status == "skipped" and auto.op_calls() == 0
+        assert site.reason.startswith("no gain at this size") and " ms " in site.reason
+        assert "predicts" in site.reason and site.spec is not None
+
+        forced = Compiled(_hyena, kernel="cpu")
+        torch.testing.assert_close(forced(u, k, D), _hyena(u, k, D), rtol=1e-5, atol=1e-5)
+        assert forced.report.sites[0].status == "rewritten" and forced.op_calls() == 1
+
+        big = Compiled(_hyena)
+        u2, k2, D2 = torch.randn(4, 64, 1024), torch.randn(64, 1024), torch.randn(64, 1)
+        torch.testing.assert_close(big(u2, k2, D2), _hyena(u2, k2, D2), rtol=1e-4, atol=1e-4)
+        assert big.report.sites[0].status == "rewritten"
+    with config.patch(cpu_no_gain_refusal=False):
+        off = Compiled(_hyena)
+        off(u, k, D)
+        assert off.report.sites[0].status == "rewritten"
+
+
+def test_dynamic_shapes_are_never_refused():
+    u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
+    with config.patch(cpu_no_gain_refusal=True):
+        dyn = Compiled(_hyena, dynamic=True)
+        torch.testing.assert_close(dyn(u, k, D), _hyena(u, k, D), rtol=1e-5, atol=1e-5)
+        assert dyn.report.sites[0].status == "rewritten"
