@@ -8,7 +8,7 @@ import random
 from dataclasses import replace
 from typing import Callable
 
-from programs_record import (CASTS, FAMILIES, LAYOUTS, LENGTHS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
+from programs_record import (CASTS, FAMILIES, LAYOUT_OPS, LAYOUTS, RANK_CHANGING, kernel_rows, LENGTHS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
                              SCALE_FORMS, SCALE_WHERE, Program)
 
 
@@ -122,6 +122,12 @@ def _draw_once(c: Chooser, *, near_misses: bool, pending: bool, family: str | No
         p = replace(p, mul="*", channels=0)
     if pend == "ifft_real":
         p = replace(p, irfft_n=True)
+    if not p.miss and pend not in ("sum_of_spectra", "inplace_mul") and c.boolean(0.3):
+        pool = [op for op in LAYOUT_OPS if op != "merge" and not (p.mul == "einsum" and op in RANK_CHANGING)]
+        ops = tuple(c.choice(pool) for _ in range(c.choice((1, 2, 3))))
+        if c.boolean(0.15) and kernel_rows(p) > 1 and pend != "rfft2":
+            ops += ("merge",)  # on a kernel spectrum with rows (of one row, reshape(-1) mixes nothing)
+        p = replace(p, layout_ops=ops)
     return p
 
 

@@ -44,6 +44,32 @@ FAMILIES = (
     "sum_of_spectra",  # U * K1 + U * K2 (one convolution with k1 + k2)
     "rfft2",  # 2-D rfft2 / irfft2 over the last two axes
 )
+# Layout ops on the spectra before the product (``Program.layout_ops``): each leaves the frequency
+# axis whole, so the program is still the same convolution; "merge" flattens the kernel spectrum
+# and reshapes it back (the same values, but through a reshape across frequency): refused.
+LAYOUT_OPS = {
+    "k_unsqueeze": "Kf = Kf.unsqueeze(0)",
+    "k_none": "Kf = Kf[None]",
+    "k_contiguous": "Kf = Kf.contiguous()",
+    "k_clone": "Kf = Kf.clone()",
+    "k_expand": "Kf = Kf.expand(1, *([-1] * Kf.dim()))",
+    "k_round_trip": "Kf = Kf.unsqueeze(0).squeeze(0)",
+    "k_transpose_id": "Kf = Kf.transpose(0, 0)",
+    "u_contiguous": "U = U.contiguous()",
+    "u_round_trip": "U = U.unsqueeze(0).squeeze(0)",
+    "u_movedim_id": "U = U.movedim(0, 0)",
+    "merge": "Kf = Kf.reshape(-1).reshape(Kf.shape)",
+}
+RANK_CHANGING = ("k_unsqueeze", "k_none", "k_expand")
+
+
+def kernel_rows(p) -> int:
+    """Rows of the program's kernel (its dims other than the convolved one)."""
+    rows = 1
+    for b in p.batch[len(p.batch) - p.kdims:] if p.kdims else ():
+        rows *= b
+    return rows
+
 # Families the matcher does not recognise yet: drawn only with pending=True (bench --all). A family
 # moves from here to FAMILIES once `bench/differential.py --all --family NAME -n 300` finds no mismatch.
 # ``Program.pending`` also holds back single combinations of a supported family that are known to fail.
@@ -76,6 +102,7 @@ class Program:
     dynamic: bool = False
     miss: str = ""  # a NEAR_MISSES mutation
     family: str = ""  # one of FAMILIES or PENDING ("": the plain spelling)
+    layout_ops: tuple = ()  # LAYOUT_OPS applied to the spectra before the product ("merge" must refuse)
 
     # -- the oracle ------------------------------------------------------------------------------
 
@@ -102,6 +129,8 @@ class Program:
         if (self.is_convolution and self.family == "rfft2" and self.dynamic and self.batch[-1] != 1
                 and any(form == "/ n" and where != "output" for where, form in self.scales)):
             return "is scaled by the symbolic size"
+        if self.is_convolution and "merge" in self.layout_ops:
+            return "reshape"  # reshape(-1) of a kernel spectrum with rows mixes them with the bins
         return ""
 
     @property
@@ -135,6 +164,7 @@ class Program:
             out.append(f"miss={self.miss}")
         if self.family:
             out.append(f"family={self.family}")
+        out += [f"layout_op={op}" for op in self.layout_ops]
         return out
 
     def simpler(self) -> list["Program"]:

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from programs_record import Program, check_valid
+from programs_record import LAYOUT_OPS, Program, check_valid
 
 # ---- shapes and inputs -------------------------------------------------------------------------
 
@@ -128,6 +128,8 @@ def render(p: Program, name: str = "program") -> str:
             w(f"    Kf = {_scale('Kf', p, 'kernel')}")
         if p.conj:
             w("    Kf = Kf.conj()")
+    for op in p.layout_ops:
+        w(f"    {LAYOUT_OPS[op]}")
     if p.miss == "nonlinear":
         w("    U = torch.complex(F.relu(U.real), U.imag)")
     if p.miss == "real_mask":

@@ -174,3 +174,82 @@ def test_layout_ops_that_mix_the_frequency_axis_are_refused(name):
     c = Compiled(fn)
     torch.testing.assert_close(c(*args), fn(*args))
     assert c.op_calls() == 0, c.report.sites[0]
+
+
+def s4_zero_padded(u, k):
+    # The padded S4 spelling: both signals zero-padded to 2L, rfft/irfft without n.
+    L = u.shape[-1]
+    u_f = torch.fft.rfft(torch.nn.functional.pad(u, (0, L)))
+    k_f = torch.fft.rfft(torch.nn.functional.pad(k, (0, L)))
+    return torch.fft.irfft(u_f * k_f)[..., :L]
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_a_convolution_zero_padded_by_hand_is_recognised_as_linear(dynamic):
+    c = assert_matches_eager(s4_zero_padded, (torch.randn(2, 4, L, requires_grad=True),
+                                              torch.randn(4, L, requires_grad=True)), dynamic=dynamic)
+    site = c.report.sites[0]
+    assert site.rewritten and site.spec.causal is True
+    assert site.spec.L == site.spec.K == (L if dynamic is None else site.spec.L) and site.spec.n != site.spec.L
+
+
+@pytest.mark.parametrize("pad", [dict(pad=(L, 0)), dict(pad=(0, 8), mode="reflect"), dict(pad=(0, 8), value=1.0)])
+def test_padding_that_is_not_trailing_zeros_stays_part_of_the_signal(pad):
+    def f(u, k):
+        n = u.shape[-1] + 2 * L
+        return torch.fft.irfft(torch.fft.rfft(torch.nn.functional.pad(u, **pad), n=n) * torch.fft.rfft(k, n=n),
+                               n=n)[..., : 2 * L]
+
+    c = assert_matches_eager(f, (torch.randn(2, 4, L, requires_grad=True), torch.randn(4, L, requires_grad=True)))
+    assert c.report.sites[0].rewritten and c.report.sites[0].spec.L != L
+
+
+def test_exact_upcasts_of_gates_and_the_skip_term_reach_the_operator_as_half():
+    def gated(u, k, D, pre, post):
+        L = u.shape[-1]
+        n = 2 * L
+        x = u.float() * pre.float()
+        y = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :L]
+        return (y + x * D.float()[:, None]) * post.float()
+
+    h = torch.float16
+    args = (torch.randn(2, 4, L, dtype=h), torch.randn(4, L), torch.randn(4, dtype=h), torch.randn(2, 4, L, dtype=h),
+            torch.randn(2, 4, L, dtype=h))
+    c = assert_matches_eager(gated, args, grads=False)
+    (gm,) = c.graphs
+    op = next(node for node in gm.graph.nodes if node.target is FFT_CONV)
+    dtypes = [op.args[i].meta["example_value"].dtype if hasattr(op.args[i], "meta") and "example_value" in op.args[i].meta
+              else None for i in (3, 4)]
+    assert c.report.sites[0].spec.pre_gate and c.report.sites[0].spec.post_gate
+    assert torch.float16 in dtypes or all(d is None for d in dtypes)
+
+
+def test_a_skip_product_eager_computes_in_half_is_not_fused():
+    def f(u, k, D):
+        L = u.shape[-1]
+        n = 2 * L
+        y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k, n=n), n=n)[..., :L]
+        return y + u * D[:, None]  # fp16 * fp16: eager rounds this product to fp16
+
+    h = torch.float16
+    args = (torch.randn(2, 4, L, dtype=h), torch.randn(4, L), torch.randn(4, dtype=h))
+    c = Compiled(f)
+    torch.testing.assert_close(c(*args), f(*args))
+    assert c.report.sites[0].rewritten and not c.report.sites[0].spec.skip
+
+
+def complex_pair_with_added_axis(x, h):
+    # StripedHyena's prefill style: full complex transforms, an axis added to the input spectrum,
+    # the real part of the inverse.
+    L = x.shape[-1]
+    n = 2 * L
+    X_s = torch.fft.fft(x.to(torch.float32), n=n)  # (B, D, n)
+    H_s = torch.fft.fft(h, n=n)  # (G, D, n)
+    y = torch.fft.ifft(X_s[..., None, :, :] * H_s, n=n).real  # (B, G, D, n)
+    return y[..., :L]
+
+
+def test_full_complex_pair_through_an_added_axis():
+    c = assert_matches_eager(complex_pair_with_added_axis, (torch.randn(2, 4, L, requires_grad=True),
+                                                             torch.randn(3, 4, L, requires_grad=True)))
+    assert c.report.sites[0].rewritten and c.op_calls() == 1

@@ -88,7 +88,7 @@ NEAR_MISSES = {
     "nonlinear": (sp.nonlinear_spectral, lambda: (_t(2, 4, 32), _t(4, 32)), None),
     "cumsum": (sp.cumulative_over_frequency, lambda: (_t(2, 4, 32), _t(4, 32)), None),
     "odd-no-n": (sp.odd_length_without_n, lambda: (_t(2, 4, 31), _t(4, 31)), None),
-    "contracting-einsum": (sp.contracting_einsum, lambda: (_t(2, 4, 32), _t(4, 32)), "spectral-contraction"),
+    "contracting-einsum": (sp.contracting_einsum, lambda: (_t(2, 4, 32), _t(4, 32)), "channel-contraction"),
 }
 
 

@@ -141,3 +141,33 @@ def test_the_net_covers_one_site_and_not_the_next(monkeypatch):
     assert_close_rel(c(u, k), two(u, k), 1e-5)
     statuses = sorted(s.rewritten for s in c.report.sites)
     assert statuses == [False, True]
+
+
+class GlobalFilter(torch.nn.Module):
+    def __init__(self, H=8):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, H, H // 2 + 1, 2))
+
+    def forward(self, x):
+        X = torch.fft.rfft2(x, dim=(-2, -1), norm="ortho")
+        return torch.fft.irfft2(X * torch.view_as_complex(self.w), s=x.shape[-2:], dim=(-2, -1), norm="ortho")
+
+
+def test_gfnet_sizes_taken_from_the_shape_under_dynamic_shapes():
+    model = GlobalFilter()
+    c = Compiled(model, dynamic=True)
+    for B in (2, 5):
+        x = torch.randn(B, 3, 8, 8)
+        with torch.no_grad():
+            assert_close_rel(c(x), model(x), 1e-5)
+    assert c.report.sites[0].rewritten, c.report.sites[0].reason
+
+
+def test_a_spectrum_divided_by_zero_is_left_to_eager():
+    def f(u, k):
+        return torch.fft.irfft(torch.fft.rfft(u, n=32) * torch.fft.rfft(k, n=32) / 0, n=32)
+
+    u, k = torch.randn(2, 3, 16), torch.randn(3, 16)
+    c = Compiled(f)
+    torch.testing.assert_close(c(u, k), f(u, k), equal_nan=True)
+    assert not c.report.sites[0].rewritten

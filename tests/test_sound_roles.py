@@ -3,6 +3,7 @@ sizes, and every value is computed in the dtype eager computes it in."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -116,6 +117,7 @@ def test_an_upcast_to_fp64_followed_by_a_large_scale_is_computed_in_fp64():
     got, want = c(u, k), f(u, k)
     assert torch.isfinite(want).all() and torch.isfinite(got).all()
     assert_close_rel(got, want, 1e-10)
+    assert c.report.sites[0].rewritten  # fp64 spectra: 1e40 is well inside their range
 
 
 def test_an_output_upcast_ends_what_the_operator_absorbs():
@@ -130,3 +132,69 @@ def test_an_output_upcast_ends_what_the_operator_absorbs():
     assert torch.isfinite(want).all() and torch.isfinite(got).all()
     assert got.dtype == torch.float64
     assert_close_rel(got, want, 1e-5)
+
+
+def test_a_half_precision_pre_gate_stays_in_eagers_precision():
+    def f(x, v, k):
+        n = 2 * x.shape[-1]
+        return torch.fft.irfft(torch.fft.rfft((x * v).float(), n=n) * torch.fft.rfft(k, n=n), n=n)[..., : x.shape[-1]]
+
+    # bf16 rounds x * v to 8 bits: a product computed in fp32 instead differs by ~1e-3
+    x, v, k = torch.randn(2, 4, 16).bfloat16(), torch.randn(2, 4, 16).bfloat16(), torch.randn(4, 16)
+    c = Compiled(f)
+    assert_close_rel(c(x, v, k), f(x, v, k), 1e-5)
+    assert c.report.sites[0].rewritten and not c.report.sites[0].spec.pre_gate
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 1e38])
+def test_extreme_constants_are_not_folded_into_the_operator(scale):
+    def f(u, k):
+        n = 2 * u.shape[-1]
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n) * scale, n=n)
+        return y[..., : u.shape[-1]] / scale
+
+    u, k = torch.randn(2, 4, 16), torch.randn(4, 16)
+    c = Compiled(f)
+    got, want = c(u, k), f(u, k)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    assert not c.report.sites[0].rewritten and c.report.sites[0].pattern == "extreme-scale"
+
+
+class ConjugatedInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.randn(3, 12))
+
+    def forward(self, u):
+        n = 24
+        return torch.fft.irfft(torch.fft.rfft(u, n=n).conj() * torch.fft.rfft(self.p, n=n), n=n)[..., :12]
+
+
+class SymmetricSkip(ConjugatedInput):
+    def forward(self, u):
+        n = 24
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(self.p, n=n), n=n)[..., :12]
+        return y + self.p * u
+
+
+def test_partial_kernel_never_cuts_the_input_when_provenance_disagrees():
+    u = torch.randn(2, 3, 12)
+    model = ConjugatedInput()  # the parameter is the kernel, but the input's spectrum is conjugated
+    c = Compiled(model, policy="partial:length=4")
+    with torch.no_grad():
+        assert_close_rel(c(u), model(u), 1e-5)
+    assert not c.report.sites[0].rewritten and "cannot tell" in c.report.sites[0].reason
+
+
+def test_partial_kernel_cuts_the_parameter_of_a_symmetric_skip_product():
+    u = torch.randn(2, 3, 12)
+    model = SymmetricSkip()  # y + p * u: the skip term reads the input that is not module state
+    c = Compiled(model, policy="partial:length=4")
+    with torch.no_grad():
+        got = c(u)
+        cut = model.p.detach().clone()
+        cut[..., 4:] = 0
+        y = torch.fft.irfft(torch.fft.rfft(u, n=24) * torch.fft.rfft(cut, n=24), n=24)[..., :12]
+        assert_close_rel(got, y + model.p * u, 1e-5)
+    site = c.report.sites[0]
+    assert site.rewritten and site.policy_applied == "partial:length=4" and site.shapes["k"] == ["3", "12"]

@@ -28,6 +28,7 @@ def _conv_with(between):
     return f
 
 
+_OTHER = torch.zeros(3)  # a global: Dynamo lifts it as another graph input
 _elu, _relu6, _hardtanh = nn.ELU(inplace=True), nn.ReLU6(inplace=True), nn.Hardtanh(inplace=True)
 _silu, _leaky = nn.SiLU(inplace=True), nn.LeakyReLU(0.2, True)
 
@@ -46,6 +47,7 @@ WRITERS = {
     "slice assignment": lambda u, k, U, K: k.__setitem__((Ellipsis, slice(0, 3)), 0.0),
     "out= of another op": lambda u, k, U, K: torch.add(k, 1.0, out=k),
     "copy_ into a transpose": lambda u, k, U, K: u.transpose(-1, -2).copy_(u.transpose(-1, -2) * 2),
+    "a write to another input": lambda u, k, U, K: torch.ones(1).add_(0) if False else _OTHER.mul_(1.0),
     "spectrum scaled in place": lambda u, k, U, K: U.mul_(2.0),
     "spectrum zeroed in place": lambda u, k, U, K: K.__setitem__((Ellipsis, slice(4, None)), 0),
     "masked_fill_ on the spectrum": lambda u, k, U, K: K.masked_fill_(K.real > 0, 0),
@@ -77,8 +79,8 @@ def test_the_refusal_names_the_op_and_the_tensor():
 
 
 UNRELATED = {
-    "a write to another tensor": lambda u, k, U, K, other: other.add_(1.0),
-    "an inplace activation of another tensor": lambda u, k, U, K, other: F.relu(other, inplace=True),
+    "a write to a tensor made in the graph": lambda u, k, U, K, other: (other * 2).add_(1.0),
+    "an inplace activation of a tensor made in the graph": lambda u, k, U, K, other: F.relu(other + 1, inplace=True),
     "pure ops in between": lambda u, k, U, K, other: (F.gelu(u) + torch.sin(k).sum(), u.float().mean()),
     "a view of the input, read only": lambda u, k, U, K, other: u.view(-1)[:3] * 2,
 }
@@ -183,3 +185,59 @@ def test_the_rewritten_graph_still_calls_the_operator_for_a_pure_program():
     c = assert_matches_eager(_conv_with(lambda *a: None), (torch.randn(2, 4, L, requires_grad=True),
                                                            torch.randn(4, L, requires_grad=True)))
     assert any(node.target is FFT_CONV for gm in c.graphs for node in gm.graph.nodes)
+
+
+def test_inputs_that_share_memory_without_sharing_a_storage():
+    # torch.from_numpy(k.numpy()) is k's memory under another storage object.
+    def f(u, k, other):
+        U, K = torch.fft.rfft(u, n=N), torch.fft.rfft(k, n=N)
+        other.mul_(3.0)
+        return torch.fft.irfft(U * K, n=N)[..., :L]
+
+    def make():
+        torch.manual_seed(3)
+        k = torch.randn(4, L)
+        return torch.randn(2, 4, L), k, torch.from_numpy(k.numpy())
+
+    want = f(*make())
+    c = Compiled(f)
+    torch.testing.assert_close(c(*make()), want)
+    assert not c.report.sites[0].rewritten
+
+
+@pytest.mark.parametrize("op", ["sort", "topk", "cummax", "aminmax", "frexp"])
+def test_a_tuple_out_that_overwrites_the_kernel_refuses(op):
+    calls = {
+        "sort": lambda k, o: torch.sort(o, out=(k, torch.empty(k.shape, dtype=torch.long))),
+        "topk": lambda k, o: torch.topk(o, L, out=(k, torch.empty(k.shape, dtype=torch.long))),
+        "cummax": lambda k, o: torch.cummax(o, -1, out=(k, torch.empty(k.shape, dtype=torch.long))),
+        "aminmax": lambda k, o: torch.aminmax(o, dim=-1, keepdim=True, out=(k[:, :1], k[:, 1:2])),
+        "frexp": lambda k, o: torch.frexp(o, out=(k, torch.empty(k.shape, dtype=torch.int32))),
+    }
+    f = _conv_with(lambda u, k, U, K: calls[op](k, k * -1.0))
+    u, k = torch.randn(2, 4, L), torch.randn(4, L)
+    c = Compiled(f)
+    torch.testing.assert_close(c(u.clone(), k.clone()), f(u.clone(), k.clone()))
+    assert not c.report.sites[0].rewritten
+
+
+@pytest.mark.parametrize("call", ["batch_norm", "native_batch_norm", "instance_norm"])
+def test_running_statistics_written_by_a_norm_refuse(call):
+    def between(u, k, U, K):
+        stats = k[:, 0]  # the running mean is a view of the kernel
+        x = torch.randn(2, 4, 3)
+        if call == "batch_norm":
+            torch.batch_norm(x, None, None, stats, torch.ones(4), True, 0.5, 1e-5, False)
+        elif call == "native_batch_norm":
+            torch.native_batch_norm(x, None, None, stats, torch.ones(4), True, 0.5, 1e-5)
+        else:
+            torch.instance_norm(x, None, None, stats, torch.ones(4), True, 0.5, 1e-5, False)
+
+    f = _conv_with(between)
+    u, k = torch.randn(2, 4, L), torch.randn(4, L)
+    c = Compiled(f)
+    torch.manual_seed(0)
+    got = c(u.clone(), k.clone())
+    torch.manual_seed(0)
+    torch.testing.assert_close(got, f(u.clone(), k.clone()))
+    assert not c.report.sites[0].rewritten

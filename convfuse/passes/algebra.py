@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from fractions import Fraction
 from typing import Any
@@ -84,13 +85,24 @@ def scaled(node: Node) -> tuple[Node, list, list[Node]] | None:
     return None
 
 
-def resolve_scale(factors: list, n: SymSize) -> tuple[float, Fraction]:
-    """Multiply scalar factors into (constant, power of n); symbolic factors must be n itself."""
+# Constants folded into the operator's one scale must not hide what eager's fp32 intermediates
+# do with them: a factor outside [2^-40, 2^40] (or a product of them outside [2^-60, 2^60]) can
+# overflow or underflow there (``irfft(U * K * 1e38) * 1e-38`` is inf in eager), so such a
+# site is left to eager.  Norm modes and 1/n of any FFT size up to 2^40 stay inside.
+FOLDABLE_FACTOR, FOLDABLE_PRODUCT = 2.0**40, 2.0**60
+
+
+def resolve_scale(factors: list, n: SymSize, wide: bool = False) -> tuple[float, Fraction]:
+    """Multiply scalar factors into (constant, power of n); symbolic factors must be n itself.
+
+    ``wide``: every spectrum is fp64 (complex128), whose range is wider by 2^896: the bounds on
+    folded constants scale with it."""
     const, power = 1.0, Fraction(0)
+    bits = 10 if wide else 1
     for value, exponent in factors:
         if isinstance(value, SymSize):
             if value.static:
-                const *= float(value.value) ** exponent
+                const *= _foldable(float(value.value), exponent, bits)
             elif same(value.value, n.value):
                 power += exponent
             else:
@@ -99,8 +111,22 @@ def resolve_scale(factors: list, n: SymSize) -> tuple[float, Fraction]:
                     f"nor the FFT size {n}"
                 )
         else:
-            const *= float(value) ** exponent
+            const *= _foldable(float(value), exponent, bits)
+    if const != 0 and not FOLDABLE_PRODUCT ** -bits <= abs(const) <= FOLDABLE_PRODUCT**bits:
+        raise Refusal(f"the constants on the spectra multiply to {const:g}: folded into one they would hide the "
+                      "overflow or underflow eager's float32 intermediates can reach, so the site is left to eager",
+                      family="extreme-scale")
     return const, power
+
+
+def _foldable(value: float, exponent: int, bits: int = 1) -> float:
+    if value == 0 and exponent < 0 or not math.isfinite(value):
+        raise Refusal(f"a spectrum is divided by {value:g} or scaled by a non-finite constant", family="extreme-scale")
+    if value != 0 and not FOLDABLE_FACTOR ** -bits <= abs(value) <= FOLDABLE_FACTOR**bits:
+        raise Refusal(f"a spectrum is scaled by {value:g}: folded into the operator it would hide the overflow or "
+                      "underflow eager's float32 intermediates can reach, so the site is left to eager",
+                      family="extreme-scale")
+    return value**exponent
 
 
 def is_module_state(node: Node) -> bool:

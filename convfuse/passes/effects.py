@@ -58,7 +58,8 @@ PURE_FUNCTIONS = {
     math.sqrt, math.ceil, math.floor, math.log2, math.log, math.exp,
     torch._C._autograd._get_data_attr,  # p.data: an alias (writes through it are seen by storage)
     torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel,
-    torch.sym_int, torch.sym_float, torch.sym_max, torch.sym_min, torch.sym_not,
+    *(getattr(torch, name) for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_sum",
+                                        "sym_ite", "sym_sqrt", "sym_fresh_size") if hasattr(torch, name)),
 }
 # x += y, x[i] = v, and the like: they write their first argument.
 INPLACE_OPERATORS = {
@@ -143,6 +144,9 @@ def op_name(node: Node) -> str:
 
 def _function_effect(node: Node) -> Effect:
     target = node.target
+    if node.kwargs.get("out") is not None:
+        # whatever the schema calls its outputs (values/indices, min/max, mantissa/exponent)
+        return Effect(WRITES, (node.kwargs["out"],) + _schema_effect(_schemas_of(target), node, False).written)
     try:
         if target in PURE_FUNCTIONS:
             return _PURE_EFFECT
@@ -152,10 +156,8 @@ def _function_effect(node: Node) -> Effect:
             return Effect(MODE)
     except TypeError:
         return _UNKNOWN_EFFECT
-    if isinstance(target, torch._ops.OpOverload):
-        return _schema_effect([target._schema], node, self_first=False)
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return _schema_effect([getattr(target, o)._schema for o in target.overloads()], node, self_first=False)
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return _schema_effect(_schemas_of(target), node, self_first=False)
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__name__", "")
     if module.startswith("torch.nn.functional") and name in PURE_PY_FUNCTIONALS:
@@ -207,13 +209,28 @@ def _aten_name(target: Any) -> str | None:
     return None
 
 
+def _schemas_of(target: Any) -> tuple:
+    if isinstance(target, torch._ops.OpOverload):
+        return (target._schema,)
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return tuple(getattr(target, o)._schema for o in target.overloads())
+    aten = _aten_name(target)
+    return _schemas(aten) if aten is not None else ()
+
+
+# Arguments that composite ATen ops update in place without marking them (a!) in their schema:
+# batch_norm's and instance_norm's running statistics (native_batch_norm writes them when
+# training).  Counted as written whenever they are passed.
+UNMARKED_WRITES = {"running_mean", "running_var"}
+
+
 def _schema_effect(schemas: Iterable, node: Node, self_first: bool) -> Effect:
     """WRITES with every argument some overload marks ``(a!)`` and the call passes, else PURE."""
     written = []
     for schema in schemas:
         for position, argument in enumerate(schema.arguments):
             info = argument.alias_info
-            if info is None or not info.is_write:
+            if (info is None or not info.is_write) and argument.name not in UNMARKED_WRITES:
                 continue
             value = node.kwargs.get(argument.name)
             if value is None and not argument.kwarg_only and position < len(node.args):
@@ -270,10 +287,31 @@ def aliases(value: Any, site_storages: set) -> bool:
     tensors = list(_tensors(value))
     if not tensors:
         return isinstance(value, Node)
+    if _wraps_external_memory(value):
+        return True
     for tensor in tensors:
         ref = _storage(tensor)
         if ref is None or ref in site_storages:
             return True
+    return False
+
+
+# Tensors made over memory another object owns (a numpy array, a buffer, a DLPack capsule) can
+# share it with a site's tensors without sharing their storage object: a write to one is
+# counted as a write to the site.
+EXTERNAL_MEMORY = {"from_numpy", "frombuffer", "from_dlpack", "asarray", "as_tensor", "numpy", "from_file"}
+
+
+def _wraps_external_memory(value: Any, depth: int = 16) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_wraps_external_memory(v, depth) for v in value)
+    node = value
+    while isinstance(node, Node) and depth > 0:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if name in EXTERNAL_MEMORY:
+            return True
+        node = node.args[0] if node.args else None
+        depth -= 1
     return False
 
 

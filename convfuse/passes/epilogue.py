@@ -14,7 +14,7 @@ from torch.fx import Node
 
 from convfuse.passes import facts
 from convfuse.passes.algebra import (
-    Refusal, is_float_tensor, is_tensor, same_shape, scaled, slice_along, slice_bounds, sole_user,
+    Refusal, is_float_tensor, is_module_state, is_tensor, same_shape, scaled, slice_along, slice_bounds, sole_user,
     strip_exact_upcasts,
 )
 from convfuse.passes.einsum import elementwise_einsum
@@ -111,19 +111,28 @@ def _skip_term(add: Node, tail: Node, operands: list[Operand]):
         candidates = [(a, b, ta.align, tb.align), (b, a, tb.align, ta.align)]
     else:
         return None
+    if example_value(other).dtype != example_value(tail).dtype:
+        return None  # eager computes u * D in another precision than the operator would
+    # u * p with both convolved signals: read the signal that is not module state as the input
+    candidates.sort(key=lambda c: is_module_state(strip_exact_upcasts(c[0])[0]) if isinstance(c[0], Node) else True)
     for signal, D, signal_align, D_align in candidates:
         signal, casts = strip_exact_upcasts(signal)
         for operand in operands:
             if operand.terms is None and signal is operand.signal and operand.align == signal_align \
                     and not operand.layout:
                 if is_float_tensor(D):
-                    return operand, D, D_align, [other] + casts
+                    return operand, strip_exact_upcasts(D)[0], D_align, [other] + casts
     return None
 
 
 def _post_gate(mul: Node, tail: Node) -> Node | None:
+    """The gate g of tail * g, read without its exact upcast (the operator computes in fp32)."""
     gate = _other_operand(mul, tail, facts.MUL_FUNCTIONS, facts.MUL_METHODS)
-    return gate if gate is not None and gate is not tail and is_float_tensor(gate) else None
+    if gate is None or gate is tail or not is_float_tensor(gate):
+        return None
+    if example_value(mul).dtype != example_value(tail).dtype:
+        return None
+    return strip_exact_upcasts(gate)[0]
 
 
 def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]) -> Epilogue:

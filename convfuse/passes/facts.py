@@ -92,7 +92,15 @@ def size_args(args: dict[str, Any], transform: Transform) -> list | None:
     """The transform's explicit sizes (``n=`` as one, ``s=``), or None when it takes the shape's."""
     if not transform.multi_axis:
         return None if args["n"] is None else [args["n"]]
-    return None if args["s"] is None else list(args["s"])
+    sizes = args["s"]
+    if isinstance(sizes, Node):  # s=x.shape[-2:]: a torch.Size the graph computes
+        from convfuse.passes.sizes import SymSize
+
+        value = sizes.meta.get("example_value")
+        if not isinstance(value, (tuple, list)):
+            return [sizes]  # not a sequence: the caller refuses it
+        return [SymSize(v, v if isinstance(v, int) else ("index", sizes, i)) for i, v in enumerate(value)]
+    return None if sizes is None else list(sizes)
 
 
 def is_fft(node: Node) -> bool:
@@ -130,8 +138,10 @@ def axis_of(dim: Any, rank: int, what: str) -> int:
 
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise Refusal(
-            f"{what} runs along dim={getattr(dim, 'name', dim)!s}, which is not a constant integer (an axis passed as "
-            "an argument becomes symbolic under dynamic shapes): pass the axis as a literal",
+            f"{what} runs along dim={getattr(dim, 'name', dim)!s}, which is not a constant integer here: an axis "
+            "that reaches the graph as an input becomes symbolic under dynamic shapes (passed as an argument, or "
+            "a literal that a graph break before this call turned into an input of a new graph); remove the "
+            "graph break (see convfuse report's graph breaks) or pass the axis as a literal in the same graph",
             family="symbolic-axis",
         )
     if not -rank <= dim < rank:

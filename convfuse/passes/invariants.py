@@ -5,7 +5,8 @@ That is the same program only if, between the site's first node and its result:
 
 - nothing may write a tensor the site reads or produces, through any alias (``effects``
   decides what each node may write from what is known, and storage of the fake values decides
-  whether a write reaches the site);
+  whether a write reaches the site; every graph input counts as one memory, since inputs can
+  share memory without sharing a storage object);
 - nothing changes the grad mode, inference mode or autocast state (a site spanning a
   ``with torch.no_grad():`` boundary computes its parts in two modes, one operator in one);
 - every node is known: a node whose effects are unknown refuses the site.
@@ -31,6 +32,11 @@ def check_site(nodes: Iterable[Node], tail: Node, reads: Iterable) -> None:
     position = {node: i for i, node in enumerate(graph_nodes)}
     first, last = min(position[node] for node in own), position[tail]
     site_storages = storages([*own, *[r for r in reads if r is not None]])
+    # Graph inputs can share memory without sharing a storage object (torch.from_numpy of
+    # another input's .numpy(), frombuffer, DLPack): a write to one is a write to all of them.
+    inputs = storages([node for node in graph_nodes if node.op in ("placeholder", "get_attr")])
+    if site_storages & inputs:
+        site_storages = site_storages | inputs
     for node in graph_nodes[first:last]:
         if node in own:
             continue

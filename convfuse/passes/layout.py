@@ -42,6 +42,14 @@ _FUNCTIONS = {
 
 
 @dataclass(frozen=True)
+class Indexed:
+    """Entry ``index`` of a sequence ``node`` the graph computes (a torch.Size)."""
+
+    node: Node
+    index: int
+
+
+@dataclass(frozen=True)
 class LayoutStep:
     """One layout op on a spectrum, replayable on its signal."""
 
@@ -121,8 +129,17 @@ def _replay_sizes(node: Node, after: torch.Tensor, out_axes: tuple) -> tuple:
         sizes = list(node.kwargs.get("size", node.kwargs.get("shape", sizes)))
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
         sizes = list(sizes[0])
+    elif len(sizes) == 1 and isinstance(sizes[0], Node):  # x.expand(y.shape): a Size the graph computes
+        shape = example_value(sizes[0])
+        if isinstance(shape, (tuple, list)):
+            sizes = [Indexed(sizes[0], j) for j in range(len(shape))]
+    if any(isinstance(s, (Node, Indexed)) and _reads_a_spectrum(s.node if isinstance(s, Indexed) else s)
+           for s in sizes):
+        raise Refusal(f"`{node.name}` reshapes or expands to sizes read off a spectrum (replayed on the signal they "
+                      "would keep the transform alive): write them from the signal's shape or with -1")
     if len(sizes) != after.dim():
-        raise Refusal(f"`{node.name}` takes sizes convfuse cannot replay on the signal under symbolic shapes")
+        raise Refusal(f"`{node.name}` (a reshape or expand) takes sizes convfuse cannot replay on the signal under "
+                      "symbolic shapes")
     replayed = tuple(-1 if j in out_axes else s for j, s in enumerate(sizes))
     if node.target in _RESHAPES | {torch.reshape} and sum(1 for s in replayed if s == -1) != len(out_axes):
         raise Refusal(f"`{node.name}` infers a size (-1) besides the transformed axis: not replayable")
@@ -226,13 +243,30 @@ def _reshape_step(node: Node, axes: tuple, before: torch.Tensor, after: torch.Te
         prefix = math.prod(old[:a])
         found = [j for j in range(len(new)) if same(new[j], old[a]) and same(math.prod(new[:j]), prefix)
                  and same(math.prod(new[j + 1:]), math.prod(old[a + 1:]))]
-        if len(found) != 1:
+        # several candidates differ only by size-1 dims between them: each keeps the axis whole
+        if not found:
             raise Refusal(f"`{node.name}` reshapes across a transformed axis of a spectrum (it would mix frequency "
                           "bins with another axis), so the walk stops there", family="layout-mixes-frequency")
-        out_axes.append(found[0])
+        same_from_end = [j for j in found if j - len(new) == a - len(old)]
+        out_axes.append((same_from_end or found)[-1])
     if len(axes) > 1:
         raise Refusal(f"`{node.name}` reshapes a spectrum over several axes: not supported yet")
     return LayoutStep(node, "reshape", (_replay_sizes(node, after, tuple(out_axes)),), axes, tuple(out_axes))
+
+
+def _reads_a_spectrum(node: Node, limit: int = 32) -> bool:
+    """Whether a size computed in the graph depends on a complex tensor (a spectrum)."""
+    seen, frontier = set(), [node]
+    while frontier and len(seen) < limit:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        value = example_value(current)
+        if isinstance(value, torch.Tensor) and value.is_complex():
+            return True
+        frontier.extend(current.all_input_nodes)
+    return len(seen) >= limit
 
 
 # ---- replay --------------------------------------------------------------------------------------
@@ -252,8 +286,8 @@ def replay(graph: Graph, x: Node, steps: list[LayoutStep]) -> Node:
                 x = graph.call_method("squeeze", (x, list(step.args[0])))
         elif step.kind == "permute":
             x = graph.call_method("permute", (x, list(step.args[0])))
-        elif step.kind == "reshape":
-            x = graph.call_method("reshape", (x, list(step.args[0])))
-        elif step.kind == "expand":
-            x = graph.call_method("expand", (x, list(step.args[0])))
+        elif step.kind in ("reshape", "expand"):
+            sizes = [graph.call_function(operator.getitem, (s.node, s.index)) if isinstance(s, Indexed) else s
+                     for s in step.args[0]]
+            x = graph.call_method(step.kind, (x, sizes))
     return x

@@ -22,7 +22,9 @@ import torch
 from torch.fx import Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal, is_float_tensor, is_module_state, resolve_scale, sole_user
+from convfuse.passes.algebra import (
+    Refusal, is_float_tensor, is_module_state, resolve_scale, sole_user, strip_exact_upcasts,
+)
 from convfuse.passes.epilogue import walk_epilogue
 from convfuse.passes.invariants import check_site
 from convfuse.passes.sizes import SymSize, example_value, proven, same, spec_value
@@ -193,7 +195,7 @@ def _check_sizes(inverse: Node, args: dict, u: Operand, k: Operand, product: Nod
                 f"the forward size {_sizes_text(u.sizes)} (odd sizes): pass {what}= to {transform.name}"
             )
     else:
-        inverse_sizes = [SymSize.of_arg(x) for x in given]
+        inverse_sizes = [x if isinstance(x, SymSize) else SymSize.of_arg(x) for x in given]
         if len(inverse_sizes) != len(axes) or any(x is None for x in inverse_sizes) or not all(
             same(x.value, y.value) for x, y in zip(inverse_sizes, u.sizes)
         ):
@@ -203,6 +205,15 @@ def _check_sizes(inverse: Node, args: dict, u: Operand, k: Operand, product: Nod
 
 
 def _assign_roles(u: Operand, k: Operand, epi) -> tuple[Operand, Operand, str | None]:
+    """(u, k, why k is the kernel); None when provenance disagrees (see ``_computational_roles``):
+    the operator's arrangement is still right, but no policy may act on "the kernel"."""
+    u, k, roles = _computational_roles(u, k, epi)
+    if roles and not k.built and is_module_state(u.signal) and not is_module_state(k.signal):
+        return u, k, None  # e.g. the parameter is conjugated or multiplies the skip term
+    return u, k, roles
+
+
+def _computational_roles(u: Operand, k: Operand, epi) -> tuple[Operand, Operand, str | None]:
     """(u, k, why k is the kernel) from provenance, never from sizes.
 
     The skip term binds the input; a built, given or conjugated spectrum is the kernel's
@@ -245,9 +256,11 @@ def _pre_gate(u: Operand, site_nodes: set[Node]) -> tuple[Node, Node] | None:
     pair = facts.binary_operands(signal)
     if pair is None or not all(is_float_tensor(p) for p in pair):
         return None
+    if example_value(signal).dtype not in (torch.float32, torch.float64):
+        return None  # eager multiplies in half precision; the operator would in fp32
     if not all(user in site_nodes for user in signal.users):
         return None
-    x, v = pair
+    x, v = (strip_exact_upcasts(p)[0] for p in pair)
     return (x, v) if proven(example_value(x).numel() >= example_value(v).numel()) else (v, x)
 
 
@@ -281,10 +294,11 @@ def match_site(inverse: Node) -> Match:
 
     N = _product_size(sizes)
     power = u.power + k.power + facts.norm_power(args["norm"], inverse=True) + facts.CONVOLUTION_NORM_POWER
-    scale, extra = resolve_scale(factors + u.factors + k.factors + epi.factors, N)
+    wide = u.dtype == torch.float64 and all(t.dtype in (torch.float64, None) for t in k.terms or [k])
+    scale, extra = resolve_scale(factors + u.factors + k.factors + epi.factors, N, wide)
     power += extra
     # A summed kernel: each term's constant becomes its weight; their powers of n must agree.
-    term_scales = [resolve_scale(term.factors, N) for term in k.terms or []]
+    term_scales = [resolve_scale(term.factors, N, wide) for term in k.terms or []]
     term_powers = {term.power + p for term, (_, p) in zip(k.terms or [], term_scales)}
     if len(term_powers) > 1:
         raise Refusal("the summed kernel spectra carry different powers of the symbolic FFT size")

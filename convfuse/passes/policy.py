@@ -129,8 +129,9 @@ def kernel_identified(m: Match, spec: Any) -> str:
     if getattr(m, "roles", None):
         return ""
     return (
-        "cannot tell which of the two convolved signals is the kernel (neither alone is a parameter/buffer, no "
-        "skip term or gate binds the input, neither spectrum is built or conjugated); sizes are no proof"
+        "cannot tell which of the two convolved signals is the kernel: the program's provenance (module state, "
+        "a skip term or gate on the input, a built or conjugated spectrum, the product's order) names none "
+        "consistently, and sizes are no proof"
     )
 
 

@@ -31,6 +31,9 @@ def _materialize(graph: Graph, arg: Any) -> Any:
     if isinstance(arg, tuple) and arg and arg[0] == "size":
         _, node, dim = arg
         return graph.call_function(torch.ops.aten.sym_size.int, (node, dim))
+    if isinstance(arg, tuple) and arg and arg[0] == "index":
+        _, node, i = arg
+        return graph.call_function(operator.getitem, (node, i))
     if isinstance(arg, tuple) and arg and arg[0] in _SIZE_OPS:
         a, b = (_materialize(graph, x) for x in arg[1:])
         return graph.call_function(_SIZE_OPS[arg[0]], (a, b))

@@ -23,7 +23,7 @@ from convfuse.passes.algebra import (
 )
 from convfuse.passes.einsum import elementwise_einsum
 from convfuse.passes.layout import layout_kind, step_through
-from convfuse.passes.sizes import SymSize, example_value, same
+from convfuse.passes.sizes import SymSize, example_value, proven, same
 
 ONE_SIDED, FULL = "one-sided", "full"
 
@@ -143,16 +143,65 @@ def given_spectrum(node: Node) -> Operand | None:
     return Operand(signal=None, sizes=(), axes=(), power=Fraction(0), factors=[], spectrum=node, nodes=[])
 
 
+_BUFFERS = {"zeros", "zeros_like", "new_zeros", "empty", "empty_like", "new_empty", "full", "new_full", "full_like"}
+_CONTRACTIONS = {"matmul", "bmm", "einsum", "tensordot", "mm", "__matmul__", "__rmatmul__", "vecdot", "linalg_vecdot",
+                 "inner", "dot", "vdot", "baddbmm", "addmm"}
+
+
+def _name(node: Node) -> str:
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+
+
+def _contraction_behind(node: Node, depth: int = 4) -> Node | None:
+    """A contraction reached from ``node`` through the first argument of a few ops (flatten, views,
+    in-place scales): the real obstacle behind the op the walk stopped at."""
+    while isinstance(node, Node) and depth >= 0:
+        if _name(node) in _CONTRACTIONS or node.op == "call_function" and node.target is operator.matmul:
+            return node
+        node = node.args[0] if node.args else None
+        depth -= 1
+    return None
+
+
+def not_a_transform(node: Node) -> Refusal:
+    """Why a factor of the product is not a transform of a signal, named by what it is."""
+    name = _name(node)
+    contraction = _contraction_behind(node)
+    if contraction is not None:
+        return Refusal(f"`{contraction.name}` ({_what(contraction)}) contracts spectra over a channel axis: a "
+                       "channel-mixing convolution, not rewritten yet", family="channel-contraction")
+    value = example_value(node)
+    what = _what(node)
+    if isinstance(value, torch.Tensor) and not value.is_complex():
+        return Refusal(f"the spectrum is multiplied by the real tensor `{node.name}` ({what}): a frequency-domain "
+                       "filter, not the transform of a signal, so not a convolution convfuse rewrites",
+                       family="spectral-filter")
+    if name in _BUFFERS or any(user.op == "call_function" and user.target is operator.setitem for user in node.users):
+        return Refusal(f"`{node.name}` is a spectrum assembled in a buffer ({what} written by slice assignment), as "
+                       "Fourier-neural-operator layers build their kept modes; not the transform of a signal",
+                       family="spectrum-buffer")
+    if node.op == "call_function" and node.target is torch.view_as_complex:
+        inner = node.args[0]
+        inner_name = getattr(inner, "target", None)
+        if isinstance(inner, Node) and inner_name in (torch.stack, torch.cat, "stack"):
+            return Refusal(f"`{node.name}` is a product written in real arithmetic on view_as_real planes (stacked "
+                           "real and imaginary parts): not recognised as a complex product yet",
+                           family="real-arithmetic-product")
+        return Refusal(f"`{node.name}` is view_as_complex of a tensor the graph computes, not module state or the "
+                       "transform of a signal", family="not-a-transform")
+    if node.op == "placeholder":
+        return Refusal(f"the spectrum `{node.name}` is a complex graph input: only module parameters and buffers "
+                       "count as kernel spectra (an input could be anything)", family="not-a-transform")
+    return Refusal(f"the spectrum factor `{node.name}` is {what}, not the transform of a signal: only products of "
+                   "two transformed signals are convolutions", family="not-a-transform")
+
+
 def transformed_signal(node: Node) -> Operand:
     transform = facts.transform_of(node)
     if transform is None and (given := given_spectrum(node)) is not None:
         return given
     if transform is None or transform.inverse:
-        raise Refusal(
-            f"the spectrum factor `{node.name}` is {_what(node)}, not the transform of a signal: "
-            "only products of two transformed signals are convolutions",
-            family="spectral-filter",
-        )
+        raise not_a_transform(node)
     args = facts.bind(node, transform)
     x = args["input"]
     value = example_value(x)
@@ -166,10 +215,16 @@ def transformed_signal(node: Node) -> Operand:
     if given is None:
         sizes = tuple(SymSize.of_shape(x, a) for a in axes)
     else:
-        sizes = tuple(SymSize.of_arg(s) for s in given)
+        sizes = tuple(s if isinstance(s, SymSize) else SymSize.of_arg(s) for s in given)
         if len(sizes) != len(axes) or any(s is None for s in sizes):
             raise Refusal(f"`{node.name}`: FFT sizes {given!r} are not one integer per transformed axis")
     signal, casts = strip_exact_upcasts(x)
+    if len(axes) == 1 and (inner := right_zero_padded(signal, axes[0])) is not None:
+        # rfft(pad(x, (0, p)), n) == rfft(x, n): the transform zero-pads to n itself, so the
+        # operator reads x and sees the linear convolution the padding computes.
+        casts.append(signal)
+        signal, more = strip_exact_upcasts(inner)
+        casts += more
     return Operand(
         signal=signal, sizes=sizes, axes=axes, power=facts.norm_power(args["norm"], inverse=False), factors=[],
         sided=ONE_SIDED if transform.one_sided else FULL, nodes=[node] + casts, dtype=value.dtype,
@@ -188,6 +243,37 @@ def through_layout(node: Node, operand: Operand) -> Operand:
     operand.layout.append(step)
     operand.nodes.append(node)
     return operand
+
+
+def right_zero_padded(node: Node, axis: int) -> Node | None:
+    """x when ``node`` is F.pad(x, pad) with zeros appended along ``axis`` only (constant mode,
+    value 0, nothing before), else None."""
+    if not (node.op == "call_function" and node.target in (torch.nn.functional.pad, torch._C._nn.pad)):
+        return None
+    x = node.args[0]
+    pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None)
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    if mode != "constant" or value not in (None, 0, 0.0) or not isinstance(pad, (tuple, list)) or len(pad) % 2:
+        return None
+    if not all(isinstance(p, (int, Node)) and not isinstance(p, bool) for p in pad):
+        return None
+    rank = example_value(x).dim() if isinstance(x, Node) else 0
+    pairs = [pad[i : i + 2] for i in range(0, len(pad), 2)]  # (before, after), last axis first
+    for i, (before, after) in enumerate(pairs):
+        dim = -1 - i
+        if dim == axis:
+            if not (isinstance(before, int) and before == 0):
+                return None
+            if isinstance(after, int) and after < 0:
+                return None  # a negative pad crops
+            if isinstance(after, Node):
+                size = SymSize.of_arg(after)
+                if size is None or not proven(size.value >= 0):
+                    return None
+        elif not (isinstance(before, int) and before == 0 and isinstance(after, int) and after == 0):
+            return None
+    return x if -rank <= axis else None
 
 
 def one_sided_half(node: Node, operand: Operand) -> Operand:
@@ -302,7 +388,8 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
         equation, *tensors = node.args
         terms = elementwise_einsum(equation, len(tensors))
         if isinstance(terms, str):
-            raise Refusal(f"einsum {equation!r} {terms}", family="spectral-contraction")
+            raise Refusal(f"einsum {equation!r} {terms}: a channel-mixing convolution, not rewritten yet",
+                          family="channel-contraction")
         operands = [spectrum_operand(t) for t in tensors]
         for operand, term in zip(operands, terms):
             if len(operand.axes) > 1:
