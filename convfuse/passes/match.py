@@ -28,14 +28,14 @@ from convfuse.passes.algebra import (
 from convfuse.passes.epilogue import walk_epilogue
 from convfuse.passes.invariants import check_site
 from convfuse.passes.sizes import SymSize, example_value, proven, same, spec_value
-from convfuse.passes.spectra import FULL, ONE_SIDED, Operand, spectral_product
+from convfuse.passes.spectra import FULL, ONE_SIDED, LastAxis, Operand, spectral_product
 from convfuse.spec import ConvSpec
 
 __all__ = ["Match", "Refusal", "match_site"]
 
 
 @dataclass
-class Match:
+class Match(LastAxis):
     """What one site computes, as the fused operator's arguments and the nodes it replaces."""
 
     inverse: Node
@@ -57,14 +57,6 @@ class Match:
     roles: str | None = None  # why ``k`` is the kernel (provenance), None when nothing says
     nodes: list[Node] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> SymSize:
-        return self.sizes[-1]
-
-    @property
-    def axis(self) -> int:
-        return self.axes[-1]
 
     @property
     def multi_axis(self) -> bool:

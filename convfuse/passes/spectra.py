@@ -28,8 +28,24 @@ from convfuse.passes.sizes import SymSize, example_value, proven, same
 ONE_SIDED, FULL = "one-sided", "full"
 
 
+class LastAxis:
+    """``n`` and ``axis`` of the last transformed axis (the only one of a one-axis transform),
+    for records with ``sizes`` and ``axes`` tuples."""
+
+    sizes: tuple
+    axes: tuple
+
+    @property
+    def n(self) -> SymSize:
+        return self.sizes[-1]
+
+    @property
+    def axis(self) -> int:
+        return self.axes[-1]
+
+
 @dataclass
-class Operand:
+class Operand(LastAxis):
     """One factor of the spectral product: scale * F_n[signal] (conjugated if ``conj``).
 
     A kernel that is a sum of spectra has ``terms`` (each an Operand) and no ``signal``.
@@ -49,15 +65,6 @@ class Operand:
     dtype: torch.dtype | None = None  # what the transform read: the signal after its stripped casts
     signal_axes: tuple = ()  # the transformed axes in the signal's own layout (``axes`` is the product's)
     layout: list = field(default_factory=list)  # LayoutSteps from the transform to the product, innermost first
-
-    @property
-    def n(self) -> SymSize:
-        """The size of the last transformed axis (the only one of a one-axis transform)."""
-        return self.sizes[-1]
-
-    @property
-    def axis(self) -> int:
-        return self.axes[-1]
 
     @property
     def built(self) -> bool:
