@@ -365,9 +365,10 @@ def plan_for_factors(n: int, factors: tuple[int, int], dtype: torch.dtype, devic
 
 # Kernel spectra go through the one spectrum cache (convfuse/backends/cpu_cache.py: a hit needs the
 # kernel's bits unchanged, or the kernel frozen with convfuse.freeze).  On a GPU the comparison
-# hands its answer to the host, a synchronisation per call that costs more than the transform it
-# saves, so by value it is off by default (``with cache_kernel_spectra():`` turns it on); frozen
-# kernels are reused without one.  Nothing is cached while a CUDA graph is being captured.
+# hands its answer to the host: a synchronisation per call, which drains the queue of launches,
+# where the transform it saves is a few asynchronous kernels (not measured on a GPU yet).  So by
+# value it is off by default (``with cache_kernel_spectra():`` turns it on); frozen kernels are
+# reused without one.  Nothing is cached while a CUDA graph is being captured.
 SPECTRUM_CACHE = False
 
 
