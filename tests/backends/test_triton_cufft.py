@@ -13,19 +13,9 @@ pytest.importorskip("triton")
 
 from convfuse.backends.triton_monarch import cufft  # noqa: E402
 from convfuse.spec import ConvParams  # noqa: E402
+from fft_reference import reference
 
 
-def _reference(u, k, D, pre, post, p):
-    ue = u.double() if pre is None else u.double() * pre.double()
-    K = torch.fft.rfft(k.double(), n=p.n)
-    K = K.conj() if p.conj_kernel else K
-    if p.spectrum_bins:
-        K[..., p.spectrum_bins:] = 0
-    c = torch.fft.irfft(torch.fft.rfft(ue, n=p.n) * K, n=p.n) * p.scale * p.n ** p.n_power
-    y = c[..., (p.start + torch.arange(p.length)) % p.n]
-    if D is not None:
-        y = y + ue * D.double()
-    return y if post is None else y * post.double()
 
 
 CASES = [
@@ -46,7 +36,7 @@ def test_matches_torch_fft(case):
     g = torch.Generator().manual_seed(case)
     u, k, D, pre, post = (None if s is None else torch.randn(s, generator=g) for s in shapes)
     out = cufft.run(u, k, D, pre, post, p)
-    ref = _reference(u, k, D, pre, post, p)
+    ref = reference(u, k, D, pre, post, p)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
 
@@ -59,5 +49,5 @@ def test_half_output_and_strided_operands():
     p = ConvParams(256, 0, 100, out_dtype=torch.float16)
     out = cufft.run(u, k, None, None, post, p)
     assert out.dtype == torch.float16
-    ref = _reference(u, k, None, None, post, p)
+    ref = reference(u, k, None, None, post, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-3

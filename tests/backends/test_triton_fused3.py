@@ -15,17 +15,9 @@ pytest.importorskip("triton")
 
 from convfuse.backends.triton_monarch import fused3  # noqa: E402
 from convfuse.spec import ConvParams  # noqa: E402
+from fft_reference import reference
 
 
-def _reference(u, k, D, pre, post, p):
-    ue = u.double() if pre is None else u.double() * pre.double()
-    K = torch.fft.rfft(k.double(), n=p.n)
-    K = K.conj() if p.conj_kernel else K
-    c = torch.fft.irfft(torch.fft.rfft(ue, n=p.n) * K, n=p.n) * p.scale * p.n ** p.n_power
-    y = c[..., (p.start + torch.arange(p.length)) % p.n]
-    if D is not None:
-        y = y + ue * D.double()
-    return y if post is None else y * post.double()
 
 
 CASES = [
@@ -48,7 +40,7 @@ def test_matches_torch_fft(case):
     assert not isinstance(r, str), r
     assert (r.m, r.half_in, r.half_out) == want
     out = fused3.run(u, k, D, pre, post, p)
-    ref = _reference(u, k, D, pre, post, p)
+    ref = reference(u, k, D, pre, post, p)
     assert out.shape == ref.shape
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
 
@@ -62,7 +54,7 @@ def test_half_output_runs_half_dots():
     assert r.plan.dot_dtype == torch.float16
     out = fused3.run(u, k, None, None, post, p)
     assert out.dtype == torch.float16
-    ref = _reference(u, k, None, None, post, p)
+    ref = reference(u, k, None, None, post, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 5e-3
 
 
@@ -78,7 +70,7 @@ def test_32k_one_program():
     u, k = torch.randn(1, 16384, generator=g), torch.randn(1, 16384, generator=g)
     p = ConvParams(32768, 0, 16384)
     out = fused3.run(u, k, None, None, None, p)
-    ref = _reference(u, k, None, None, None, p)
+    ref = reference(u, k, None, None, None, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
 
 
@@ -100,7 +92,7 @@ def test_kernel_triton_runs_one_kernel_from_4k(monkeypatch):
     before = sum(n for key, n in tm.LAUNCHES.items() if key.endswith("one kernel"))
     out = tm.run(u, k, None, None, None, p)
     assert sum(n for key, n in tm.LAUNCHES.items() if key.endswith("one kernel")) == before + 1
-    ref = _reference(u, k, None, None, None, p)
+    ref = reference(u, k, None, None, None, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-5
     # without the size in THREE_LEVEL_SIZES the outer passes run, with the same result
     monkeypatch.setattr(tm.select, "THREE_LEVEL_SIZES", set())
