@@ -8,6 +8,7 @@
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
 import convfuse.ops_mix  # noqa: F401  registers torch.ops.convfuse.fft_conv_mix
+import convfuse.ops_spectral  # noqa: F401  registers torch.ops.convfuse.fft_spectral_mix
 from convfuse.api import compile, explain
 from convfuse.backends.cpu_cache import freeze, unfreeze
 from convfuse.backend import convfuse_backend
