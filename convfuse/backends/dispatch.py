@@ -99,4 +99,9 @@ def run_fft_conv_grad(g, ue, k, p: ConvParams, kernel: str, need_u: bool, need_k
     impl = choose_kernel(kernel, g.device.type)
     if impl.name == "cpu":
         return fft_conv_grad_cpu(g, ue, k, p, need_u, need_k, need_h)
+    if impl.name == "triton":
+        # the fused Triton backward where the forward runs a two-radix plan, else composed
+        from convfuse.backends.triton_monarch.grad import run_grad
+
+        return run_grad(g, ue, k, p, need_u, need_k, need_h)
     return None, None, None

@@ -13,7 +13,9 @@ kernel each: kernel="auto"'s other side on CUDA) and ``kernels_outer`` (outer/mi
 n = 4K..4M), both imported on first launch and built twice (compiled and interpreted) over the
 device functions of ``kernels_common``, ``blocks`` (overlap-save for short kernels and the
 roofline model that picks it), ``launch`` (offsets, row pairs, launches, fallback), ``measured``
-(a cached per-shape Triton-vs-cuFFT choice for CUDA, ``AUTO_IMPLEMENTATION``).
+(a cached per-shape Triton-vs-cuFFT choice for CUDA, ``AUTO_IMPLEMENTATION``), ``spectrum`` /
+``kernels_spectrum`` (kernel spectra written in Monarch order by one launch), ``grad`` /
+``kernels_grad`` (the fused backward for the two-radix sizes: dispatch.run_fft_conv_grad).
 
 Status: correct under the Triton interpreter (tests/backends/test_triton_monarch.py,
 test_triton_policies.py) and compiled for sm80/sm90 without a GPU (tests/backends/

@@ -399,6 +399,8 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
     A frequency-sparse kernel (``bins`` > 0, m == n) has the frequencies f with
     bins <= f <= n - bins zeroed (the one-sided mask, both sides), and only the ``cols`` last-axis
     columns from ``col0`` (cyclic) are stored: (..., 2, *radices[:-1], cols).
+    Built by one Triton launch in that order where it runs (spectrum.py: the fused and
+    three-level orders), else by ``torch_kernel_spectrum``; cached as above either way.
     """
     def spectrum() -> Tensor:
         return _kernel_spectrum(k, n, m, conj, scale, compute, radices, bins, col0, cols)
@@ -412,6 +414,18 @@ def kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute
 
 def _kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
                      radices: tuple[int, ...], bins: int, col0: int, cols: int) -> Tensor:
+    # one Triton launch writing Monarch order directly (spectrum.py), where it runs; else torch
+    from convfuse.backends.triton_monarch.spectrum import triton_spectrum
+
+    spec = triton_spectrum(k, n, m, conj, scale, compute, radices, bins, col0, cols)
+    if spec is not None:
+        return spec
+    return torch_kernel_spectrum(k, n, m, conj, scale, compute, radices, bins, col0, cols)
+
+
+def torch_kernel_spectrum(k: Tensor, n: int, m: int, conj: bool, scale: float, compute: torch.dtype,
+                          radices: tuple[int, ...], bins: int = 0, col0: int = 0, cols: int = 0) -> Tensor:
+    """``kernel_spectrum`` built with torch.fft and permuting copies (no cache, no Triton)."""
     kf = torch.fft.fft(k[..., :n].to(compute), n=m)  # (..., m) complex
     if conj:
         kf = kf.conj()

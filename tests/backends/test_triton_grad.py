@@ -1,0 +1,182 @@
+"""The Triton backward of fft_conv (triton_monarch/grad.py, kernels_grad.py) under the interpreter.
+
+Every gradient (u, k, D, pre-gate, post-gate) of ``convfuse.ops.fft_conv`` with kernel="triton"
+against torch.autograd through the plain-torch reference (fft_reference.py, fp64): fp32 and fp16
+inputs, linear (padded) and cyclic windows, correlations, kernels broadcast over batch rows, with
+and without gates and D, and signals longer than n.  Each case checks that the fused Triton
+backward is what ran (its launch counted, the composed path made to fail) or, where it does not
+apply, that the composed path ran and said why.  The new kernels also compile for sm90 and sm80
+without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from convfuse import config, ops  # noqa: E402
+from convfuse.backends import cpu_cache  # noqa: E402
+from convfuse.backends.triton_monarch import grad as grad_mod, launch, plan as plan_mod, spectrum  # noqa: E402
+from convfuse.spec import ConvParams  # noqa: E402
+from fft_reference import reference  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setattr(config, "triton_interpret", True)
+
+
+def _backwards() -> int:
+    return sum(c for key, c in launch.LAUNCHES.items() if key.endswith("backward"))
+
+
+def _op(u, k, D, pre, post, p, out_dtype):
+    return ops.fft_conv(u, k, D, pre, post, p.n, p.start, p.length, p.scale, p.n_power, p.conj_kernel, out_dtype,
+                        "triton", p.constant_kernel, p.spectrum_bins)
+
+
+def _grads(shapes, p, dtype, want_grad, seed, fused=True, monkeypatch=None):
+    """(convfuse's grads, the reference's grads) for u, k, D, pre, post (None where absent)."""
+    want_grad = list(want_grad) + [True] * (len(shapes) - len(want_grad))
+    g = torch.Generator().manual_seed(seed)
+    ts = [None if s is None else (torch.randn(s, generator=g) / (s[-1] ** 0.5 if i == 1 else 1)).to(dtype)
+          for i, s in enumerate(shapes)]
+    mine = [None if t is None else t.clone().requires_grad_(w) for t, w in zip(ts, want_grad)]
+    ref = [None if t is None else t.double().requires_grad_(w) for t, w in zip(ts, want_grad)]
+    out_dtype = dtype
+    before = _backwards()
+    if fused and monkeypatch is not None:
+        def composed(*a, **kw):
+            raise AssertionError("the composed backward ran")
+        monkeypatch.setattr(ops, "cyclic_grads", composed)
+    out = _op(*mine, p, out_dtype)
+    y = reference(*ref, p)
+    w = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    out.backward(w.to(out.dtype))
+    (y * w).sum().backward()
+    assert _backwards() == before + (1 if fused else 0)
+    return [None if t is None or not t.requires_grad else t.grad for t in mine], \
+           [None if t is None or not t.requires_grad else t.grad for t in ref]
+
+
+def _compare(got, want, tol):
+    for name, a, b in zip(("u", "k", "D", "pre", "post"), got, want):
+        assert (a is None) == (b is None), name
+        if a is None:
+            continue
+        assert a.shape == b.shape, name
+        err = ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        assert err < tol, f"d {name}: relative error {err:.2e}"
+
+
+CASES = [
+    # (u, k, D, pre, post), params
+    (((2, 3, 100), (3, 100), None, None, None), ConvParams(256, 0, 100)),  # linear: causal skips
+    (((2, 3, 200), (3, 56), (3, 1), None, None), ConvParams(256, 0, 200, scale=0.3)),  # short kernel, D
+    (((3, 256), (3, 256), None, None, None), ConvParams(256, 17, 256, conj_kernel=True)),  # cyclic correlation
+    (((3, 256), (3, 256), None, None, None), ConvParams(256, 40, 200)),  # cyclic window off 0
+    (((1, 3, 300), (2, 1, 300), None, (1, 3, 300), (2, 3, 300)), ConvParams(600, 0, 300, scale=1 / 600)),  # padded
+    (((2, 2, 500), (2, 500), (2, 500), (2, 2, 500), (2, 2, 500)), ConvParams(1024, 0, 500, n_power=-1.0)),
+    (((5, 2, 1000), (2, 1000), None, None, (5, 2, 1000)), ConvParams(2048, 5, 1000, conj_kernel=True)),
+    (((2, 300), (300,), None, None, None), ConvParams(256, 3, 256)),  # signals longer than n: truncated
+    (((4, 512), (1, 512), (512,), (4, 512), None), ConvParams(512, 0, 512, conj_kernel=True, scale=2.0)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_every_gradient_matches_autograd_through_the_reference(case, dtype, monkeypatch):
+    shapes, p = CASES[case]
+    want_grad = [s is not None for s in shapes]
+    got, want = _grads(shapes, p, dtype, want_grad, case, monkeypatch=monkeypatch)
+    _compare(got, want, 2e-2 if dtype == torch.float16 else 2e-5)
+
+
+@pytest.mark.parametrize("want_grad", [(True, False, False, False, True), (False, True, False, False, False),
+                                       (False, False, True, True, True)])
+def test_only_the_asked_gradients(want_grad, monkeypatch):
+    shapes = ((2, 3, 120), (3, 120), (3, 120), (2, 3, 120), (2, 3, 120))
+    got, want = _grads(shapes, ConvParams(256, 0, 120), torch.float32, want_grad, 1, monkeypatch=monkeypatch)
+    _compare(got, want, 2e-5)
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_d_k_summed_over_chunks_of_batch_rows(chunks, monkeypatch):
+    monkeypatch.setattr(grad_mod, "CHUNKS", chunks)
+    shapes = ((7, 2, 200), (2, 200), None, None, None)  # 4 row pairs per kernel row
+    got, want = _grads(shapes, ConvParams(512, 0, 200), torch.float32, [True] * 5, 2, monkeypatch=monkeypatch)
+    _compare(got, want, 2e-5)
+
+
+def test_composed_where_the_fused_backward_does_not_apply():
+    before = sum(grad_mod.COMPOSED.values())
+    shapes = ((2, 300), (2, 300), None, None, None)
+    got, want = _grads(shapes, ConvParams(1024, 0, 300, spectrum_bins=40), torch.float32, [True, True], 3,
+                       fused=False)
+    _compare(got, want, 2e-5)
+    assert any("frequency-sparse" in r for r in grad_mod.COMPOSED)
+    # a three-level size: the forward's one kernel, the backward composed from forward calls
+    got, want = _grads(((1, 2048), (1, 2048), None, None, None), ConvParams(4096, 0, 2048), torch.float32,
+                       [True, True], 4, fused=False)
+    _compare(got, want, 2e-5)
+    assert any("two-radix sizes" in r for r in grad_mod.COMPOSED)
+    assert sum(grad_mod.COMPOSED.values()) == before + 2
+
+
+def test_constant_kernel_backward_reuses_the_forwards_spectrum(monkeypatch):
+    cpu_cache.clear()
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(2, 3, 200, generator=g, requires_grad=True)
+    k = torch.nn.Parameter(torch.randn(3, 200, generator=g) / 15)
+    p = ConvParams(512, 0, 200, constant_kernel=True)
+    triton_spectra = lambda: sum(c for key, c in spectrum.SPECTRA.items() if key.startswith("triton"))  # noqa: E731
+    with plan_mod.cache_kernel_spectra():
+        for _ in range(2):  # the first sighting, then the stored entry
+            _op(u, k, None, None, None, p, torch.float32).sum().backward()
+        before = triton_spectra()
+        u.grad = k.grad = None
+        _op(u, k, None, None, None, p, torch.float32).sum().backward()
+        assert triton_spectra() == before  # forward and backward both hit the one entry
+    ref_u, ref_k = u.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    reference(ref_u, ref_k, None, None, None, p).sum().backward()
+    _compare([u.grad, k.grad], [ref_u.grad, ref_k.grad], 2e-5)
+    cpu_cache.clear()
+
+
+# ---- compiled for NVIDIA targets without a GPU (as test_triton_compile.py)
+
+
+def _compile(fn, consts, arch, warps=4):
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("Triton's NVIDIA backend is not installed")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") or a in ("pair_ptr", "grp_ptr") else
+           "*fp32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+    try:
+        return triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": warps})
+    except (RuntimeError, FileNotFoundError) as e:
+        if "ptxas" in str(e).lower() or "not found" in str(e).lower():
+            pytest.skip(f"cannot compile for sm{arch} here: {e}")
+        raise
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_backward_and_spectrum_kernels_compile(arch):
+    from convfuse.backends.triton_monarch import kernels_grad as kg, kernels_spectrum as ks
+
+    prec = "tf32x3"
+    k = _compile(kg.GRAD2[False], dict(N1=32, N2=32, G_HALF=True, U_HALF=True, DU_HALF=True, H_HALF=True,
+                                       NEED_U=True, NEED_K=True, NEED_H=True, CONJ=False, PREC=prec), arch)
+    assert k.asm.get("cubin") and k.metadata.shared <= 99 * 1024
+    k = _compile(kg.GRAD_DK[False], dict(N1=32, N2=32, DK_HALF=True, CONJ=True, PREC=prec), arch)
+    assert k.asm.get("cubin")
+    k = _compile(ks.SPECTRUM2[False], dict(N1=32, N2=32, W=32, RIN=16, CONJ=False, PREC=prec), arch)
+    assert k.asm.get("cubin")
+    k = _compile(ks.SPECTRUM2[False], dict(N1=16, N2=64, W=16, RIN=16, CONJ=True, PREC=prec), arch)
+    assert k.asm.get("cubin")
