@@ -31,6 +31,7 @@ inverse transforms of the output rows.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -46,22 +47,25 @@ from convfuse.backends.cpu_exec import TILE_BYTES, empty_output, intra_op_thread
 INLINE_BYTES = 256 * 1024
 # Frequencies per GEMM work unit: the unit's slice of X, W and Y stays in L2.
 GEMM_CHUNK_BYTES = 1024 * 1024
-# The DFT-matrix rule (see dft_pays); None: decided per call, True/False: forced (tests, benchmarks).
+# Below this many flops the products run on the calling thread: handing them to the pool cost
+# ~1 ms a call on the loaded machine, more than the GEMMs themselves (32x32 grid, 12 modes).
+GEMM_POOL_FLOPS = 64 * 10**6
+# None: the last-axis method dft_pays chooses; True/False: forced (tests, benchmarks).
 FORCE_DFT: bool | None = None
 DFT_MAX_MATRIX_BYTES = 64 * 2**20
 
 
 def dft_pays(n: int, cols: int) -> bool:
-    """Whether the last axis runs as a GEMM against its DFT columns.  Measured on this 2-core
-    Xeon, one thread, fp32, a batch of rows: the GEMM's time per row is ~(4 n cols) / 45 GFLOP/s,
-    rfft's ~2.5 n log2 n / 6 GFLOP/s, so the matrix wins while cols < ~1.2 log2 n, with margin:
-    cols <= log2 n (n = 256: 8 columns... ).  See bench/fno.py for the figures behind it."""
-    if FORCE_DFT is not None:
-        return FORCE_DFT
+    """Whether the last axis runs as a GEMM against its DFT columns: a real GEMM costs 4 n cols
+    flops a row against rfft's ~2.5 n log2 n, at several times the rate.  Measured here (the
+    whole operator, one thread, fp32, 2 corner blocks in 2-D; ms, FFT / DFT): n = 256, 16 bins
+    1.02 / 0.85; 1024: 16 bins 2.10 / 2.03, 32 bins 1.94 / 1.74; 8192: 16 bins 15.9 / 6.1,
+    32 bins 16.7 / 13.4; 65536, 32 bins 144 / 102; 64x64, 16 bins 20.2 / 23.2; 256x256, 16 bins
+    51.3 / 48.3, 32 bins 140 / 178.  The crossing lies near cols = 2.5 log2 n."""
     return cols <= DFT_COLS_PER_LOG2 * math.log2(max(n, 2))
 
 
-DFT_COLS_PER_LOG2 = 2.0
+DFT_COLS_PER_LOG2 = 2.5
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class Plan:
     spans: tuple[tuple[tuple[int, int], ...], ...]  # per axis: merged (lo, hi) ranges the blocks use
     pos: tuple[tuple[int, ...], ...]  # per block: its start in the compact (kept-only) axes
     hi: int  # the inverse keeps last-axis columns [0, hi): irfft(n=) pads the rest
+    cols: tuple[int, ...]  # the last-axis bins the forward computes
+    compact: tuple[int, ...]  # the forward's kept sizes per axis
+    dft: bool  # the last axis by DFT matrix (dft_pays, decided once per plan)
 
 
 def _merge(ranges) -> tuple[tuple[int, int], ...]:
@@ -86,6 +93,11 @@ def _merge(ranges) -> tuple[tuple[int, int], ...]:
 
 
 def make_plan(lows: list[int], sizes: list[list[int]], n: list[int]) -> Plan:
+    return _plan(tuple(lows), tuple(tuple(int(s) for s in m) for m in sizes), tuple(n))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(lows: tuple, sizes: tuple, n: tuple) -> Plan:
     d = len(n)
     lw = tuple(tuple(lows[j * d:(j + 1) * d]) for j in range(len(sizes)))
     sz = tuple(tuple(int(s) for s in m) for m in sizes)
@@ -103,7 +115,10 @@ def make_plan(lows: list[int], sizes: list[list[int]], n: list[int]) -> Plan:
 
     pos = tuple(tuple(compact(i, lo[i]) for i in range(d)) for lo in lw)
     hi = max((lo[-1] + m[-1] for lo, m in zip(lw, sz)), default=0)
-    return Plan(d, tuple(n), lw, sz, spans, pos, hi)
+    cols = tuple(c for lo, h in spans[-1] for c in range(lo, h))
+    compact = tuple(sum(h - lo for lo, h in s) for s in spans)
+    dft = dft_pays(n[-1], len(cols)) and n[-1] * 2 * max(hi, len(cols)) * 8 <= DFT_MAX_MATRIX_BYTES
+    return Plan(d, tuple(n), lw, sz, spans, pos, hi, cols, compact, dft)
 
 
 def _gather(x: Tensor, axis: int, spans) -> Tensor:
@@ -164,10 +179,6 @@ def _dft_matrix(n: int, cols: tuple[int, ...], length: int, inverse: bool, dtype
     return m
 
 
-def _cols(spans) -> tuple[int, ...]:
-    return tuple(c for lo, hi in spans for c in range(lo, hi))
-
-
 # -- the three phases ------------------------------------------------------------------------------
 
 
@@ -180,7 +191,7 @@ def _forward_tile(x: Tensor, plan: Plan, real: torch.dtype, dft: bool) -> Tensor
     x = x if x.dtype == real else x.to(real)
     if dft:
         length = min(x.shape[-1], n[-1])
-        m = _dft_matrix(n[-1], _cols(plan.spans[-1]), length, False, real)
+        m = _dft_matrix(n[-1], plan.cols, length, False, real)
         X = torch.view_as_complex((x[..., :length] @ m).unflatten(-1, (-1, 2)))
     else:
         X = _gather(torch.fft.rfft(x, n=n[-1], dim=-1), x.dim() - 1, plan.spans[-1])
@@ -223,12 +234,15 @@ def _row_units(R: int, C: int, row_bytes: int, threads: int) -> list[tuple[int, 
 def _forward_all(u3: Tensor, plan: Plan, real, cplx, dft: bool, threads: int) -> Tensor:
     """u3 (R, C, *L) -> (R, C, *compact) complex spectrum of the kept bins."""
     R, C = u3.shape[:2]
-    compact = [sum(hi - lo for lo, hi in s) for s in plan.spans]
+    compact = plan.compact
     X = torch.empty((R, C, *compact), dtype=cplx)
     if X.numel() == 0:
         return X
     lead = math.prod(min(a, b) for a, b in zip(u3.shape[2:-1], plan.n[:-1]))
     row_bytes = lead * (plan.n[-1] // 2 + 1) * X.element_size()
+    if threads == 1 and row_bytes * R * C <= 4 * TILE_BYTES:  # small: one tile, no pool machinery
+        X.view(R * C, *compact).copy_(_forward_tile(u3.flatten(0, 1), plan, real, dft))
+        return X
     units = [[b] for b in _row_units(R, C, row_bytes, threads)]
 
     def make_worker():
@@ -292,7 +306,7 @@ def _products(X: Tensor, weights: list[Tensor], plan: Plan, Co: int, factor: flo
               cplx, threads: int) -> Tensor:
     """The blocks' products as the inverse's compact spectrum (R, Co, *compact leading, hi)."""
     R = X.shape[0]
-    shape = (R, Co, *[sum(hi - lo for lo, hi in s) for s in plan.spans[:-1]], plan.hi)
+    shape = (R, Co, *plan.compact[:-1], plan.hi)
     Y = torch.zeros(shape, dtype=cplx)  # modes only: small; gaps between blocks stay zero
     blocks = [j for j in range(len(weights)) if math.prod(weights[j].shape[2:]) > 0]
     for b, j in enumerate(blocks):
@@ -302,17 +316,20 @@ def _products(X: Tensor, weights: list[Tensor], plan: Plan, Co: int, factor: flo
         if W is None:
             W = prepare_weight(w, factor, cplx)
         xf = _freq_major(X[_block_slices(plan, b, False)])  # (F, R, 2Ci)
-        out = torch.empty((W.shape[0], R, W.shape[2]), dtype=W.dtype)  # (F, R, 2Co)
-        units = [[u] for u in _gemm_units(W.shape[0], W.shape[1], W.shape[2], W.element_size(), threads)]
+        if 2 * W.numel() * R < GEMM_POOL_FLOPS or threads == 1:
+            out = torch.bmm(xf, W)  # (F, R, 2Co)
+        else:
+            out = torch.empty((W.shape[0], R, W.shape[2]), dtype=W.dtype)
+            units = [[u] for u in _gemm_units(W.shape[0], W.shape[1], W.shape[2], W.element_size(), threads)]
 
-        def make_worker(xf=xf, W=W, out=out):
-            def work(unit) -> None:
-                for f0, f1 in unit:
-                    torch.bmm(xf[f0:f1], W[f0:f1], out=out[f0:f1])
+            def make_worker(xf=xf, W=W, out=out):
+                def work(unit) -> None:
+                    for f0, f1 in unit:
+                        torch.bmm(xf[f0:f1], W[f0:f1], out=out[f0:f1])
 
-            return work
+                return work
 
-        run_tiles(units, make_worker, threads)
+            run_tiles(units, make_worker, threads)
         m = plan.sizes[b]
         yb = torch.view_as_complex(out.unflatten(-1, (-1, 2))).reshape(*m, R, Co)  # (*m, R, Co)
         Y[_block_slices(plan, b, True)].copy_(yb.permute(-2, -1, *range(len(m))))
@@ -322,6 +339,9 @@ def _products(X: Tensor, weights: list[Tensor], plan: Plan, Co: int, factor: flo
 def _inverse_all(Y: Tensor, plan: Plan, real, dft: bool, out3: Tensor, threads: int) -> None:
     R, Co = Y.shape[:2]
     row_bytes = math.prod(plan.n[:-1]) * (plan.n[-1] // 2 + 1) * Y.element_size()
+    if threads == 1 and row_bytes * R * Co <= 4 * TILE_BYTES:  # small: one tile, no pool machinery
+        _inverse_tile(Y.flatten(0, 1), plan, real, dft, out3.flatten(0, 1))
+        return
     units = [[b] for b in _row_units(R, Co, row_bytes, threads)]
 
     def make_worker():
@@ -352,7 +372,7 @@ def spectral_mix_cpu(u: Tensor, weights: list[Tensor], lows: list[int], n: list[
     if not plan.sizes:
         return out.zero_()
     u3 = _lead_as_rows(u, d)
-    dft = dft_pays(n[-1], len(_cols(plan.spans[-1]))) and n[-1] * 2 * plan.hi * 8 <= DFT_MAX_MATRIX_BYTES
+    dft = plan.dft if FORCE_DFT is None else FORCE_DFT
     factor = scale * float(math.prod(n)) ** (n_power - 1.0)
     with intra_op_threads(1) as threads:
         if u3.numel() * u3.element_size() < INLINE_BYTES:
@@ -382,7 +402,7 @@ def wgrad_cpu(u: Tensor, g: Tensor, lows: list[int], sizes: list[int], n: list[i
     u3, g3 = _lead_as_rows(u, d), _lead_as_rows(g, d)
     if not plan.sizes or u3.shape[0] == 0:
         return result
-    dft = dft_pays(n[-1], len(_cols(plan.spans[-1]))) and n[-1] * 2 * plan.hi * 8 <= DFT_MAX_MATRIX_BYTES
+    dft = plan.dft if FORCE_DFT is None else FORCE_DFT
     kappa = scale * float(math.prod(n)) ** n_power
     nonempty = [j for j, m in enumerate(block_sz) if math.prod(m) > 0]
     with intra_op_threads(1) as threads:
