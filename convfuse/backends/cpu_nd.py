@@ -37,6 +37,9 @@ INLINE_BYTES = 256 * 1024
 # A channels-last batch row is transposed whole only while that buffer (per thread) is
 # L3-sized; beyond it tiles gather their own channels.
 ROW_BUFFER_BYTES = 8 * 2**20
+# With one intra-op thread, calls with at most this many bytes of spectrum run inline too
+# (the 1-D path's ``cpu.FAST_BYTES``).
+FAST_BYTES = 2 * 2**20
 
 
 def window_nd(c: Tensor, starts: list[int], lengths: list[int]) -> Tensor:
@@ -92,6 +95,24 @@ def prepare_kernel(
     return K
 
 
+def prepare_spectrum(k2: Tensor, spec: list[int], conj: bool, total: float, dtype: torch.dtype) -> Tensor:
+    """(Hk, prod spec) kernel spectrum rows (``kernel_is_spectrum``) -> the (Hk, *spec) spectrum
+    the tiles multiply by: contiguous, in the compute dtype, scale and conjugate in.  One pass
+    over W, where a time-domain kernel costs a transform."""
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    K = torch.empty((k2.shape[0], *spec), dtype=cdtype)
+    K.view(k2.shape).copy_(k2.conj() if conj else k2)
+    return K.mul_(total) if total != 1.0 else K
+
+
+def _memory_order(t: Tensor) -> Tensor:
+    """t's dimensions permuted into memory order when that makes it contiguous (a channels-last
+    kernel): the cache then copies and compares it in one sequential pass."""
+    order = sorted(range(t.dim()), key=lambda i: -t.stride(i))
+    p = t.permute(order)
+    return p if p.is_contiguous() else t
+
+
 def _rows_contiguous(x2: Tensor, dtype: torch.dtype, buf: Tensor | None = None) -> Tensor:
     """(R, S) rows as a contiguous tensor in dtype, written into ``buf`` when one is given.
     Rows of a channels-last map have strides (1, R): copied into a contiguous buffer of the
@@ -144,6 +165,7 @@ def _fft_convnd(
     out_dtype: torch.dtype,
     dtype: torch.dtype,
     constant_kernel: bool = False,
+    kernel_is_spectrum: bool = False,
 ) -> Tensor:
     d = len(n)
     axes = list(range(-d, 0))
@@ -160,17 +182,27 @@ def _fft_convnd(
     row_bytes = math.prod(spec) * (16 if dtype == torch.float64 else 8)
     rows_per_tile = max(1, TILE_BYTES // row_bytes)
 
-    inline = u3.numel() * u3.element_size() < INLINE_BYTES
+    # On one thread a call whose spectra fit FAST_BYTES is one tile anyway: the tiles' row
+    # transposes and output copy would be extra passes.
+    inline = u3.numel() * u3.element_size() < INLINE_BYTES or (
+        threads == 1 and lay.Ko * lay.Hk * row_bytes <= FAST_BYTES)
     if inline:
         threads = 1  # waking the pool costs more than it saves
 
     def prep() -> Tensor:
+        if kernel_is_spectrum:
+            return prepare_spectrum(lay.k2, spec, conj_kernel, total, dtype)
         return prepare_kernel(lay.k2, Lk, n, conj_kernel, total, dtype, threads)
 
     K = None
-    variant = ("fft-nd", tuple(n), tuple(Lk), conj_kernel, total, dtype)
-    if constant_kernel:
-        K = cpu_cache.lookup(lay.k2, variant, prep)
+    variant = ("fft-nd", tuple(n), tuple(Lk), conj_kernel, total, dtype, kernel_is_spectrum)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    if kernel_is_spectrum and total == 1.0 and not conj_kernel and lay.k2.dtype == cdtype and lay.k2.is_contiguous():
+        K = lay.k2.view(lay.Hk, *spec)  # W is already what the tiles multiply by: no copy, nothing to cache
+    elif constant_kernel:
+        K = cpu_cache.lookup(_memory_order(lay.k2), variant, prep)
+    elif kernel_is_spectrum:
+        pass  # preparing W is one pass over it, as comparing it with a stored copy would be
     elif (lay.Ko > 1 or k.dim() < u.dim()) and not (torch.is_grad_enabled() or k.requires_grad):
         # A weight-like kernel (shared by batch rows) at inference: GFNet's graph rebuilds it
         # from the parameter spectrum every call, equal each time; recognised by value.
@@ -178,15 +210,22 @@ def _fft_convnd(
     if K is None:
         K = prep()
 
-    def convolve(x: Tensor, Kh: Tensor, dst: Tensor) -> None:
-        """x (..., h, *Lu) real tile -> dst (..., h, prod length): transform, product, inverse, window."""
+    def cyclic(x: Tensor, Kh: Tensor) -> Tensor:
+        """x (..., h, *Lu) real tile -> (..., h, *n): transform, product, inverse."""
         X = torch.fft.rfftn(x if x.dtype == dtype else x.to(dtype), s=n, dim=axes)
         X.mul_(Kh)
-        y = torch.fft.irfftn(X, s=n, dim=axes)
+        return torch.fft.irfftn(X, s=n, dim=axes)
+
+    def convolve(x: Tensor, Kh: Tensor, dst: Tensor) -> None:
+        """x (..., h, *Lu) real tile -> dst (..., h, prod length), windowed."""
+        y = cyclic(x, Kh)
         dst.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
 
     if inline:  # one tile, on this thread: as few Python-level calls as the reference makes
-        convolve(u3.unflatten(-1, Lu), K, out3)
+        y = cyclic(u3.unflatten(-1, Lu), K)
+        if out_dtype == dtype and list(length) == list(n) and not any(start):
+            return y.view(out.shape)  # the whole period: the inverse's fresh result is the output
+        out3.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
         return out
 
     Hk, S = lay.Hk, u3.shape[-1]

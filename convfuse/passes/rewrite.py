@@ -97,14 +97,16 @@ def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
     with graph.inserting_before(m.tail):
         n = [_materialize(graph, s.arg) for s in m.sizes]
         u = graph.call_function(torch.movedim, (replay(graph, m.u.signal, m.u.layout), m.axes, last))
-        if m.k.spectrum is not None:
-            k = graph.call_function(torch.fft.irfftn, (m.k.spectrum,), {"s": n, "dim": m.axes})
-        else:
-            k = replay(graph, m.k.signal, m.k.layout)
+        # A parameter spectrum W goes to the operator as is (kernel_is_spectrum): no irfftn(W)
+        # per call for the operator to transform back; module state read through a view, so
+        # its prepared spectrum may be cached (given_spectrum admits nothing else).
+        spectrum = m.k.spectrum is not None
+        k = m.k.spectrum if spectrum else replay(graph, m.k.signal, m.k.layout)
         k = graph.call_function(torch.movedim, (k, m.axes, last))
         out = graph.call_function(
             torch.ops.convfuse.fft_convnd.default,
             (u, k, n, [0] * d, n, m.scale, float(m.power), m.conj_kernel, m.out_dtype),
+            {"constant_kernel": True, "kernel_is_spectrum": True} if spectrum else {},
         )
         out = graph.call_function(torch.movedim, (out, last, m.axes))
     return out
