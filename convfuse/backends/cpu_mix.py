@@ -26,7 +26,11 @@ is the same function: see ``direct_pads``), below a measured crossover (``DIRECT
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import threading
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +43,31 @@ from convfuse.backends.cpu_nd import window_nd
 # Below this many bytes of complex spectrum (X, Y and K together) a call runs on the calling
 # thread: waking the pool costs more than it saves (as cpu_nd.INLINE_BYTES).
 INLINE_BYTES = 512 * 1024
-# The direct convolution is chosen while the kernel has at most this many taps (the product
-# over the convolved axes) and the window is linear.  Measured, see bench/mix.py --crossover.
-DIRECT_MAX_TAPS = 48
+# The direct convolution is chosen while the kernel has at most this many taps (the product over
+# the convolved axes) and the window is linear; half as many when the kernel's spectrum is cached
+# (constant_kernel), which takes the kernel's transforms out of the FFT path's cost.  Measured with
+# bench/mix.py --crossover (load 6-7 on the 2 cores, fp32, 'same', ms: direct / FFT / FFT cached):
+#   (B, C, L) = (8, 4, 256):    32 taps 0.26 / 0.39 / 0.41,  64 taps 0.70 / 0.49 / 0.55
+#   (8, 16, 1024):              32 taps 2.8 / 4.3 / 2.9,     64 taps 6.3 / 4.6 / 3.2,  128: 28 / 8.1 / 4.8
+#   (4, 32, 4096):              16 taps 9.1 / 162 / 39,      32 taps 30 / 149 / 40,    64: 67 / 152 / 40
+#   (2, 64, 8192):              32 taps 152 / 1422 / 137,    64 taps 197 / 956 / 156
+#   2-D (2, 16, 64x64):         7x7 3.3 / 11.4 / 4.3,        9x9 4.6 / 9.9 / 3.8
+#   2-D (2, 32, 128x128):       7x7 100 / 877 / 124,         9x9 168 / 709 / 107
+# The transforms of a Ci*Co-row kernel make the per-call FFT path lose to direct well past 64 taps
+# at many channels; a taps-only rule is what the measurements support with this much noise.
+DIRECT_MAX_TAPS = 64
+# Direct calls below this many multiply-adds run on the calling thread (about 0.1 ms of oneDNN).
+DIRECT_INLINE_MACS = 2_000_000
 # Fewest frequencies in a GEMM block: shorter runs make the transposed copies gather single
 # elements from cache lines that hold 8 (complex64).
 MIN_BLOCK_FREQS = 16
 
+# Spectra of a call (X, Y, the kernel's rows) come from a small pool of buffers kept between calls,
+# up to this many bytes: a fresh buffer is first-touch page faults on every call (glibc maps large
+# blocks anew each time), measured at load ~6: 64 rfft rows of n = 16384 written into fresh memory
+# 13 ms a tile, into memory written before 2.5-8 ms; a (64, 64) kernel's 268 MB of rows 850 ms
+# fresh against 320 ms reused (2.8 s fresh with MADV_HUGEPAGE: THP faults here cost more).
+WORKSPACE_BYTES = 1024 * 2**20
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -113,25 +135,97 @@ def fft_conv_mix_cpu(u: Tensor, w: Tensor, bias: Tensor | None, n: list[int], st
         return y.to(out_dtype).reshape(shape)
     u3 = u.reshape(bf, G * ci, *Lu)  # (Bf, G*Ci, *Lu): a view whenever strides allow
     pads = direct_pads(Lu, Lk, n, start, length, conj) if d in _CONV else None
-    if pads is not None and math.prod(min(a, b) for a, b in zip(Lk, n)) <= DIRECT_MAX_TAPS:
-        return direct(u3, w, bias, n, pads, conj, G, total, dtype).to(out_dtype).reshape(shape).contiguous()
+    taps = math.prod(min(a, b) for a, b in zip(Lk, n))
     with intra_op_threads(1) as threads:
-        out = _fft(threads, u3, w, bias, n, start, length, conj, G, total, dtype, out_dtype, constant_kernel)
+        if pads is not None and taps <= (DIRECT_MAX_TAPS // 2 if constant_kernel else DIRECT_MAX_TAPS):
+            out = direct(u3, w, bias, n, pads, conj, G, total, dtype, out_dtype, threads)
+        else:
+            with workspace() as get:
+                out = _fft(threads, get, u3, w, bias, n, start, length, conj, G, total, dtype, out_dtype,
+                           constant_kernel)
     return out.view(shape)
 
 
 def direct(u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int], pads: list[int], conj: bool,
-           groups: int, total: float, dtype: torch.dtype) -> Tensor:
-    """(Bf, G*Ci, *Lu) -> (Bf, G*Co, *length) by torch's convolution, on the caller's threads
-    (oneDNN's threads do not stall the way MKL's FFT does)."""
+           groups: int, total: float, dtype: torch.dtype, out_dtype: torch.dtype | None = None,
+           threads: int = 1) -> Tensor:
+    """(Bf, G*Ci, *Lu) -> (Bf, G*Co, *length) by torch's convolution, contiguous.
+
+    Batch rows (or, for one row, output channels) are shared out to the pool, each conv on one
+    intra-op thread: oneDNN's two OpenMP threads wait a whole scheduler tick (4-16 ms, measured
+    at load ~5) at their barrier whenever the other core is busy, on calls of 0.2 ms."""
     d = len(n)
-    x = _narrow_to(u3, n).to(dtype)
-    k = _narrow_to(w, n).to(dtype)
+    x = _narrow_to(u3, n)
+    x = x if x.dtype == dtype else x.to(dtype)
+    sym = [pads[2 * i] for i in range(d)]
+    if all(pads[2 * i] == pads[2 * i + 1] >= 0 for i in range(d)):
+        conv = functools.partial(_CONV[d], padding=sym[::-1])  # conv pads itself: one copy fewer
+    else:
+        x, conv = F.pad(x, pads), _CONV[d]
+    k = _narrow_to(w, n)
+    k = k if k.dtype == dtype else k.to(dtype)
     if not conj:
         k = k.flip(list(range(-d, 0)))
     k = k * total if total != 1.0 else k
-    b = bias.to(dtype) if bias is not None else None
-    return _CONV[d](F.pad(x, pads), k, b, groups=groups)
+    b = bias if bias is None or bias.dtype == dtype else bias.to(dtype)
+    bf, co = x.shape[0], k.shape[0]
+    work = bf * co * k[0].numel() * math.prod(x.shape[2:])
+    if threads == 1 or work < DIRECT_INLINE_MACS or (bf == 1 and groups > 1):
+        y = conv(x, k, b, groups=groups)
+        return y.to(out_dtype or dtype).contiguous()
+    size = [s + 2 * p * (conv is not _CONV[d]) - t + 1 for s, p, t in zip(x.shape[2:], sym[::-1], k.shape[2:])]
+    out = empty_output((bf, co, *size), out_dtype or dtype)
+    split_batch = bf > 1
+    rows = bf if split_batch else co
+    units = _ranges(rows, -(-rows // (2 * threads)), threads)
+
+    def make_worker():
+        def run(unit: tuple[int, int]) -> None:
+            a, z = unit
+            if split_batch:
+                out[a:z].copy_(conv(x[a:z], k, b, groups=groups))
+            else:
+                out[:, a:z].copy_(conv(x, k[a:z], None if b is None else b[a:z]))
+
+        return run
+
+    run_tiles(units, make_worker, threads)
+    return out
+
+
+_ws_lock = threading.Lock()
+_ws_free: OrderedDict[int, Tensor] = OrderedDict()  # id -> a free flat buffer (uint8), oldest first
+
+
+@contextlib.contextmanager
+def workspace():
+    """``get(shape, dtype)`` gives a buffer for this call (uninitialised); they go back to the
+    pool when the block ends, the oldest dropped beyond WORKSPACE_BYTES.  Concurrent calls never
+    share a buffer: one is taken out of the pool while in use."""
+    taken: list[Tensor] = []
+
+    def get(shape, dtype: torch.dtype) -> Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        buf = None
+        with _ws_lock:
+            for key, t in _ws_free.items():
+                if nbytes <= t.numel() <= 2 * nbytes:
+                    buf = _ws_free.pop(key)
+                    break
+        if buf is None:
+            buf = torch.empty(nbytes, dtype=torch.uint8)
+        taken.append(buf)
+        return buf[:nbytes].view(dtype).view(shape)
+
+    try:
+        yield get
+    finally:
+        with _ws_lock:
+            for buf in taken:
+                _ws_free[id(buf)] = buf
+            total = sum(t.numel() for t in _ws_free.values())
+            while _ws_free and total > WORKSPACE_BYTES:
+                total -= _ws_free.popitem(last=False)[1].numel()
 
 
 def _ranges(total: int, step: int, threads: int) -> list[tuple[int, int]]:
@@ -143,17 +237,21 @@ def _ranges(total: int, step: int, threads: int) -> list[tuple[int, int]]:
     return [(total * i // count, total * (i + 1) // count) for i in range(count)]
 
 
+def _fresh(shape, dtype: torch.dtype) -> Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
 def _padded_buffer(rows: int, n: list[int], dtype: torch.dtype) -> Tensor:
     return torch.zeros((rows, *n), dtype=dtype)  # zero once: only the signal's region is ever written
 
 
-def prepare_kernel(w: Tensor, n: list[int], conj: bool, total: float, dtype: torch.dtype, groups: int,
-                   threads: int) -> Tensor:
-    """w (G*Co, Ci, *Lk) -> K (G, F, Ci, Co), frequency-major, scale and conjugate in.
+def kernel_rows(w: Tensor, n: list[int], conj: bool, total: float, dtype: torch.dtype, groups: int,
+                threads: int, get=None) -> Tensor:
+    """w (G*Co, Ci, *Lk) -> spectra (G*Ci*Co, F), rows in (g, i, o) order, scale and conjugate in.
 
-    Rows are transformed in (i, o) order, w transposed per group as they are copied into the
-    padded buffer, so that each tile's spectra (m*Co, F) are one 2-D transpose away from
-    K[g, :, i0:i1, :] (F, m*Co)."""
+    w is transposed per group as its rows are copied into the padded buffer (a gather of the
+    short real kernel), so that a block of frequencies of these rows is one 2-D transpose away
+    from the (F, Ci, Co) matrices the GEMMs take; the transforms write their rows in place."""
     d = len(n)
     axes = list(range(-d, 0))
     G, ci = groups, w.shape[1]
@@ -163,7 +261,7 @@ def prepare_kernel(w: Tensor, n: list[int], conj: bool, total: float, dtype: tor
     nf = math.prod(spec)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     wt = _narrow_to(w, n).unflatten(0, (G, co)).transpose(1, 2)  # (G, Ci, Co, *lk): a view
-    K = torch.empty((G, nf, ci, co), dtype=cdtype)
+    rows = (get or _fresh)((G * ci * co, *spec), cdtype)
     per = max(1, TILE_BYTES // (nf * cdtype.itemsize * co))  # input channels per tile
     units = [(g, i0, i1) for g in range(G) for i0, i1 in _ranges(ci, per, threads if G == 1 else 1)]
 
@@ -180,16 +278,32 @@ def prepare_kernel(w: Tensor, n: list[int], conj: bool, total: float, dtype: tor
             for i, size in enumerate(lk):
                 region = region.narrow(region.dim() - d + i, 0, size)
             region.copy_(wt[g, i0:i1])
-            S = torch.fft.rfftn(buf, dim=axes).view(m, nf)  # (m, F), rows (i, o)
+            r0 = (g * ci + i0) * co
+            S = torch.fft.rfftn(buf, dim=axes, out=rows[r0 : r0 + m])
             if conj:
-                S = S.conj_physical_()
+                S.conj_physical_()
             if total != 1.0:
-                S = S.mul_(total)
-            K[g, :, i0:i1, :].view(nf, m).copy_(S.t())
+                S.mul_(total)
 
         return work
 
     run_tiles(units, make_worker, threads)
+    return rows.view(G * ci * co, nf)
+
+
+def prepare_kernel(w: Tensor, n: list[int], conj: bool, total: float, dtype: torch.dtype, groups: int,
+                   threads: int) -> Tensor:
+    """K (G, F, Ci, Co), frequency-major: what a cached kernel keeps, so a hit needs no transpose."""
+    G, ci = groups, w.shape[1]
+    co = w.shape[0] // G
+    with workspace() as get:
+        rows = kernel_rows(w, n, conj, total, dtype, G, threads, get).view(G, ci * co, -1)
+        nf = rows.shape[-1]
+        K = torch.empty((G, nf, ci, co), dtype=rows.dtype)  # its own memory: the cache keeps it
+        step = max(MIN_BLOCK_FREQS, TILE_BYTES // (ci * co * rows.dtype.itemsize))
+        for g in range(G):
+            for f0 in range(0, nf, step):  # blocked: each transpose stays in cache
+                K[g, f0 : f0 + step].view(-1, ci * co).copy_(rows[g, :, f0 : f0 + step].t())
     return K
 
 
@@ -209,7 +323,7 @@ def _fill_rows(buf: Tensor, u3: Tensor, r0: int, r1: int, lu: list[int]) -> None
         r += c1 - c
 
 
-def _fft(threads: int, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int], start: list[int],
+def _fft(threads: int, get, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int], start: list[int],
          length: list[int], conj: bool, G: int, total: float, dtype: torch.dtype, out_dtype: torch.dtype,
          constant_kernel: bool) -> Tensor:
     d = len(n)
@@ -230,15 +344,15 @@ def _fft(threads: int, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int],
     def prep() -> Tensor:
         return prepare_kernel(w, n, conj, total, dtype, G, threads)
 
-    K = None
-    if constant_kernel:
-        K = cpu_cache.lookup(w, ("mix", tuple(n), conj, total, dtype, G), prep)
-    if K is None:
-        K = prep()  # (G, F, Ci, Co)
+    # The kernel: frequency-major K (G, F, Ci, Co) from the cache, or this call's rows
+    # (G*Ci*Co, F), transposed a block at a time by the GEMM phase: a whole-array transpose
+    # of a spectrum this size runs from memory (measured ~1 GB/s) and costs more than its FFTs.
+    K = cpu_cache.lookup(w, ("mix", tuple(n), conj, total, dtype, G), prep) if constant_kernel else None
+    Kr = kernel_rows(w, n, conj, total, dtype, G, threads, get) if K is None else None
 
     # Phase 1: transform every input row once.  A row already of n samples in the compute dtype
     # is transformed where it lies; others go through the padded buffer.
-    X = torch.empty((r_in, nf), dtype=cdtype)
+    X = get((r_in, nf), cdtype)
     rows = max(1, TILE_BYTES // (nf * item))
     row_units = _ranges(r_in, rows, threads)
     in_place_src = u3.dtype == dtype and Lu == list(n) and u3.is_contiguous()
@@ -264,8 +378,8 @@ def _fft(threads: int, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int],
     run_tiles(row_units, make_forward, threads)
 
     # Phase 2: the per-frequency products, a block of frequencies at a time.
-    Y = X if ci == co else torch.empty((r_out, nf), dtype=cdtype)
-    fb = max(MIN_BLOCK_FREQS, TILE_BYTES // ((r_in + r_out) * item))
+    Y = X if ci == co else get((r_out, nf), cdtype)
+    fb = max(MIN_BLOCK_FREQS, TILE_BYTES // ((r_in + r_out + G * ci * co) * item))
     f_units = _ranges(nf, fb, threads)
 
     def make_product():
@@ -278,14 +392,21 @@ def _fft(threads: int, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int],
                 most = max(b - a for a, b in f_units)
                 state["x"] = torch.empty((most, r_in), dtype=cdtype)
                 state["y"] = torch.empty((most, r_out), dtype=cdtype)
+                state["k"] = torch.empty((most, G * ci * co), dtype=cdtype) if Kr is not None else None
             xb, yb = state["x"][:m], state["y"][:m]
             xb.copy_(X[:, f0:f1].t())  # (m, Bf*G*Ci): per frequency a (Bf, G, Ci) block
+            if Kr is not None:
+                kb = state["k"][:m]
+                kb.copy_(Kr[:, f0:f1].t())  # (m, G*Ci*Co)
+                Kg = kb.view(m, G, ci, co).transpose(0, 1)  # (G, m, Ci, Co): strided, as BLAS takes it
+            else:
+                Kg = K[:, f0:f1]
             if G == 1:
-                torch.bmm(xb.view(m, bf, ci), K[0, f0:f1], out=yb.view(m, bf, co))
+                torch.bmm(xb.view(m, bf, ci), Kg[0], out=yb.view(m, bf, co))
             else:
                 x4, y4 = xb.view(m, bf, G, ci), yb.view(m, bf, G, co)
                 for g in range(G):
-                    y4[:, :, g].copy_(torch.bmm(x4[:, :, g], K[g, f0:f1]))
+                    y4[:, :, g].copy_(torch.bmm(x4[:, :, g], Kg[g]))
             Y[:, f0:f1].copy_(yb.t())
 
         return work
