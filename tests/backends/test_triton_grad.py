@@ -125,6 +125,14 @@ def test_composed_where_the_fused_backward_does_not_apply():
     assert sum(grad_mod.COMPOSED.values()) == before + 2
 
 
+def test_a_device_without_the_shared_memory_composes(monkeypatch):
+    monkeypatch.setattr(grad_mod, "device_smem", lambda device: 99 * 1024)  # a consumer GPU
+    shapes = ((1, 1000), (1, 1000), None, None, None)
+    got, want = _grads(shapes, ConvParams(2048, 0, 1000), torch.float32, [True, True], 6, fused=False)
+    _compare(got, want, 2e-5)
+    assert any("n=2048" in r and "shared memory" in r for r in grad_mod.COMPOSED)
+
+
 def test_constant_kernel_backward_reuses_the_forwards_spectrum(monkeypatch):
     cpu_cache.clear()
     g = torch.Generator().manual_seed(5)

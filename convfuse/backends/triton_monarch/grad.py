@@ -26,9 +26,20 @@ from torch import Tensor, broadcast_shapes
 from convfuse import config
 from convfuse.backends.common import compute_dtype, output_shape
 from convfuse.backends.triton_monarch import launch
-from convfuse.backends.triton_monarch.plan import MonarchPlan, call_plan, check_dot_shape, kernel_spectrum
+from convfuse.backends.triton_monarch.plan import (
+    MonarchPlan, call_plan, check_dot_shape, device_smem, kernel_spectrum,
+)
 from convfuse.spec import ConvParams
 
+# Warps of the pass kernel per size, from the sm90 compile (bench/results/triton-sm90-resources.md):
+# its loop holds Zg, Zu and the d k sum beside each inverse, so from 512 on 8 warps spill less than
+# 4 (1024 causal: none); 2048 spills ~1.4 KB per thread at either.  Not measured on a GPU yet.
+GRAD_WARPS: dict[int, int] = {256: 4, 512: 8, 1024: 8, 2048: 8}
+# Shared memory per block of the pass kernel at those warps (sm90 compile, the larger of the causal
+# and cyclic variants; fp64 twice).  Shared memory only stages tl.dot operands, but a pair runs 8
+# complex matmuls here against the forward's 4, so 2048 needs ~212 KB: H100/H200 yes, A100's
+# 164 KB and consumer GPUs' ~99 KB compose instead.
+GRAD_SMEM: dict[int, int] = {256: 21560, 512: 49208, 1024: 90168, 2048: 217144}
 COMPOSED: Counter[str] = Counter()  # why a backward was composed from forward calls instead
 CHUNKS: int | None = None  # programs per kernel row (None: enough to fill a GPU; tests set it)
 _REFUSED: set[tuple] = set()
@@ -46,6 +57,10 @@ def _reason(g: Tensor, ue: Tensor, k: Tensor, p: ConvParams):
         return r
     if not isinstance(r.plan, MonarchPlan):
         return f"n={r.m}: the fused backward covers the two-radix sizes (<= 2048)"
+    need = GRAD_SMEM[r.m] * (2 if dtype == torch.float64 else 1)
+    if need > device_smem(g.device):
+        return f"n={r.m}: the backward kernel needs ~{need // 1024} KB of shared memory, the device has " \
+               f"{device_smem(g.device) // 1024} KB"
     if (r.m, dtype, g.device) in _REFUSED:
         return f"n={r.m}: the backward kernels did not fit this device"
     return r
@@ -137,17 +152,17 @@ def _launch(r, g, ue, k, p, need_u, need_k, need_h):
     spec = kernel_spectrum(k, p.n, m, p.conj_kernel, p.total_scale, dtype, plan.radices) if need_u or need_h else g
     acc = torch.empty((C, rows_k, 2, n1, n2), dtype=dtype, device=g.device) if need_k else g
     interpret = g.device.type == "cpu" or launch._interpret_enabled()
-    common = dict(N1=n1, N2=n2, CONJ=p.conj_kernel, PREC=plan.input_precision, num_warps=config.triton_warps)
+    common = dict(N1=n1, N2=n2, CONJ=p.conj_kernel, PREC=plan.input_precision)
     from convfuse.backends.triton_monarch import kernels_grad as kg
 
     kg.GRAD2[interpret][(rows_k, C)](
         pairs, grp, g, g_off, g_s, Lg, ue, ue_off, ue_s, du_len, spec,
         du if du is not None else g, Lue, back, du_len, h if h is not None else g, p.start, p.length,
         acc, plan.f1, plan.f2, plan.tw, C,
-        NEED_U=need_u, NEED_K=need_k, NEED_H=need_h, **cuts, **common)
+        NEED_U=need_u, NEED_K=need_k, NEED_H=need_h, **cuts, **common, num_warps=GRAD_WARPS.get(m, 4))
     if need_k:
         mult = torch.full((1,), m * p.total_scale, dtype=dtype, device=g.device)
         kg.GRAD_DK[interpret][(rows_k,)](acc, dk, Lk, dk_start, dk_len, mult, plan.f1, plan.f2, plan.tw, C,
-                                         DK_HALF=dk_half, **common)
+                                         DK_HALF=dk_half, **common, num_warps=config.triton_warps)
     launch.LAUNCHES[f"n={m} {n1}x{n2} {str(dtype).removeprefix('torch.')} backward"] += 1
     return du, (dk.view(k.shape) if dk is not None else None), h

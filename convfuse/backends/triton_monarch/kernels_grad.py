@@ -58,6 +58,7 @@ def _monarch_grad2(
     a2 = tl.arange(0, N2)
     kt = a1[:, None] * N2 + a2[None, :]  # (N1, N2) offsets of a Monarch-order plane
     k_base = k_ptr + hk * (2 * NN)
+    acc_base = acc_ptr + (chunk * tl.num_programs(0) + hk) * (2 * NN) + kt
     accr = tl.full((N1, N2), 0.0, CT)
     acci = tl.full((N1, N2), 0.0, CT)
     lo = tl.load(grp_ptr + hk)
@@ -83,19 +84,18 @@ def _monarch_grad2(
             ub = tl.load(ue_ptr + tl.load(ue_off_ptr + rb) + ju * ue_s, mask=ju < tl.where(has_b, Lu, 0),
                          other=0.0).to(CT)
             zur, zui = _fwd2(f1_ptr, f2_ptr, tw_ptr, ua, ub, 0, N1, UIN, N2, N2, PREC)
+            if NEED_K:  # before h: Zg is dead during h's inverse
+                pr, pi = _cmul(zgr, zgi, zur, zui, True)
+                accr += pr
+                acci += pi
             if NEED_H:
                 # h = inverse of Zu * K, window at start
                 cr, ci = _cmul(zur, zui, tl.load(k_base + kt), tl.load(k_base + NN + kt), False)
                 _inv2_window(f1_ptr, f2_ptr, tw_ptr, cr, ci, h_ptr, h_len, h_start, h_len, ra, rb, has_b,
                              N1, N2, HOUT, PREC)
-            if NEED_K:
-                pr, pi = _cmul(zgr, zgi, zur, zui, True)
-                accr += pr
-                acci += pi
     if NEED_K:
-        o = acc_ptr + (chunk * tl.num_programs(0) + hk) * (2 * NN) + kt
-        tl.store(o, accr)
-        tl.store(o + NN, acci)
+        tl.store(acc_base, accr)
+        tl.store(acc_base + NN, acci)
 
 
 @device
