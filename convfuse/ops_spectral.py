@@ -11,6 +11,10 @@ Block j starts at ``lows[j*d : (j+1)*d]`` and has the sizes of W_j's last d axes
 inside the one-sided spectrum and do not overlap (checked: overlapping assignments would mean
 "the later block wins", which no implementation reproduces).
 
+Where it runs: CPU tensors take ``convfuse.backends.cpu_spectral`` (only the blocks' bins are
+ever computed; ``CPU_IMPL = False`` runs the reference instead), other devices the reference
+``fft_spectral_mix_reference`` (plain torch.fft, cuFFT on GPUs), also the tests' ground truth.
+
 Dtypes (the rule the compiler pass relies on): the compute dtype is fp64 when u is fp64 and
 fp32 otherwise (fp16/bf16/fp32 u), the spectra are its complex dtype, and every W_j is cast to
 that complex dtype.  Eager promotes instead (complex128 weights would lift an fp32 u's einsum to

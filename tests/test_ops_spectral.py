@@ -34,7 +34,7 @@ def impl(request, monkeypatch):
 # (batch, Ci, Co, L, n, blocks as (lows, sizes)): 1-D with the DC block, a block on an even n's
 # Nyquist bin, odd n, truncation (L > n) and padding (L < n); the FNO corner blocks in 2-D
 # ([:m1, :m2] and [n1-m1:, :m2]) and 3-D (four corners), a last-axis block not at 0 and a gap
-# between blocks; batch ranks 0, 1 and 2; Ci != Co.
+# between blocks, a lone block away from 0 on every axis; batch ranks 0, 1 and 2; Ci != Co.
 CASES = {
     "1d-dc-nyquist-even": ((2,), 3, 2, [8], [8], [([0], [2]), ([3], [2])]),
     "1d-odd-truncated": ((), 2, 3, [11], [7], [([0], [4])]),
@@ -42,6 +42,7 @@ CASES = {
     "2d-corners": ((2,), 3, 2, [6, 8], [6, 8], [([0, 0], [2, 3]), ([4, 0], [2, 3])]),
     "2d-odd-nyquist-padded": ((1, 2), 2, 3, [4, 6], [5, 7], [([0, 1], [2, 3]), ([3, 1], [2, 3])]),
     "2d-even-nyquist-truncated": ((2,), 2, 2, [7, 9], [6, 6], [([0, 2], [2, 2]), ([4, 3], [2, 1])]),
+    "2d-interior-block": ((2,), 2, 3, [7, 8], [7, 8], [([2, 1], [3, 2])]),  # one span not at 0 on each axis
     "3d-corners": ((2,), 2, 3, [6, 4, 6], [6, 4, 6],
                    [([0, 0, 0], [2, 2, 2]), ([4, 0, 0], [2, 2, 2]), ([0, 2, 0], [2, 2, 2]), ([4, 2, 0], [2, 2, 2])]),
     "3d-batchless-odd": ((), 3, 2, [5, 5, 4], [5, 4, 5], [([0, 0, 1], [2, 1, 2]), ([3, 2, 0], [2, 2, 3])]),
@@ -312,3 +313,23 @@ def test_dft_matrices_match_the_fft_at_a_long_size(monkeypatch):
     for force in (True, False):
         monkeypatch.setattr(cpu_spectral, "FORCE_DFT", force)
         assert_close_rel(OP(u, [w], [0], [4096], 1.0, 0.0, torch.float32).double(), expected, 1e-5)
+
+
+def test_compiled_training_step_matches_reference():
+    """The backward (W^H as a conjugated view, the weight-gradient op) traced by AOT autograd
+    with symbolic sizes."""
+    def layer(u, w1, w2):
+        n1, n2 = u.shape[-2], u.shape[-1]
+        return OP(u, [w1, w2], [0, 0, n1 - 2, 0], [n1, n2], 0.5, 0.0, u.dtype, True)
+
+    gen = torch.Generator().manual_seed(12)
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    for H, W in [(8, 10), (9, 12)]:
+        u = torch.randn(2, 3, H, W, dtype=F64, generator=gen, requires_grad=True)
+        ws = [torch.randn(3, 2, 2, 3, dtype=C128, generator=gen, requires_grad=True) for _ in range(2)]
+        got = compiled(u, *ws)
+        expected = fft_spectral_mix_reference(u, ws, [0, 0, H - 2, 0], [H, W], 0.5, 0.0, F64)
+        assert_close_rel(got, expected, 1e-12)
+        g = torch.randn(got.shape, dtype=F64, generator=gen)
+        for a, b in zip(torch.autograd.grad(got, (u, *ws), g), torch.autograd.grad(expected, (u, *ws), g)):
+            assert_close_rel(a, b, 1e-12)

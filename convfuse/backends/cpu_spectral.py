@@ -26,7 +26,9 @@ The scale (scale * N**n_power / N, the 1/N being the inverses' normalization) is
 the prepared weights; with ``constant_weights`` those are cached by ``cpu_cache`` (bits
 compared, the sound rule).  Work runs in L2-sized tiles on ``cpu_exec``'s pool, one intra-op
 thread per thread, in three phases: transforms of the input rows, GEMMs in frequency chunks,
-inverse transforms of the output rows.
+inverse transforms of the output rows.  A small call (under INLINE_BYTES of input) runs each
+phase as one tile on the calling thread with no pool machinery: eager's layer makes ~8 torch
+calls there, and every extra Python-level call is a visible share of its time.
 """
 
 from __future__ import annotations
@@ -220,11 +222,9 @@ def _row_units(R: int, C: int, row_bytes: int, threads: int) -> list[tuple[int, 
     """Boxes (r0, r1, c0, c1) of (batch, channel) rows, about a tile each: whole batch rows when
     all channels fit, else channel ranges of one batch row (each box's rows are contiguous in a
     channels-first tensor)."""
-    per = max(1, TILE_BYTES // max(1, row_bytes))
     total = R * C
-    count = -(-total // per)
-    count = max(count, min(total, threads)) if total > per else count
-    per = max(1, -(-total // max(1, count)))
+    count = max(-(-total * max(1, row_bytes) // TILE_BYTES), min(total, threads))  # every thread gets work
+    per = max(1, -(-total // count))
     if per >= C:
         rr = per // C
         return [(r, min(R, r + rr), 0, C) for r in range(0, R, rr)]
@@ -235,14 +235,16 @@ def _forward_all(u3: Tensor, plan: Plan, real, cplx, dft: bool, threads: int) ->
     """u3 (R, C, *L) -> (R, C, *compact) complex spectrum of the kept bins."""
     R, C = u3.shape[:2]
     compact = plan.compact
-    X = torch.empty((R, C, *compact), dtype=cplx)
-    if X.numel() == 0:
-        return X
+    if R * C == 0:
+        return torch.empty((R, C, *compact), dtype=cplx)
     lead = math.prod(min(a, b) for a, b in zip(u3.shape[2:-1], plan.n[:-1]))
-    row_bytes = lead * (plan.n[-1] // 2 + 1) * X.element_size()
+    # a tile's buffer: rfft's whole one-sided row, or only the kept bins by DFT matrix (whose
+    # tiles must be tall: each GEMM streams the matrix once, 8 MiB at n = 64K)
+    bins = len(plan.cols) if dft else plan.n[-1] // 2 + 1
+    row_bytes = lead * bins * (16 if cplx == torch.complex128 else 8)
     if threads == 1 and row_bytes * R * C <= 4 * TILE_BYTES:  # small: one tile, no pool machinery
-        X.view(R * C, *compact).copy_(_forward_tile(u3.flatten(0, 1), plan, real, dft))
-        return X
+        return _forward_tile(u3.flatten(0, 1), plan, real, dft).view(R, C, *compact)
+    X = torch.empty((R, C, *compact), dtype=cplx)
     units = [[b] for b in _row_units(R, C, row_bytes, threads)]
 
     def make_worker():
@@ -307,11 +309,13 @@ def _products(X: Tensor, weights: list[Tensor], plan: Plan, Co: int, factor: flo
     """The blocks' products as the inverse's compact spectrum (R, Co, *compact leading, hi)."""
     R = X.shape[0]
     shape = (R, Co, *plan.compact[:-1], plan.hi)
-    Y = torch.zeros(shape, dtype=cplx)  # modes only: small; gaps between blocks stay zero
+    whole = len(plan.sizes) == 1 and plan.sizes[0] == shape[2:]  # one block is the whole kept spectrum
+    Y = None if whole else torch.zeros(shape, dtype=cplx)  # modes only: small; gaps stay zero
     blocks = [j for j in range(len(weights)) if math.prod(weights[j].shape[2:]) > 0]
     for b, j in enumerate(blocks):
         w = weights[j]
-        variant = ("spectral-mix", factor, cplx)
+        # the conjugate bit is in the key: d u's call passes W^H as a view of W's own storage
+        variant = ("spectral-mix", factor, cplx, w.is_conj())
         W = cpu_cache.lookup(w, variant, lambda: prepare_weight(w, factor, cplx)) if constant else None
         if W is None:
             W = prepare_weight(w, factor, cplx)
@@ -332,13 +336,16 @@ def _products(X: Tensor, weights: list[Tensor], plan: Plan, Co: int, factor: flo
             run_tiles(units, make_worker, threads)
         m = plan.sizes[b]
         yb = torch.view_as_complex(out.unflatten(-1, (-1, 2))).reshape(*m, R, Co)  # (*m, R, Co)
-        Y[_block_slices(plan, b, True)].copy_(yb.permute(-2, -1, *range(len(m))))
+        yb = yb.permute(-2, -1, *range(len(m)))  # (R, Co, *m)
+        if whole:
+            return yb
+        Y[_block_slices(plan, b, True)].copy_(yb)
     return Y
 
 
 def _inverse_all(Y: Tensor, plan: Plan, real, dft: bool, out3: Tensor, threads: int) -> None:
     R, Co = Y.shape[:2]
-    row_bytes = math.prod(plan.n[:-1]) * (plan.n[-1] // 2 + 1) * Y.element_size()
+    row_bytes = math.prod(plan.n[:-1]) * (plan.hi if dft else plan.n[-1] // 2 + 1) * Y.element_size()
     if threads == 1 and row_bytes * R * Co <= 4 * TILE_BYTES:  # small: one tile, no pool machinery
         _inverse_tile(Y.flatten(0, 1), plan, real, dft, out3.flatten(0, 1))
         return
