@@ -1,7 +1,8 @@
 """CPU benchmark of ``convfuse.fft_spectral_mix`` on Fourier-neural-operator spectral layers.
 
-    python bench/fno.py              # every shape, 7 rounds; writes bench/results/fno-cpu-<date>.md
-    python bench/fno.py --quick      # three shapes, 5 rounds, nothing written
+    python bench/fno.py                       # every shape, 5 rounds; writes bench/results/fno-cpu-<date>.md
+    python bench/fno.py --quick               # three shapes, 5 rounds, nothing written
+    python bench/fno.py --quick --threads 1 --append   # the work alone (one torch thread), appended
 
 The layers are written as neuraloperator (and the original FNO code) writes them: rfft / rfft2,
 ``out_ft = torch.zeros(...)``, ``einsum`` on the kept corner blocks ([:m] in 1-D; [:m1, :m2] and
@@ -47,7 +48,7 @@ RESULTS = ROOT / "bench" / "results"
 SHAPES = [
     (4, 32, (256,), 16), (16, 64, (1024,), 16), (16, 64, (8192,), 16), (8, 32, (16384,), 32),
     (4, 32, (65536,), 16),
-    (4, 32, (32, 32), 12), (4, 32, (64, 64), 16), (8, 32, (128, 128), 16), (4, 64, (256, 256), 32),
+    (4, 32, (32, 32), 12), (4, 32, (64, 64), 16), (8, 64, (128, 128), 16), (4, 32, (256, 256), 32),
     (2, 32, (512, 512), 16),
 ]
 QUICK = [(4, 32, (256,), 16), (16, 64, (8192,), 16), (8, 32, (128, 128), 16)]
@@ -189,8 +190,12 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--append", action="store_true", help="append the table to today's results file")
     args = parser.parse_args()
-    shapes, rounds = (QUICK, 5) if args.quick else (SHAPES, 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes, rounds = (QUICK, 5) if args.quick else (SHAPES, 5)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rows = []
@@ -198,15 +203,19 @@ def main() -> None:
         rows.append(measure(shape, rounds))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     load1 = os.getloadavg()
-    text = (f"# FNO spectral layers on CPU ({datetime.date.today()})\n\n"
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no_grad, {rounds} interleaved "
+    text = (("" if args.append else f"# FNO spectral layers on CPU ({datetime.date.today()})\n\n")
+            + f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, no_grad, {rounds} interleaved "
             f"rounds (medians); load average before {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}, after "
             f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}; run took {time.perf_counter() - t0:.0f} s.\n\n"
             f"{table(rows)}\n")
     print(text)
-    if not args.quick:
+    path = RESULTS / f"fno-cpu-{datetime.date.today()}.md"
+    if args.append:
+        with path.open("a") as f:
+            f.write("\n" + text)
+    elif not args.quick:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"fno-cpu-{datetime.date.today()}.md").write_text(text)
+        path.write_text(text)
 
 
 if __name__ == "__main__":
