@@ -1,0 +1,273 @@
+"""Triton plan for ``convfuse::fft_conv_mix`` in 1-D at the fused sizes (n <= 2048): the channel
+GEMM between the forward and inverse Monarch stages, in one kernel (kernels_mix.py).
+
+``run_conv_mix(u, w, bias, n, start, length, scale, n_power, conj, groups, out_dtype)`` is the
+CUDA hook (also CPU tensors under TRITON_INTERPRET=1, for tests): the result, or a string saying
+why this plan does not apply (the caller then runs another implementation).  ``resolve_mix`` is
+the plan alone, ``explain_mix`` says it in words.
+
+Design: accumulate in frequency across input channels.  A program owns (batch row b, group g,
+BO output channels); for each input channel it transforms u[b, c] once, multiplies by
+K[o, c] for its BO channels and adds into (BO, N1, N2) accumulators on chip, then runs one
+inverse per output channel.  The alternatives:
+- one fft_conv per (o, c) pair: Ci*Co forward and inverse transforms per batch row, and Ci*Co
+  rows of partial results through GPU memory to be summed;
+- accumulate in frequency (this): with Ci = Co = C, per batch row C/2 complex forward transforms
+  (two real channels per transform, kernels_mix.py's pairing) per output block and C inverses:
+  C/2 * (C / BO) + C transforms instead of 2 C^2.  The forward spectra are recomputed by every
+  output block of the same row: the accumulators, 8 n bytes per output channel in fp32, have to
+  stay in registers, which bounds BO (``block_channels``), and keeping the spectra instead would
+  mean a pass of Ci * 8n bytes per row through GPU memory (or one program per batch row: B
+  programs, too few to fill a GPU at small batch).  On tensor cores a forward transform pair
+  costs about what the BO complex multiply-adds per frequency cost on the CUDA cores
+  (H100: ~990 vs ~67 TFLOP/s), so the recomputation roughly doubles the arithmetic at most and
+  leaves the kernel bound by reading u and w's spectrum (roofline in ``roofline``).
+- the channel contraction on tensor cores: per frequency it is a (B x Ci) @ (Ci x Co) matrix
+  product, which needs B rows of one frequency in a program (TurboFNO's layout); the elementwise
+  form here keeps one batch row per program and needs no transposes; not built.
+
+The kernel spectrum is made once per call (plan.kernel_spectrum's builder: one Triton launch on
+CUDA, torch.fft otherwise), in Monarch order, paired (K[o, a] - i K[o, a+1]) and, for a
+``constant_kernel``, cached under cpu_cache's sound rule (bits unchanged, or the kernel frozen;
+by value only inside ``plan.cache_kernel_spectra()`` on a GPU, as every Triton spectrum).
+Nothing here is measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from convfuse import config
+from convfuse.backends import cpu_cache
+from convfuse.backends.common import compute_dtype
+from convfuse.backends.triton_monarch import plan as plan_mod
+from convfuse.backends.triton_monarch.plan import MonarchPlan, call_plan, check_dot_shape, dot_dtype_for
+
+FALLBACKS: Counter[str] = Counter()  # reason -> calls this plan refused
+LAUNCHES: Counter[str] = Counter()  # plan description -> launches
+MIX_WARPS = 8  # every entry of MIX_TABLE was compiled at 8 warps (twice the registers of 4 per block)
+# (dot kind, n) -> (BO, num_stages or None for Triton's default, shared bytes per block): the largest
+# BO (output channels a program accumulates, a power of two) that compiled for sm90 without spills
+# (bench/results/triton-sm90-resources.md; fp32 dots at 2048 spill ~200 B even at BO = 1, as the
+# plain fused kernel does).  The accumulators cost 2 * BO * n compute-dtype values per program:
+# the budget is 8192 per plane with half dots, 1024-2048 with fp32 (tf32x3 splits every operand
+# in two) or fp64.  num_stages=1 where the pipeliner's staging of the channel loop's loads took
+# over 99 KB of shared memory (fp64 from 1024, fp32 at 2048) and spilled more, not less.
+# Checked by tests/backends/test_triton_mix.py (compiles every entry); unmeasured on a GPU.
+MIX_TABLE: dict[tuple[str, int], tuple[int, int | None, int]] = {
+    ("half", 256): (32, None, 33792), ("half", 512): (16, None, 33792),
+    ("half", 1024): (8, None, 36864), ("half", 2048): (4, None, 45056),
+    ("fp32", 256): (8, None, 20480), ("fp32", 512): (4, None, 26624),
+    ("fp32", 1024): (1, None, 53248), ("fp32", 2048): (1, 1, 32768),
+    ("fp64", 256): (4, None, 34816), ("fp64", 512): (4, None, 53248),
+    ("fp64", 1024): (1, 1, 32768), ("fp64", 2048): (1, 1, 49152),
+}
+DEFAULT_SMS = 132  # H100 SXM's multiprocessors: the grid target where no device says
+
+
+def dot_kind(dot: torch.dtype) -> str:
+    return {torch.float16: "half", torch.bfloat16: "half", torch.float32: "fp32", torch.float64: "fp64"}[dot]
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    plan: MonarchPlan
+    m: int  # the size the kernel runs at (n, or a padded fused size for a linear call)
+    half_in: bool
+    half_out: bool
+    bo: int  # output channels per program
+    stages: int | None  # num_stages of the launch (None: Triton's default)
+
+    def dot_shapes(self) -> list[tuple[int, int, int]]:
+        """(M, N, K) of every tl.dot the kernel runs."""
+        n1, n2 = self.plan.n1, self.plan.n2
+        rin = n1 // 2 if self.half_in else n1
+        rout = n1 // 2 if self.half_out else n1
+        return [(n1, n2, rin), (n1, n2, n2), (self.bo * n1, n2, n2), (self.bo * n2, rout, n1)]
+
+
+def block_channels(m: int, co: int, programs_per_block: int, dot: torch.dtype, sms: int = DEFAULT_SMS) -> int:
+    """BO for a call: MIX_TABLE's, at most the group's channels (rounded up to a power of two),
+    halved while the grid (``programs_per_block`` = batch rows * groups programs per output
+    block) has fewer programs than the device has multiprocessors: a smaller block recomputes
+    more forward transforms, but on idle multiprocessors, and each program gets shorter."""
+    bo = min(MIX_TABLE[(dot_kind(dot), m)][0], 1 << max(0, (co - 1).bit_length()))
+    while bo > 1 and programs_per_block * -(-co // bo) < sms:
+        bo //= 2
+    return bo
+
+
+def _sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter runs programs one after another: nothing to fill
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _runs_here(u: Tensor) -> str | None:
+    if u.device.type == "cuda":
+        return None
+    if u.device.type == "cpu" and config.triton_interpret:
+        return None
+    return f"the Triton mix plan runs on CUDA tensors (or CPU under TRITON_INTERPRET=1), got {u.device}"
+
+
+def resolve_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, conj: bool, groups: int,
+                out_dtype: torch.dtype | None) -> MixPlan | str:
+    """The plan a call runs with, or why none (arguments as ``fft_conv_mix``, already checked)."""
+    if len(n) != 1:
+        return f"{len(n)}-D mixing convolution: the Triton plan is 1-D only"
+    why = _runs_here(u)
+    if why:
+        return why
+    if any(t is not None and t.device != u.device for t in (w, bias)):
+        return "operands on different devices"
+    n, start, length = int(n[0]), int(start[0]), int(length[0])
+    Lu, Lk, ci = u.shape[-1], w.shape[-1], w.shape[1]
+    if min(Lu, Lk, ci, length, u.numel(), w.shape[0]) == 0:
+        return "an empty operand (the result is the bias alone)"
+    dtype = compute_dtype(u, w, bias)
+    dot = dot_dtype_for(dtype, u.dtype, out_dtype or dtype)
+    if dot == torch.bfloat16 and u.device.type == "cpu":
+        dot = torch.float32  # the interpreter's bf16 tl.dot is wrong
+    cp = call_plan(n, min(Lu, n), min(Lk, n), start, length, conj, dtype, dot, u.device)
+    if isinstance(cp, str):
+        return cp
+    if not isinstance(cp.plan, MonarchPlan):
+        return f"n={cp.m} needs the outer passes; the fused mix kernel covers n <= 2048"
+    bf = math.prod(u.shape[:-2])
+    bo = block_channels(cp.m, w.shape[0] // groups, bf * groups, cp.plan.dot_dtype, _sms(u.device))
+    _, stages, smem = MIX_TABLE[(dot_kind(cp.plan.dot_dtype), cp.m)]
+    if smem > plan_mod.device_smem(u.device):
+        return (f"n={cp.m}: the mix kernel needs ~{smem // 1024} KB of shared memory, "
+                f"device has {plan_mod.device_smem(u.device) // 1024} KB")
+    mp = MixPlan(cp.plan, cp.m, cp.half_in, cp.half_out, bo, stages)
+    for shape in mp.dot_shapes():
+        check_dot_shape(*shape)
+    return mp
+
+
+def explain_mix(u, w, bias, n, start, length, conj, groups, out_dtype) -> str:
+    r = resolve_mix(u, w, bias, n, start, length, conj, groups, out_dtype)
+    if isinstance(r, str):
+        return f"no Triton mix plan: {r}"
+    skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
+    return (f"triton monarch mix n={r.m} = {r.plan.n1}x{r.plan.n2}"
+            + (f" (padded from {n[0]})" if r.m != n[0] else "")
+            + f", {r.bo} output channels per program, dots in {str(r.plan.dot_dtype).removeprefix('torch.')}"
+            + (f", skips {' and '.join(skips)}" if skips else ""))
+
+
+def mix_spectrum(w: Tensor, n: int, m: int, conj: bool, total: float, compute: torch.dtype,
+                 radices: tuple[int, int], groups: int, bo: int, constant_kernel: bool = False) -> Tensor:
+    """(G*NOB, P, 2, BO, N1, N2), P = ceil(Ci/2), NOB = ceil(Co/BO): Kp[o, p] = K[o, 2p] - i K[o, 2p+1]
+    in Monarch order, K the scaled (conjugated for a correlation) spectrum of w at size m, laid
+    out so each program's (BO, N1, N2) tile per pair is contiguous; an odd Ci's last pair is
+    K[o, Ci-1], channels past Co (a partial last block) are zero."""
+    def build() -> Tensor:
+        if w.is_cuda:
+            spec = plan_mod._kernel_spectrum(w, n, m, conj, total, compute, radices, 0, 0, 0)
+        else:  # the interpreter: torch.fft is faster than an interpreted launch per row
+            spec = plan_mod.torch_kernel_spectrum(w, n, m, conj, total, compute, radices)
+        if spec.shape[1] % 2:
+            spec = torch.cat([spec, spec.new_zeros(spec[:, :1].shape)], 1)  # (G*Co, 2P, 2, N1, N2)
+        a, b = spec[:, 0::2], spec[:, 1::2]
+        kp = torch.stack([a[:, :, 0] + b[:, :, 1], a[:, :, 1] - b[:, :, 0]], 2)  # (G*Co, P, 2, N1, N2)
+        co = kp.shape[0] // groups
+        nob = -(-co // bo)
+        kp = kp.unflatten(0, (groups, co))
+        if nob * bo != co:
+            kp = torch.cat([kp, kp.new_zeros((groups, nob * bo - co, *kp.shape[2:]))], 1)
+        # (G, NOB, BO, P, 2, N1, N2) -> (G, NOB, P, 2, BO, N1, N2)
+        return kp.unflatten(1, (nob, bo)).permute(0, 1, 3, 4, 2, 5, 6).reshape(groups * nob, *kp.shape[2:4], bo,
+                                                                                *radices).contiguous()
+
+    if not constant_kernel or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return build()
+    # "monarch" first: plan.cache_kernel_spectra() discards these with the other Triton spectra
+    variant = ("monarch", "mix", n, m, conj, total, compute, tuple(radices), groups, bo)
+    spec = cpu_cache.lookup(w, variant, build, by_value=plan_mod.SPECTRUM_CACHE or not w.is_cuda)
+    return spec if spec is not None else build()
+
+
+def run_conv_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, scale: float, n_power: float,
+                 conj: bool, groups: int, out_dtype: torch.dtype | None,
+                 constant_kernel: bool = False) -> Tensor | str:
+    """``fft_conv_mix`` (arguments checked by the caller) by the Triton plan, or why it does not apply."""
+    r = resolve_mix(u, w, bias, n, start, length, conj, groups, out_dtype)
+    if isinstance(r, str):
+        FALLBACKS[r] += 1
+        return r
+    try:
+        return _launch(r, u, w, bias, int(n[0]), int(start[0]), int(length[0]), scale, n_power, conj, groups,
+                       out_dtype, constant_kernel)
+    except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught)
+        from triton.runtime.errors import OutOfResources
+
+        if not isinstance(e, OutOfResources):
+            raise
+        why = f"n={r.m}, {r.bo} channels per program: the compiled kernel does not fit this device ({e})"
+        FALLBACKS[why] += 1
+        return why
+
+
+def _launch(r: MixPlan, u: Tensor, w: Tensor, bias: Tensor | None, n: int, start: int, length: int,
+            scale: float, n_power: float, conj: bool, groups: int, out_dtype: torch.dtype | None,
+            constant_kernel: bool) -> Tensor:
+    pl = r.plan
+    dtype = pl.compute_dtype
+    batch = u.shape[:-2]
+    G, ci = groups, w.shape[1]
+    co = w.shape[0] // G
+    out = torch.empty((*batch, G * co, length), dtype=out_dtype or dtype, device=u.device)
+    if out.numel() == 0:
+        return out
+    u3 = u.reshape(-1, u.shape[-2], u.shape[-1])  # (Bf, G*Ci, Lu), a view where strides allow
+    lu = min(u3.shape[-1], n)
+    if u3.stride(-1) * max(lu, 1) >= 2**31:
+        u3 = u3.contiguous()  # the kernel indexes samples in int32
+    total = scale * float(n) ** n_power
+    spec = mix_spectrum(w, n, r.m, conj, total, dtype, (pl.n1, pl.n2), G, r.bo, constant_kernel)
+    cp = spec.shape[1]
+    b32 = bias.to(dtype).contiguous() if bias is not None else spec  # any pointer when no bias
+    nob = -(-co // r.bo)
+    bf = u3.shape[0]
+    LAUNCHES[f"n={r.m} {pl.n1}x{pl.n2} BO={r.bo} {str(pl.dot_dtype).removeprefix('torch.')}"] += 1
+    from convfuse.backends.triton_monarch import kernels_mix
+
+    kernel = kernels_mix.MIX_CONV[u.device.type == "cpu"]
+    kernel[(bf, G * nob)](
+        u3, u3.stride(0), u3.stride(1), u3.stride(2), spec, b32, out, G * co * length,
+        pl.f1, pl.f2, pl.tw, ci, co, cp, nob, lu, start, length, 0,
+        N1=pl.n1, N2=pl.n2, BO=r.bo, HALF_IN=r.half_in, HALF_OUT=r.half_out, HAS_BIAS=bias is not None,
+        PREC=pl.input_precision, num_warps=MIX_WARPS, **({"num_stages": r.stages} if r.stages else {}))
+    return out
+
+
+def roofline(B: int, ci: int, co: int, n: int, L: int, in_bytes: int = 2, out_bytes: int = 2,
+             bo: int | None = None, spec_bytes: int = 4) -> dict[str, float]:
+    """Traffic and dot work of one call (a model, not a measurement).
+
+    HBM: u read once per output block (later blocks mostly hit L2), w's paired spectrum
+    (Co * Ci/2 * 2 * n * spec_bytes) once per batch row that misses L2 (counted once: it is
+    shared by all rows), y written once.  Dot multiply-adds per batch row: forward
+    4 n (RIN + N2) per pair per output block, inverse 4 n N2 + 2 n ROUT per output channel
+    (RIN, ROUT = N1/2 for a causal call, 2 L <= n); the channel product 4 n real multiply-adds
+    per (o, pair) on CUDA cores.  fp32 operands at tf32x3 run three dots per dot."""
+    fac = plan_mod.FACTORS.get(n)
+    if fac is None:
+        raise ValueError(f"n={n} is not a fused size")
+    n1, n2 = fac
+    rows = n1 // 2 if 2 * L <= n and n1 >= 32 else n1
+    bo = bo or block_channels(n, co, B, torch.float16)
+    pairs, blocks = -(-ci // 2), -(-co // bo)
+    hbm = B * ci * L * in_bytes + co * pairs * 2 * n * spec_bytes + B * co * L * out_bytes
+    fwd = B * blocks * pairs * 4 * n * (rows + n2)
+    inv = B * co * (4 * n * n2 + 2 * n * rows)
+    cmac = B * co * pairs * 4 * n
+    return dict(hbm_bytes_per_output=hbm / (B * co * L), dot_flops=2 * (fwd + inv), cuda_core_flops=2 * cmac,
+                dot_flops_per_output=2 * (fwd + inv) / (B * co * L))
