@@ -188,3 +188,29 @@ def test_backward_and_spectrum_kernels_compile(arch):
     assert k.asm.get("cubin")
     k = _compile(ks.SPECTRUM2[False], dict(N1=16, N2=64, W=16, RIN=16, CONJ=True, PREC=prec), arch)
     assert k.asm.get("cubin")
+
+
+# ---- on a GPU (skipped here): the compiled kernels at realistic shapes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled Triton kernels need a GPU")
+@pytest.mark.parametrize("n,L", [(512, 256), (2048, 1024), (1024, 1024)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_backward_on_the_gpu(n, L, dtype, monkeypatch):
+    monkeypatch.setattr(config, "triton_interpret", False)
+    g = torch.Generator(device="cuda").manual_seed(n)
+    u = torch.randn(4, 64, L, device="cuda", generator=g).to(dtype).requires_grad_()
+    k = (torch.randn(64, L, device="cuda", generator=g) / L ** 0.5).to(dtype).requires_grad_()
+    D, post = (torch.randn(s, device="cuda", generator=g).to(dtype).requires_grad_() for s in ((64, 1), (4, 64, L)))
+    p = ConvParams(n, 0, L)
+    before, composed = _backwards(), sum(grad_mod.COMPOSED.values())
+    out = _op(u, k, D, None, post, p, dtype)
+    w = torch.randn(out.shape, device="cuda", generator=g)
+    out.backward(w.to(dtype))
+    torch.cuda.synchronize()
+    fused = _backwards() == before + 1
+    assert fused or sum(grad_mod.COMPOSED.values()) == composed + 1, dict(grad_mod.COMPOSED)
+    ref = [t.detach().double().requires_grad_() for t in (u, k, D, post)]
+    (reference(ref[0], ref[1], ref[2], None, ref[3], p) * w.double()).sum().backward()
+    _compare([u.grad, k.grad, D.grad, None, post.grad], [ref[0].grad, ref[1].grad, ref[2].grad, None, ref[3].grad],
+             2e-2 if dtype != torch.float32 else 1e-4)

@@ -139,3 +139,15 @@ def test_forward_with_the_triton_spectrum_matches_the_reference(case):
     ref = reference(u, k, None, None, None, p)
     tol = 5e-3 if dtype == torch.float16 else 2e-5
     assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled Triton kernels need a GPU")
+@pytest.mark.parametrize("case", range(len(SPECTRA)))
+def test_triton_spectrum_on_the_gpu(case, monkeypatch):
+    monkeypatch.setattr(config, "triton_interpret", False)
+    n, m, radices, bins, col0, cols, conj, Lk = SPECTRA[case]
+    k = torch.randn(64, Lk, device="cuda")
+    got = spectrum.triton_spectrum(k, n, m, conj, 0.37, torch.float32, radices, bins, col0, cols)
+    assert got is not None, dict(spectrum.SPECTRA)
+    want = plan_mod.torch_kernel_spectrum(k, n, m, conj, 0.37, torch.float32, radices, bins, col0, cols)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5  # tf32x3 dots

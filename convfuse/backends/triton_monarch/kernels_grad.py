@@ -63,7 +63,8 @@ def _monarch_grad2(
     acci = tl.full((N1, N2), 0.0, CT)
     lo = tl.load(grp_ptr + hk)
     hi = tl.load(grp_ptr + hk + 1)
-    for i in range(lo + chunk, hi, C):
+    i = lo + chunk
+    while i < hi:  # (not range(lo, hi, C): Triton 3.6's interpreter cannot loop to a loaded bound)
         ra = tl.load(pair_ptr + 2 * i)
         rb_raw = tl.load(pair_ptr + 2 * i + 1)
         has_b = rb_raw >= 0
@@ -93,6 +94,7 @@ def _monarch_grad2(
                 cr, ci = _cmul(zur, zui, tl.load(k_base + kt), tl.load(k_base + NN + kt), False)
                 _inv2_window(f1_ptr, f2_ptr, tw_ptr, cr, ci, h_ptr, h_len, h_start, h_len, ra, rb, has_b,
                              N1, N2, HOUT, PREC)
+        i += C
     if NEED_K:
         tl.store(acc_base, accr)
         tl.store(acc_base + NN, acci)
@@ -127,10 +129,12 @@ def _monarch_grad_dk(
     kt = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     sr = tl.full((N1, N2), 0.0, CT)
     si = tl.full((N1, N2), 0.0, CT)
-    for c in range(0, C):
+    c = hk * 0  # an int64 counter: a while loop (Triton 3.6's interpreter cannot range to an argument)
+    while c < C:
         o = acc_ptr + (c * rows_k + hk) * (2 * NN) + kt
         sr += tl.load(o)
         si += tl.load(o + NN)
+        c += 1
     mult = tl.load(mult_ptr)
     sr = sr * mult
     if CONJ:
