@@ -407,3 +407,127 @@ def test_broadcasts_and_dropped_axes_are_no_view_of_the_letters(name):
         assert form is not None and form.nodes == [form.node] and form.equation == "bcf,ocf->bof"
     else:
         assert form is None, form
+
+
+# ---- random view chains around a contraction: every form returned is the value ------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _apply(x, plan):
+    for op, arg in plan:
+        if op == "permute":
+            x = x.permute(*arg)
+        elif op == "unsqueeze":
+            x = x.unsqueeze(arg)
+        elif op == "squeeze":
+            x = x.squeeze(arg)
+        elif op == "none":
+            x = x[(slice(None),) * arg + (None,)]
+        elif op == "mT":
+            x = x.mT
+        elif op == "transpose":
+            x = x.transpose(*arg)
+    return x
+
+
+def _core_call(core, a, b):
+    if core == "matmul":
+        return torch.matmul(a, b)
+    if core == "bmm":
+        return torch.bmm(a, b)
+    return torch.einsum(core, a, b)
+
+
+@st.composite
+def _view_plan(draw, x):
+    """Up to three views of ``x`` (a zeros tensor of the traced shape), drawn as they apply."""
+    plan = []
+    for _ in range(draw(st.integers(0, 3))):
+        rank = x.dim()
+        op = draw(st.sampled_from(["permute", "unsqueeze", "squeeze", "none", "mT", "transpose"]))
+        if op == "permute":
+            step = (op, tuple(draw(st.permutations(range(rank)))))
+        elif op == "unsqueeze":
+            step = (op, draw(st.integers(-rank - 1, rank)))
+        elif op == "none":
+            step = (op, draw(st.integers(0, rank)))
+        elif op == "squeeze" and rank > 1:
+            step = (op, draw(st.integers(-rank, rank - 1)))  # a no-op unless that axis has size 1
+        elif op in ("mT", "transpose") and rank >= 2:
+            step = (op, None if op == "mT" else (draw(st.integers(0, rank - 1)), draw(st.integers(-rank, -1))))
+        else:
+            continue
+        plan.append(step)
+        x = _apply(x, [step])
+    return plan
+
+
+@st.composite
+def _matmul_operands(draw):
+    """(leaf shapes, plans) whose views make valid matmul operands: each leaf is its operand's
+    axes in a random order, and some size-1 batch axes are inserted by unsqueeze (UNITs)."""
+    batch = draw(st.lists(st.sampled_from([1, 2, 3]), max_size=2))
+    n, k, m = (draw(st.sampled_from([1, 2, 3])) for _ in range(3))
+    shapes, plans = [], []
+    for tail in ((n, k), (k, m)):
+        drop = draw(st.integers(0, len(batch)))  # leading batch axes this operand lacks (broadcast)
+        axes = [(size if draw(st.booleans()) else 1, draw(st.booleans())) for size in batch[drop:]]
+        axes += [(size, False) for size in tail]  # (size, inserted by unsqueeze: size 1 only)
+        kept = [i for i, (size, unit) in enumerate(axes) if not (unit and size == 1)]
+        order = draw(st.permutations(kept))
+        shapes.append(tuple(axes[i][0] for i in order))
+        plan = [("permute", tuple(order.index(i) for i in kept))] if kept else []
+        plan += [("unsqueeze", i) for i in range(len(axes)) if i not in kept]
+        plans.append(plan)
+    return shapes, plans
+
+
+@st.composite
+def contraction_programs(draw):
+    if draw(st.booleans()):
+        shapes, plans = draw(_matmul_operands())
+        a, b = (_apply(torch.zeros(s), p) for s, p in zip(shapes, plans))
+        core = "bmm" if a.dim() == b.dim() == 3 and a.shape[0] == b.shape[0] and draw(st.booleans()) else "matmul"
+        y = _core_call(core, a, b)
+        return shapes, plans, core, draw(_view_plan(y))
+    shapes = [tuple(draw(st.lists(st.sampled_from([1, 2, 3]), min_size=2, max_size=4))) for _ in range(2)]
+    plans = [draw(_view_plan(torch.zeros(s))) for s in shapes]
+    a, b = (_apply(torch.zeros(s), p) for s, p in zip(shapes, plans))
+    core = draw(st.sampled_from(["matmul", "bmm", "einsum"]))
+    if core == "einsum":
+        letters = "abcdefg"
+        ta = letters[: a.dim()]
+        tb = "".join(draw(st.sampled_from(ta + "xyz"[i])) for i in range(b.dim())) if b.dim() <= 3 else None
+        if tb is None:
+            core = "matmul"
+        else:
+            pool = sorted(set(ta + tb))
+            out = "".join(draw(st.permutations(pool)))[: draw(st.integers(1, len(pool)))]
+            core = f"{ta},{tb}->{out}"
+    try:
+        y = _core_call(core, a, b)
+    except RuntimeError:
+        y = None
+    plan_out = draw(_view_plan(y)) if y is not None else []
+    return shapes, plans, core, plan_out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(contraction_programs())
+def test_random_view_chains_around_a_contraction(program):
+    shapes, plans, core, plan_out = program
+    try:  # a program eager refuses (shapes that do not contract, repeated letters) says nothing
+        _apply(_core_call(core, *(_apply(torch.zeros(s), p) for s, p in zip(shapes, plans))), plan_out)
+    except (RuntimeError, IndexError, ValueError):
+        return
+
+    def fn(u, w):
+        return _apply(_core_call(core, _apply(u, plans[0]), _apply(w, plans[1])), plan_out) * 1
+
+    torch.manual_seed(0)
+    found = _forms(fn, *(_complex(*s) for s in shapes))
+    for name, (form, value, got) in found.items():
+        if form is not None:
+            torch.testing.assert_close(got, value, rtol=1e-5, atol=1e-5, msg=f"{name}: {form.equation} {program}")
