@@ -20,6 +20,7 @@ from convfuse.backends import cpu_cache  # noqa: E402
 from convfuse.backends.triton_monarch import kernels_mix, mix  # noqa: E402
 from convfuse.backends.triton_monarch.plan import FUSED_SIZES, check_dot_shape, plan_for  # noqa: E402
 from convfuse.ops_mix import fft_conv_mix_reference  # noqa: E402
+from convfuse.ops_spectral import fft_spectral_mix_reference  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +65,7 @@ CASES = [
     ((1,), 1, 5, 6, 512, 512, 512, 300, 512, False, False, (512, False, False)),  # circular, window wraps
     ((2,), 2, 3, 2, 200, 60, 512, 10, 120, True, True, (512, True, True)),  # groups, correlation
     ((1, 2), 1, 1, 3, 90, 90, 300, 0, 100, False, True, (256, False, False)),  # n=300 linear -> 256, Ci=1
+    ((2,), 1, 2, 2, 300, 300, 256, 17, 256, False, True, (256, False, False)),  # u, w longer than n: truncated
 ]
 
 
@@ -118,9 +120,10 @@ def test_refusals_say_why(monkeypatch):
 def test_constant_kernel_spectrum_is_cached_soundly():
     u, w, b = _operands((1,), 1, 2, 2, 100, 100, torch.float32, True, 8)
     cpu_cache.clear()
-    for _ in range(3):
+    hits = cpu_cache.stats["hits"]
+    for _ in range(3):  # seen, stored, used
         _check(u, w, b, 256, 0, 100, constant=True)
-    assert cpu_cache.stats["hits"] >= 1
+    assert cpu_cache.stats["hits"] == hits + 1
     w.mul_(-2.0)  # new bits, same storage: the entry must not be used
     _check(u, w, b, 256, 0, 100, constant=True)
     cpu_cache.clear()
@@ -160,8 +163,9 @@ def test_dot_shapes_meet_gpu_limits(n, dot):
 
 def test_block_shrinks_to_fill_the_device():
     assert mix.block_channels(1024, 64, 200, torch.float16) == 8
-    assert mix.block_channels(1024, 64, 5, torch.float16, sms=132) == 2  # 5 rows * 32 blocks >= 132
-    assert mix.block_channels(1024, 64, 4, torch.float16, sms=132) == 1
+    assert mix.block_channels(1024, 64, 5, torch.float16, sms=132) == 4  # 5 rows * 16 blocks: 160 would not fit
+    assert mix.block_channels(1024, 64, 4, torch.float16, sms=132) == 2  # 4 rows * 32 blocks = 128 <= 132
+    assert mix.block_channels(1024, 64, 200, torch.float16, sms=132) == 8
     assert mix.block_channels(1024, 3, 1000, torch.float16) == 4  # at most Co rounded up
     assert mix.block_channels(2048, 64, 1, torch.float32) == 1
 
@@ -172,6 +176,60 @@ def test_roofline_counts():
     # amortized over 8 rows * 64 channels * 1024 samples
     assert r["hbm_bytes_per_output"] == pytest.approx(2 + 2 + 64 * 32 * 2 * 2048 * 4 / (8 * 64 * 1024))
     assert r["dot_flops"] > 0 and r["cuda_core_flops"] > 0
+
+
+# ---- fft_spectral_mix (the FNO layer) through the same kernel
+
+def _spectral(batch, ci, co, L, n, blocks, dtype=torch.float32, out=torch.float32, constant=False, seed=0,
+              n_power=0.0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(*batch, ci, L, generator=g, dtype=torch.float64).to(dtype)
+    cw = torch.complex128 if dtype == torch.float64 else torch.complex64
+    ws = [torch.randn(ci, co, m, generator=g, dtype=torch.complex128).to(cw) for _, m in blocks]
+    lows = [lo for lo, _ in blocks]
+    y = mix.run_spectral_mix(u, ws, lows, [n], 0.7, n_power, out, constant)
+    assert not isinstance(y, str), y
+    ref = fft_spectral_mix_reference(u, ws, lows, [n], 0.7, n_power, out)
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    err = ((y.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+    rtol = RTOL[out if out in (torch.float16, torch.bfloat16) else dtype if dtype == torch.float64 else torch.float32]
+    assert err <= rtol, f"relative max error {err:.2e} > {rtol:.0e}"
+    return ws
+
+
+@pytest.mark.parametrize("case", [
+    ((2,), 3, 4, 256, 256, [(0, 16)]),  # the usual FNO layer: the lowest modes
+    ((1, 2), 4, 3, 100, 512, [(0, 8), (200, 57)]),  # a block through the Nyquist bin, causal input skip
+    ((2,), 5, 2, 600, 256, [(120, 9), (0, 1)]),  # u longer than n (truncated), DC alone, Nyquist
+], ids=lambda c: f"n{c[4]}-ci{c[1]}-co{c[2]}")
+def test_spectral_against_reference(case):
+    _spectral(*case)
+
+
+def test_spectral_half_and_fp64():
+    _spectral((2,), 2, 3, 256, 256, [(3, 20)], torch.float16, torch.float16, seed=1)
+    _spectral((2,), 2, 3, 200, 256, [(3, 20)], torch.float16, torch.float32, seed=2)
+    _spectral((1,), 3, 2, 256, 512, [(0, 12)], torch.float64, torch.float64, seed=3, n_power=-1.0)
+
+
+def test_spectral_refusals_and_cache():
+    u = torch.randn(1, 2, 300)
+    ws = [torch.randn(2, 2, 4, dtype=torch.complex64)]
+    assert "runs at n itself" in mix.run_spectral_mix(u, ws, [0], [300], 1.0, 0.0, torch.float32)
+    assert "1-D only" in mix.run_spectral_mix(u[..., None], [ws[0][..., None]], [0, 0], [256, 1], 1.0, 0.0,
+                                              torch.float32)
+    cpu_cache.clear()
+    ws = _spectral((1,), 2, 2, 256, 256, [(0, 8)], constant=True, seed=4)  # first sighting
+    u = torch.randn(1, 2, 256)
+    hits = cpu_cache.stats["hits"]
+    for _ in range(2):  # stored, then used
+        mix.run_spectral_mix(u, ws, [0], [256], 0.7, 0.0, torch.float32, True)
+    assert cpu_cache.stats["hits"] == hits + 1
+    ws[0].mul_(1j)  # new bits: the cached spectrum must not be used
+    y = mix.run_spectral_mix(u, ws, [0], [256], 0.7, 0.0, torch.float32, True)
+    ref = fft_spectral_mix_reference(u, ws, [0], [256], 0.7, 0.0, torch.float32)
+    torch.testing.assert_close(y, ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+    cpu_cache.clear()
 
 
 # ---- compiled for NVIDIA targets, no GPU needed (as test_triton_compile.py)

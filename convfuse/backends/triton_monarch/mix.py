@@ -4,7 +4,9 @@ GEMM between the forward and inverse Monarch stages, in one kernel (kernels_mix.
 ``run_conv_mix(u, w, bias, n, start, length, scale, n_power, conj, groups, out_dtype)`` is the
 CUDA hook (also CPU tensors under TRITON_INTERPRET=1, for tests): the result, or a string saying
 why this plan does not apply (the caller then runs another implementation).  ``resolve_mix`` is
-the plan alone, ``explain_mix`` says it in words.
+the plan alone, ``explain_mix`` says it in words.  ``run_spectral_mix`` is the same for
+``fft_spectral_mix`` in 1-D (the FNO layer: the same kernel, with the real kernels its mode
+weights stand for; see the section above it).
 
 Design: accumulate in frequency across input channels.  A program owns (batch row b, group g,
 BO output channels); for each input channel it transforms u[b, c] once, multiplies by
@@ -46,7 +48,7 @@ from convfuse import config
 from convfuse.backends import cpu_cache
 from convfuse.backends.common import compute_dtype
 from convfuse.backends.triton_monarch import plan as plan_mod
-from convfuse.backends.triton_monarch.plan import MonarchPlan, call_plan, check_dot_shape, dot_dtype_for
+from convfuse.backends.triton_monarch.plan import FACTORS, MonarchPlan, call_plan, check_dot_shape, dot_dtype_for
 
 FALLBACKS: Counter[str] = Counter()  # reason -> calls this plan refused
 LAUNCHES: Counter[str] = Counter()  # plan description -> launches
@@ -93,11 +95,14 @@ class MixPlan:
 
 def block_channels(m: int, co: int, programs_per_block: int, dot: torch.dtype, sms: int = DEFAULT_SMS) -> int:
     """BO for a call: MIX_TABLE's, at most the group's channels (rounded up to a power of two),
-    halved while the grid (``programs_per_block`` = batch rows * groups programs per output
-    block) has fewer programs than the device has multiprocessors: a smaller block recomputes
-    more forward transforms, but on idle multiprocessors, and each program gets shorter."""
+    halved while twice the grid (``programs_per_block`` = batch rows * groups programs per
+    output block) still fits one program per multiprocessor: a smaller block recomputes the
+    forward transforms for twice as many blocks, which costs nothing on multiprocessors that
+    would idle, and shortens each program by half its channel products and inverses (the
+    forward part does not shrink); with the grid already filling the device it would only add
+    work."""
     bo = min(MIX_TABLE[(dot_kind(dot), m)][0], 1 << max(0, (co - 1).bit_length()))
-    while bo > 1 and programs_per_block * -(-co // bo) < sms:
+    while bo > 1 and 2 * programs_per_block * -(-co // bo) <= sms:
         bo //= 2
     return bo
 
@@ -139,13 +144,18 @@ def resolve_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, con
         return cp
     if not isinstance(cp.plan, MonarchPlan):
         return f"n={cp.m} needs the outer passes; the fused mix kernel covers n <= 2048"
-    bf = math.prod(u.shape[:-2])
-    bo = block_channels(cp.m, w.shape[0] // groups, bf * groups, cp.plan.dot_dtype, _sms(u.device))
-    _, stages, smem = MIX_TABLE[(dot_kind(cp.plan.dot_dtype), cp.m)]
-    if smem > plan_mod.device_smem(u.device):
-        return (f"n={cp.m}: the mix kernel needs ~{smem // 1024} KB of shared memory, "
-                f"device has {plan_mod.device_smem(u.device) // 1024} KB")
-    mp = MixPlan(cp.plan, cp.m, cp.half_in, cp.half_out, bo, stages)
+    return _block_plan(cp.plan, cp.m, cp.half_in, cp.half_out, w.shape[0] // groups, math.prod(u.shape[:-2]) * groups,
+                       u.device)
+
+
+def _block_plan(pl: MonarchPlan, m: int, half_in: bool, half_out: bool, co: int, programs_per_block: int,
+                device: torch.device) -> MixPlan | str:
+    bo = block_channels(m, co, programs_per_block, pl.dot_dtype, _sms(device))
+    _, stages, smem = MIX_TABLE[(dot_kind(pl.dot_dtype), m)]
+    if smem > plan_mod.device_smem(device):
+        return (f"n={m}: the mix kernel needs ~{smem // 1024} KB of shared memory, "
+                f"device has {plan_mod.device_smem(device) // 1024} KB")
+    mp = MixPlan(pl, m, half_in, half_out, bo, stages)
     for shape in mp.dot_shapes():
         check_dot_shape(*shape)
     return mp
@@ -173,25 +183,34 @@ def mix_spectrum(w: Tensor, n: int, m: int, conj: bool, total: float, compute: t
             spec = plan_mod._kernel_spectrum(w, n, m, conj, total, compute, radices, 0, 0, 0)
         else:  # the interpreter: torch.fft is faster than an interpreted launch per row
             spec = plan_mod.torch_kernel_spectrum(w, n, m, conj, total, compute, radices)
-        if spec.shape[1] % 2:
-            spec = torch.cat([spec, spec.new_zeros(spec[:, :1].shape)], 1)  # (G*Co, 2P, 2, N1, N2)
-        a, b = spec[:, 0::2], spec[:, 1::2]
-        kp = torch.stack([a[:, :, 0] + b[:, :, 1], a[:, :, 1] - b[:, :, 0]], 2)  # (G*Co, P, 2, N1, N2)
-        co = kp.shape[0] // groups
-        nob = -(-co // bo)
-        kp = kp.unflatten(0, (groups, co))
-        if nob * bo != co:
-            kp = torch.cat([kp, kp.new_zeros((groups, nob * bo - co, *kp.shape[2:]))], 1)
-        # (G, NOB, BO, P, 2, N1, N2) -> (G, NOB, P, 2, BO, N1, N2)
-        return kp.unflatten(1, (nob, bo)).permute(0, 1, 3, 4, 2, 5, 6).reshape(groups * nob, *kp.shape[2:4], bo,
-                                                                                *radices).contiguous()
+        return paired_layout(spec, groups, bo)
 
-    if not constant_kernel or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return build()
-    # "monarch" first: plan.cache_kernel_spectra() discards these with the other Triton spectra
     variant = ("monarch", "mix", n, m, conj, total, compute, tuple(radices), groups, bo)
-    spec = cpu_cache.lookup(w, variant, build, by_value=plan_mod.SPECTRUM_CACHE or not w.is_cuda)
+    return _cached(w, variant, build, constant_kernel)
+
+
+def _cached(k: Tensor, variant: tuple, build, constant: bool) -> Tensor:
+    # variant[0] == "monarch": plan.cache_kernel_spectra() discards these with the other Triton spectra
+    if not constant or (k.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return build()
+    spec = cpu_cache.lookup(k, variant, build, by_value=plan_mod.SPECTRUM_CACHE or not k.is_cuda)
     return spec if spec is not None else build()
+
+
+def paired_layout(spec: Tensor, groups: int, bo: int) -> Tensor:
+    """(G*Co, Ci, 2, N1, N2) real/imag planes of Hermitian spectra -> mix_spectrum's layout."""
+    if spec.shape[1] % 2:
+        spec = torch.cat([spec, spec.new_zeros(spec[:, :1].shape)], 1)  # (G*Co, 2P, 2, N1, N2)
+    a, b = spec[:, 0::2], spec[:, 1::2]
+    kp = torch.stack([a[:, :, 0] + b[:, :, 1], a[:, :, 1] - b[:, :, 0]], 2)  # (G*Co, P, 2, N1, N2)
+    co = kp.shape[0] // groups
+    nob = -(-co // bo)
+    kp = kp.unflatten(0, (groups, co))
+    if nob * bo != co:
+        kp = torch.cat([kp, kp.new_zeros((groups, nob * bo - co, *kp.shape[2:]))], 1)
+    # (G, NOB, BO, P, 2, N1, N2) -> (G, NOB, P, 2, BO, N1, N2)
+    return kp.unflatten(1, (nob, bo)).permute(0, 1, 3, 4, 2, 5, 6).reshape(
+        groups * nob, *kp.shape[2:4], bo, *spec.shape[-2:]).contiguous()
 
 
 def run_conv_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, scale: float, n_power: float,
@@ -202,9 +221,47 @@ def run_conv_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, sc
     if isinstance(r, str):
         FALLBACKS[r] += 1
         return r
+    return _oom_guard(r, lambda: _launch(r, u, w, bias, int(n[0]), int(start[0]), int(length[0]), scale, n_power,
+                                         conj, groups, out_dtype, constant_kernel))
+
+
+def _launch(r: MixPlan, u: Tensor, w: Tensor, bias: Tensor | None, n: int, start: int, length: int,
+            scale: float, n_power: float, conj: bool, groups: int, out_dtype: torch.dtype | None,
+            constant_kernel: bool) -> Tensor:
+    pl = r.plan
+    total = scale * float(n) ** n_power
+    spec = mix_spectrum(w, n, r.m, conj, total, pl.compute_dtype, (pl.n1, pl.n2), groups, r.bo, constant_kernel)
+    return _run_kernel(r, u, spec, bias, w.shape[1], w.shape[0] // groups, groups, n, start, length, out_dtype)
+
+
+def _run_kernel(r: MixPlan, u: Tensor, spec: Tensor, bias: Tensor | None, ci: int, co: int, G: int, n: int,
+                start: int, length: int, out_dtype: torch.dtype | None) -> Tensor:
+    pl = r.plan
+    dtype = pl.compute_dtype
+    out = torch.empty((*u.shape[:-2], G * co, length), dtype=out_dtype or dtype, device=u.device)
+    if out.numel() == 0:
+        return out
+    u3 = u.reshape(-1, u.shape[-2], u.shape[-1])  # (Bf, G*Ci, Lu), a view where strides allow
+    lu = min(u3.shape[-1], n)
+    if u3.stride(-1) * max(lu, 1) >= 2**31:
+        u3 = u3.contiguous()  # the kernel indexes samples in int32
+    b32 = bias.to(dtype).contiguous() if bias is not None else spec  # any pointer when no bias
+    nob = -(-co // r.bo)
+    LAUNCHES[f"n={r.m} {pl.n1}x{pl.n2} BO={r.bo} {str(pl.dot_dtype).removeprefix('torch.')}"] += 1
+    from convfuse.backends.triton_monarch import kernels_mix
+
+    kernel = kernels_mix.MIX_CONV[u.device.type == "cpu"]
+    kernel[(u3.shape[0], G * nob)](
+        u3, u3.stride(0), u3.stride(1), u3.stride(2), spec, b32, out, G * co * length,
+        pl.f1, pl.f2, pl.tw, ci, co, spec.shape[1], nob, lu, start, length, 0,
+        N1=pl.n1, N2=pl.n2, BO=r.bo, HALF_IN=r.half_in, HALF_OUT=r.half_out, HAS_BIAS=bias is not None,
+        PREC=pl.input_precision, num_warps=MIX_WARPS, **({"num_stages": r.stages} if r.stages else {}))
+    return out
+
+
+def _oom_guard(r: MixPlan, run):
     try:
-        return _launch(r, u, w, bias, int(n[0]), int(start[0]), int(length[0]), scale, n_power, conj, groups,
-                       out_dtype, constant_kernel)
+        return run()
     except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught)
         from triton.runtime.errors import OutOfResources
 
@@ -215,37 +272,76 @@ def run_conv_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, sc
         return why
 
 
-def _launch(r: MixPlan, u: Tensor, w: Tensor, bias: Tensor | None, n: int, start: int, length: int,
-            scale: float, n_power: float, conj: bool, groups: int, out_dtype: torch.dtype | None,
-            constant_kernel: bool) -> Tensor:
-    pl = r.plan
-    dtype = pl.compute_dtype
-    batch = u.shape[:-2]
-    G, ci = groups, w.shape[1]
-    co = w.shape[0] // G
-    out = torch.empty((*batch, G * co, length), dtype=out_dtype or dtype, device=u.device)
-    if out.numel() == 0:
-        return out
-    u3 = u.reshape(-1, u.shape[-2], u.shape[-1])  # (Bf, G*Ci, Lu), a view where strides allow
-    lu = min(u3.shape[-1], n)
-    if u3.stride(-1) * max(lu, 1) >= 2**31:
-        u3 = u3.contiguous()  # the kernel indexes samples in int32
-    total = scale * float(n) ** n_power
-    spec = mix_spectrum(w, n, r.m, conj, total, dtype, (pl.n1, pl.n2), G, r.bo, constant_kernel)
-    cp = spec.shape[1]
-    b32 = bias.to(dtype).contiguous() if bias is not None else spec  # any pointer when no bias
-    nob = -(-co // r.bo)
-    bf = u3.shape[0]
-    LAUNCHES[f"n={r.m} {pl.n1}x{pl.n2} BO={r.bo} {str(pl.dot_dtype).removeprefix('torch.')}"] += 1
-    from convfuse.backends.triton_monarch import kernels_mix
+# ---- fft_spectral_mix (the FNO layer) in 1-D: the same kernel with another spectrum.
+# Its result is irfft(Y, n) with Y[o, f] = sum_c W[c, o, f] X_c[f] on the kept modes and 0 elsewhere.
+# irfft reads only the real part of the DC and Nyquist bins and stands for the Hermitian
+# extension, so y is the cyclic convolution of u with the real kernels whose spectra are
+# K[o, c, f] = W[c, o, f] on the kept modes 0 < f < n/2, conj(W[c, o, n - f]) on their mirror
+# images, Re W at f = 0 and n/2, and 0 elsewhere: fft_conv_mix at n with start 0, length n.
 
-    kernel = kernels_mix.MIX_CONV[u.device.type == "cpu"]
-    kernel[(bf, G * nob)](
-        u3, u3.stride(0), u3.stride(1), u3.stride(2), spec, b32, out, G * co * length,
-        pl.f1, pl.f2, pl.tw, ci, co, cp, nob, lu, start, length, 0,
-        N1=pl.n1, N2=pl.n2, BO=r.bo, HALF_IN=r.half_in, HALF_OUT=r.half_out, HAS_BIAS=bias is not None,
-        PREC=pl.input_precision, num_warps=MIX_WARPS, **({"num_stages": r.stages} if r.stages else {}))
-    return out
+
+def resolve_spectral(u: Tensor, weights: list[Tensor], lows: list[int], n, out_dtype: torch.dtype | None) -> MixPlan | str:
+    """The plan an ``fft_spectral_mix`` call runs with (arguments already checked), or why none."""
+    if len(n) != 1:
+        return f"{len(n)}-D spectral layer: the Triton plan is 1-D only"
+    why = _runs_here(u)
+    if why:
+        return why
+    n = int(n[0])
+    if n not in FACTORS:
+        return (f"n={n}: the spectral layer runs at n itself (its modes are defined there), and the mix "
+                f"kernel has fused sizes {', '.join(map(str, FACTORS))} only")
+    ci, co = u.shape[-2], weights[0].shape[1]
+    if min(u.shape[-1], ci, co, u.numel()) == 0:
+        return "an empty operand (the result is zero)"
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32  # ops_spectral.compute_dtypes
+    dot = dot_dtype_for(dtype, u.dtype, out_dtype or dtype)
+    if dot == torch.bfloat16 and u.device.type == "cpu":
+        dot = torch.float32  # the interpreter's bf16 tl.dot is wrong
+    pl = plan_mod.plan_for(n, dtype, u.device, dot)
+    if isinstance(pl, str):
+        return pl
+    half_in = pl.can_skip_half and min(u.shape[-1], n) <= n // 2
+    return _block_plan(pl, n, half_in, False, co, math.prod(u.shape[:-2]), u.device)
+
+
+def spectral_spectrum(weights: list[Tensor], lows: list[int], n: int, total: float, compute: torch.dtype,
+                      radices: tuple[int, int], bo: int, constant_weights: bool = False) -> Tensor:
+    """mix_spectrum's layout for the real kernels an FNO layer's mode weights stand for (above);
+    cached for constant weights when there is one block (the cache keys one tensor)."""
+    def build() -> Tensor:
+        cplx = torch.complex128 if compute == torch.float64 else torch.complex64
+        ci, co = weights[0].shape[:2]
+        K = torch.zeros((co, ci, n), dtype=cplx, device=weights[0].device)
+        for w, lo in zip(weights, lows):
+            K[:, :, lo:lo + w.shape[-1]] = w.to(cplx).permute(1, 0, 2)
+        h = n // 2  # n is even (a fused size)
+        K[..., 0] = K[..., 0].real.to(cplx)
+        K[..., h] = K[..., h].real.to(cplx)
+        K[..., h + 1:] = K[..., 1:h].flip(-1).conj()
+        K = (K * total).reshape(co, ci, radices[1], radices[0]).transpose(-1, -2)  # Monarch order [k1, k2]
+        return paired_layout(torch.stack([K.real, K.imag], 2), 1, bo)
+
+    variant = ("monarch", "spectral", tuple(lows), n, total, compute, tuple(radices), bo)
+    return _cached(weights[0], variant, build, constant_weights and len(weights) == 1)
+
+
+def run_spectral_mix(u: Tensor, weights: list[Tensor], lows: list[int], n, scale: float, n_power: float,
+                     out_dtype: torch.dtype | None, constant_weights: bool = False) -> Tensor | str:
+    """``fft_spectral_mix`` (arguments checked by the caller) by the Triton plan, or why it does not apply."""
+    r = resolve_spectral(u, weights, lows, n, out_dtype)
+    if isinstance(r, str):
+        FALLBACKS[r] += 1
+        return r
+    m = int(n[0])
+    total = scale * float(m) ** n_power
+    pl = r.plan
+
+    def run() -> Tensor:
+        spec = spectral_spectrum(weights, list(lows), m, total, pl.compute_dtype, (pl.n1, pl.n2), r.bo, constant_weights)
+        return _run_kernel(r, u, spec, None, u.shape[-2], weights[0].shape[1], 1, m, 0, m, out_dtype)
+
+    return _oom_guard(r, run)
 
 
 def roofline(B: int, ci: int, co: int, n: int, L: int, in_bytes: int = 2, out_bytes: int = 2,
