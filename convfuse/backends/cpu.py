@@ -181,10 +181,15 @@ class CpuCall:
         if pre_gate is not None:
             ue = ue * pre_gate
         U = torch.fft.rfft(ue, n=plan.fft_n)  # pads (and truncates a signal longer than n) itself
-        if plan.bins:
-            U = U[..., : plan.bins]
         K = self.kernel_spectrum(k)
-        U = U.mul_(K) if self.ue_full else U * K
+        if plan.bins and self.ue_full:
+            # the kept bins' product in place over a zeroed tail: an M-bin spectrum handed to
+            # irfft would be zero-padded into a fresh tensor (cpu_algos.fft_tile)
+            U[..., plan.bins :].zero_()
+            U[..., : plan.bins].mul_(K)
+        else:
+            U = U[..., : plan.bins] if plan.bins else U
+            U = U.mul_(K) if self.ue_full else U * K
         y = window(torch.fft.irfft(U, n=plan.fft_n), plan.start, plan.length)
         epilogue_into(out, y, ue, D, post_gate)
         return out
@@ -206,6 +211,9 @@ class CpuCall:
 
         def make_worker():
             buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
+            # a sparse kernel's products go into the head of a spectrum buffer whose tail stays zero
+            spec = (torch.zeros(largest_box(units), padded // 2 + 1, dtype=_complex(dtype))
+                    if padded and plan.bins else None)
 
             def work(unit: list[tuple[int, int, int, int]]) -> None:
                 prepared = kernel_rows.for_unit(unit)
@@ -213,7 +221,11 @@ class CpuCall:
                     rows = box_rows(buf, o0, o1, h0, h1)
                     x = prologue_into(rows[..., :width], u3[o0:o1, h0:h1],
                                       pg3[o0:o1, h0:h1] if pg3 is not None else None)
-                    y = fft_tile(plan, rows, prepared(h0, h1)) if padded else linear_tile(plan, x, prepared(h0, h1))
+                    if padded:
+                        y = fft_tile(plan, rows, prepared(h0, h1),
+                                     box_rows(spec, o0, o1, h0, h1) if spec is not None else None)
+                    else:
+                        y = linear_tile(plan, x, prepared(h0, h1))
                     epilogue_into(out3[o0:o1, h0:h1], y, x, D3[o0:o1, h0:h1] if D3 is not None else None,
                                   post3[o0:o1, h0:h1] if post3 is not None else None)
 
@@ -221,6 +233,10 @@ class CpuCall:
 
         run_tiles(units, make_worker, None if pool else 1)
         return out
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:

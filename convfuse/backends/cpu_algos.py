@@ -87,13 +87,25 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.fft.rfft(w, n=plan.N).conj_physical_()
 
 
-def fft_tile(plan: Plan, padded: Tensor, prep: Tensor) -> Tensor:
+def fft_tile(plan: Plan, padded: Tensor, prep: Tensor, spectrum: Tensor | None = None) -> Tensor:
     """padded: (O, Hh, fft_n) signal tile, zero beyond the signal (the caller's buffer, so
-    the transform pads nothing); prep: prepared kernel spectra (Hh, bins) -> the window."""
+    the transform pads nothing); prep: prepared kernel spectra (Hh, bins) -> the window.
+    ``spectrum``: with a sparse kernel (plan.bins), the caller's (O, Hh, fft_n // 2 + 1) buffer
+    whose bins from plan.bins on are zero and stay so: the product of the kept bins is written
+    into its head and it is inverted as is."""
     U = torch.fft.rfft(padded)
     if plan.bins:
-        U = U[..., : plan.bins]  # irfft zero-pads the cut bins back to n // 2 + 1
-    U.mul_(prep)
+        # A short spectrum handed to irfft is zero-padded to n // 2 + 1 in a fresh tensor on
+        # every call, which made the sparse path slower than the dense one (bench/cpu.py,
+        # --sparse); the zero tail of a kept buffer, or zeroing U's own, costs less.
+        head = U[..., : plan.bins]
+        if spectrum is None:
+            U[..., plan.bins :].zero_()
+            spectrum = U
+        torch.mul(head, prep, out=spectrum[..., : plan.bins])
+        U = spectrum
+    else:
+        U.mul_(prep)
     c = torch.fft.irfft(U, n=plan.fft_n)
     return window(c, plan.start, plan.length)
 
