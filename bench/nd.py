@@ -1,7 +1,7 @@
 """CPU benchmark of the 2-D operator ``convfuse.fft_convnd`` on GFNet's global filter.
 
-    python bench/nd.py               # every shape, 9 rounds, 2 then 1 torch threads; writes bench/results/nd.{json,md}
-    python bench/nd.py --quick       # three shapes, 7 rounds, nothing written
+    python bench/nd.py               # every shape, 15 rounds, 2 then 1 torch threads; writes bench/results/nd.{json,md}
+    python bench/nd.py --quick       # three shapes, 9 rounds, nothing written
     python bench/nd.py --profile     # where the time goes (torch.profiler, 1 thread), printed
 
 GFNet's filter (examples/models.py, ``GFNetFilter``): rfft2 over (H, W) of a channels-last
@@ -9,16 +9,20 @@ GFNet's filter (examples/models.py, ``GFNetFilter``): rfft2 over (H, W) of a cha
 all under ``torch.inference_mode()``:
 - eager:           the module as written
 - compile:         torch.compile(module), the default backend (Inductor)
-- convfuse:        torch.compile(module, backend="convfuse"): the site rewritten to fft_convnd, the
-                   weight's kernel irfftn(W) computed in the graph every call, Inductor for the rest
-- convfuse before: the same compiled module with fft_convnd's plain torch.fft implementation
-                   (``fft_convnd_reference``, what the operator ran before ``backends/cpu_nd``)
-- op const:        the operator alone on a constant kernel buffer (``constant_kernel=True``: its
-                   spectrum cached), what the rewrite could pass if it proved the weight constant
-Rounds are interleaved (each times every variant once, order alternating) and medians reported:
-this 2-core machine is shared, and with a busy core torch's own 2-thread FFTs slow down many-fold
-(the load average is recorded with the figures).  The same table with every variant on one
-thread (torch.set_num_threads(1)) compares the work done, and is far less sensitive to load.
+- convfuse:        torch.compile(module, backend="convfuse"): the site rewritten to one fft_convnd
+                   call that takes the parameter spectrum itself (``kernel_is_spectrum``; its
+                   prepared form cached while the weight's bits are unchanged), Inductor for the rest
+- convfuse ref:    the same compiled module with fft_convnd's plain torch.fft implementation
+                   (``fft_convnd_reference``, ``config.nd_cpu = False``)
+- kernel per call: what the rewrite emitted before: irfftn(W) built every call and handed to
+                   fft_convnd as a time-domain kernel, which transforms it back
+Each variant is timed with ``torch.utils.benchmark.Timer`` (``timeit`` of about 20 ms per
+sample); rounds are interleaved (each times every variant once, order alternating) and medians
+reported: this 2-core machine is shared, and with a busy core torch's own 2-thread FFTs slow
+down many-fold (the load average is recorded with the figures).  The table with every variant
+on one thread (torch.set_num_threads(1)) times the calling thread's CPU time
+(``time.thread_time``: all the work runs on it), which compares the work done and is far less
+sensitive to load.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +53,8 @@ RESULTS = ROOT / "bench" / "results"
 SHAPES = [(2, 8, 8, 8), (4, 32, 32, 64), (1, 14, 14, 384), (8, 14, 14, 384), (32, 14, 14, 384),
           (8, 56, 56, 256), (16, 56, 56, 96)]
 QUICK = [(4, 32, 32, 64), (8, 14, 14, 384), (8, 56, 56, 256)]
-VARIANTS = ["eager", "compile", "convfuse", "convfuse_before", "op_const"]
+VARIANTS = ["eager", "compile", "convfuse", "convfuse_ref", "kernel_per_call"]
+SAMPLE_SECONDS = 0.02
 
 
 class Reference:
@@ -67,23 +73,24 @@ def variants(shape) -> tuple[dict, tuple]:
     torch.manual_seed(0)
     model = GFNetFilter(dim=C, h=H, w=W).eval()
     x = torch.randn(B, H, W, C)
-    with torch.no_grad():  # outside inference mode: a buffer the spectrum cache may key on
-        k = torch.fft.irfftn(torch.view_as_complex(model.weight), s=(H, W), dim=(0, 1)).movedim((0, 1), (-2, -1))
 
-    def op_const(x):
+    def kernel_per_call(x):
+        Wc = torch.view_as_complex(model.weight)
+        k = torch.fft.irfftn(Wc, s=(H, W), dim=(0, 1)).movedim((0, 1), (-2, -1))
         u = x.movedim((1, 2), (-2, -1))
-        out = torch.ops.convfuse.fft_convnd(u, k, [H, W], [0, 0], [H, W], 1.0, 0.0, False, x.dtype, True)
+        out = torch.ops.convfuse.fft_convnd(u, k, [H, W], [0, 0], [H, W], 1.0, 0.0, False, x.dtype)
         return out.movedim((-2, -1), (1, 2))
 
     fused = torch.compile(model, backend="convfuse")
     fns = {"eager": model, "compile": torch.compile(model), "convfuse": fused,
-           "convfuse_before": Reference(fused), "op_const": op_const}
+           "convfuse_ref": Reference(fused), "kernel_per_call": kernel_per_call}
     return fns, (x,)
 
 
-def measure(shape, rounds: int) -> dict:
+def measure(shape, rounds: int, threads: int) -> dict:
     torch._dynamo.reset()
     cpu_cache.clear()
+    clock = time.thread_time if threads == 1 else time.perf_counter
     with torch.inference_mode():
         fns, args = variants(shape)
         expected = fns["eager"](*args)
@@ -93,15 +100,18 @@ def measure(shape, rounds: int) -> dict:
             got = fn(*args)
             compile_s[name] = time.perf_counter() - t0
             err[name] = ((got - expected).abs().max() / expected.abs().max()).item()
-        for fn in fns.values():  # warm: the spectrum cache stores on its second sighting
-            fn(*args)
+        timers, number = {}, {}
+        for name, fn in fns.items():
+            fn(*args)  # warm: the spectrum cache stores on its second sighting
+            timers[name] = benchmark.Timer("fn(*args)", globals={"fn": fn, "args": args}, num_threads=threads,
+                                           timer=clock)
+            once = timers[name].timeit(3).median
+            number[name] = max(1, int(SAMPLE_SECONDS / max(once, 1e-6)))
         times = {name: [] for name in fns}
         for r in range(rounds):
-            order = list(fns.items())
-            for name, fn in (order if r % 2 == 0 else order[::-1]):
-                t0 = time.perf_counter()
-                fn(*args)
-                times[name].append((time.perf_counter() - t0) * 1e3)
+            order = list(timers.items())
+            for name, timer in (order if r % 2 == 0 else order[::-1]):
+                times[name].append(timer.timeit(number[name]).median * 1e3)
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
     return {"shape": list(shape), "median_ms": med, "best_ms": best, "max_rel_err": err,
@@ -109,16 +119,16 @@ def measure(shape, rounds: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| B, H, W, C | eager ms | compile ms | convfuse ms | convfuse before ms | op const ms "
-            "| convfuse vs eager | vs compile | before vs eager | op const vs eager | max rel err |")
+    head = ("| B, H, W, C | eager ms | compile ms | convfuse ms | convfuse ref ms | kernel per call ms "
+            "| convfuse vs eager | vs compile | ref vs eager | per call vs eager | max rel err |")
     lines = [head, "|---" * 11 + "|"]
     for r in rows:
         m = r["median_ms"]
         lines.append(
             f"| {', '.join(map(str, r['shape']))} | {m['eager']:.3f} | {m['compile']:.3f} | {m['convfuse']:.3f} "
-            f"| {m['convfuse_before']:.3f} | {m['op_const']:.3f} | {m['eager'] / m['convfuse']:.2f}x "
-            f"| {m['compile'] / m['convfuse']:.2f}x | {m['eager'] / m['convfuse_before']:.2f}x "
-            f"| {m['eager'] / m['op_const']:.2f}x | {max(r['max_rel_err'].values()):.1e} |")
+            f"| {m['convfuse_ref']:.3f} | {m['kernel_per_call']:.3f} | {m['eager'] / m['convfuse']:.2f}x "
+            f"| {m['compile'] / m['convfuse']:.2f}x | {m['eager'] / m['convfuse_ref']:.2f}x "
+            f"| {m['eager'] / m['kernel_per_call']:.2f}x | {max(r['max_rel_err'].values()):.1e} |")
     return "\n".join(lines)
 
 
@@ -134,11 +144,11 @@ def profile(shape) -> str:
     x = torch.randn(B, H, W, C)
     u = x.movedim((1, 2), (-2, -1))
     with torch.no_grad():
-        k = torch.fft.irfftn(torch.view_as_complex(model.weight), s=(H, W), dim=(0, 1)).movedim((0, 1), (-2, -1))
+        k = torch.view_as_complex(model.weight).movedim((0, 1), (-2, -1))
     args = ([H, W], [0, 0], [H, W], 1.0, 0.0, False, torch.float32)
     fns = {"eager GFNetFilter": lambda: model(x),
-           "fft_convnd before (torch.fft)": lambda: ops_nd.fft_convnd_reference(u, k, *args),
-           "fft_convnd now (cpu_nd)": lambda: torch.ops.convfuse.fft_convnd(u, k, *args)}
+           "fft_convnd reference (torch.fft)": lambda: ops_nd.fft_convnd_reference(u, k, *args, True),
+           "fft_convnd (cpu_nd), W given": lambda: torch.ops.convfuse.fft_convnd(u, k, *args, True, True)}
     out = [f"profile {shape}, 1 thread, 10 calls each, self CPU ms per call:"]
     with torch.inference_mode():
         for name, fn in fns.items():
@@ -161,20 +171,22 @@ def run(shapes, rounds: int, threads: int) -> tuple[list[dict], str, dict]:
     rows = []
     for shape in shapes:
         print(f"{shape}, {threads} threads: measuring ...", file=sys.stderr, flush=True)
-        rows.append(measure(shape, rounds))
+        rows.append(measure(shape, rounds, threads))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     load1 = os.getloadavg()[0]
     meta = {"threads": threads, "rounds": rounds, "torch": torch.__version__, "load_avg_1min": [load0, load1],
             "cpus": os.cpu_count()}
+    clock = "thread CPU time" if threads == 1 else "wall time"
     text = (f"torch threads {threads} ({meta['cpus']} cores), {rounds} interleaved rounds (order alternating), "
-            f"medians; 1-min load average at start, end: {load0:.1f}, {load1:.1f} (a shared machine).\n\n"
+            f"medians of torch.utils.benchmark samples, {clock}; 1-min load average at start, end: "
+            f"{load0:.1f}, {load1:.1f} (a shared machine).\n\n"
             + table(rows))
     return rows, text, meta
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="three shapes, 7 rounds, nothing written")
+    p.add_argument("--quick", action="store_true", help="three shapes, 9 rounds, nothing written")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--threads", type=int, nargs="*", default=None, help="torch thread counts (default: 2 1)")
     p.add_argument("--profile", action="store_true", help="print where the time goes and exit")
@@ -186,7 +198,7 @@ def main(argv=None) -> int:
             print(profile(shape), flush=True)
         return 0
     shapes = given or (QUICK if args.quick else SHAPES)
-    rounds = args.rounds or (7 if args.quick else 9)
+    rounds = args.rounds or (9 if args.quick else 15)
     runs = [run(shapes, rounds, t) for t in (args.threads or [2, 1])]
     text = "\n\n".join(r[1] for r in runs)
     text += f"\n\ntorch {torch.__version__}; every variant under torch.inference_mode(); ratios are eager (or compile) ms / convfuse ms.\n"
