@@ -2,7 +2,7 @@
 
 Published FFT convolutions and FNO layers write einsum('bcf,ocf->bof', U, K) also as a matmul,
 `@` or bmm over moved axes, or in real arithmetic on view_as_real planes.  Each spelling, as an
-FFT conv1d layer and as FNO-1D and FNO-2D spectral layers, is compiled with convfuse and compared
+FFT conv1d layer (and conv2d) and as FNO-1D and FNO-2D spectral layers, is compiled with convfuse and compared
 with eager in outputs and every gradient; its site must become one mixing operator.  Near misses
 (a matmul over frequency, a transpose that swaps channel and frequency, real arithmetic with a
 sign error) stay eager with a reason.  The pass-level tests check every form ``einsum_form``
@@ -87,6 +87,31 @@ class SpelledConv1d(nn.Module):
         if self.correlate:
             W = W.conj()
         return torch.fft.irfft(self.spell(U, W), n=n)[..., :L]
+
+
+class SpelledConv2d(nn.Module):
+    """A 'valid'-cropped FFT conv2d (C_in -> C_out), its contraction spelled ``spell``."""
+
+    def __init__(self, c_in, c_out, taps, spell):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, taps, taps) / (c_in * taps * taps) ** 0.5)
+        self.spell = spell
+
+    def forward(self, x):
+        p = self.weight.shape[-1] - 1
+        s = (x.shape[-2] + p, x.shape[-1] + p)
+        U, W = torch.fft.rfft2(x, s=s), torch.fft.rfft2(self.weight, s=s)
+        return torch.fft.irfft2(self.spell(U, W), s=s)[..., p // 2:p // 2 + x.shape[-2], p // 2:p // 2 + x.shape[-1]]
+
+
+def _conv2_einsum(U, W):
+    return torch.einsum("bchw,ochw->bohw", U, W)
+
+
+CONV2_SPELLINGS = {
+    "matmul over two frequency axes": lambda U, W: (U.permute(2, 3, 0, 1) @ W.permute(2, 3, 1, 0)).permute(2, 3, 0, 1),
+    "real arithmetic, torch.complex of .real and .imag": lambda U, W: _real(_conv2_einsum, U, W, planes="attr"),
+}
 
 
 # ---- spellings of einsum('bix,iox->box', x_ft[block], W) and its 2-D form --------------------------
@@ -177,6 +202,8 @@ CASES = {
                                                          "real arithmetic, unbind planes",
                                                          "real arithmetic, torch.complex of .real and .imag, "
                                                          "torch.real")},
+    **{f"conv2d, {name}": (lambda s=s: SpelledConv2d(2, 3, 3, s), lambda: torch.randn(2, 2, 8, 8), MIX)
+       for name, s in CONV2_SPELLINGS.items()},
     **{f"fno 1-d, {name}": (lambda s=s: SpelledFNO1d(3, 4, 5, s), lambda: torch.randn(2, 3, 16), MODES)
        for name, s in FNO1_SPELLINGS.items()},
     **{f"fno 2-d, {name}": (lambda s=s: SpelledFNO2d(3, 2, 3, 4, s), lambda: torch.randn(2, 3, 10, 10), MODES)
