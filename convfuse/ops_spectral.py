@@ -58,10 +58,6 @@ def _definitely(cond) -> bool:
     return bool(cond) if isinstance(cond, bool) else statically_known_true(cond)
 
 
-def block_sizes(weights: list[Tensor], d: int) -> list[list]:
-    return [list(w.shape[2:]) for w in weights]
-
-
 def check(u: Tensor, weights: list[Tensor], lows: list[int], n: list, out_dtype=None) -> None:
     d = len(n)
     if d < 1:
@@ -176,10 +172,14 @@ def fft_spectral_mix(
 
 @fft_spectral_mix.register_kernel("cpu")
 def _(u, weights, lows, n, scale, n_power, out_dtype, constant_weights=False):
-    check(u, weights, lows, n, out_dtype)
     if not CPU_IMPL:
         return fft_spectral_mix_reference(u, weights, lows, n, scale, n_power, out_dtype)
-    from convfuse.backends.cpu_spectral import spectral_mix_cpu
+    from convfuse.backends.cpu_spectral import REFERENCE_BYTES, intra_op_threads, spectral_mix_cpu
+
+    if u.numel() * u.element_size() < REFERENCE_BYTES:
+        with intra_op_threads(1):  # eager's own few calls, on one thread (2 OpenMP threads stall under load)
+            return fft_spectral_mix_reference(u, weights, lows, n, scale, n_power, out_dtype)
+    check(u, weights, lows, n, out_dtype)
 
     return spectral_mix_cpu(u, list(weights), list(lows), list(n), scale, n_power, out_dtype, constant_weights)
 

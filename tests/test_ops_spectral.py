@@ -18,6 +18,12 @@ WGRAD = torch.ops.convfuse.fft_spectral_mix_wgrad
 F64, C128 = torch.float64, torch.complex128
 
 
+@pytest.fixture(autouse=True)
+def _cpu_path_at_every_size(monkeypatch):
+    """Test inputs are tiny: without this they would all take the small-call reference path."""
+    monkeypatch.setattr(cpu_spectral, "REFERENCE_BYTES", 0)
+
+
 @pytest.fixture(params=["auto-inline", "fft-pool", "dft-small-tiles"])
 def impl(request, monkeypatch):
     """The last axis by FFT or by DFT matrix, inline or on the pool, in tiles of one row and
@@ -333,3 +339,17 @@ def test_compiled_training_step_matches_reference():
         g = torch.randn(got.shape, dtype=F64, generator=gen)
         for a, b in zip(torch.autograd.grad(got, (u, *ws), g), torch.autograd.grad(expected, (u, *ws), g)):
             assert_close_rel(a, b, 1e-12)
+
+
+def test_small_calls_take_the_reference_on_one_thread(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the pruned path ran for a small call")
+
+    monkeypatch.setattr(cpu_spectral, "REFERENCE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(cpu_spectral, "spectral_mix_cpu", fail)
+    u, ws, lows, n = make("2d-corners", gen=torch.Generator().manual_seed(13))
+    threads = torch.get_num_threads()
+    assert_close_rel(OP(u, ws, lows, n, 0.5, 0.0, F64), fft_spectral_mix_reference(u, ws, lows, n, 0.5, 0.0, F64), 1e-12)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="overlap"):
+        OP(u, [ws[0], ws[0]], [0, 0, 1, 1], n, 0.5, 0.0, F64)

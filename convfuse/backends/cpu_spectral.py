@@ -47,6 +47,11 @@ from convfuse.backends.cpu_exec import TILE_BYTES, empty_output, intra_op_thread
 
 # Below this many bytes of input the call runs on the calling thread (waking the pool costs more).
 INLINE_BYTES = 256 * 1024
+# ...and below this many, the plain reference on one thread: this path's ~30 extra small torch
+# calls cost more than eager's full transforms save there (measured, one thread, best of a
+# loaded machine's rounds: (4, 32, 256), 16 modes: reference 190 us, this path 285 us;
+# (4, 16, 1024): 365 / 314; (4, 32, 32x32), 12 modes: 2170 / 2340, within noise).
+REFERENCE_BYTES = 160 * 1024
 # Frequencies per GEMM work unit: the unit's slice of X, W and Y stays in L2.
 GEMM_CHUNK_BYTES = 1024 * 1024
 # Below this many flops the products run on the calling thread: handing them to the pool cost
