@@ -51,7 +51,8 @@ def _check(u, w, b, n, start, length, conj=False, G=1, out=None, scale=0.5, n_po
     ref = fft_conv_mix_reference(u, w, b, *args, scale, n_power, conj, G, out)
     assert y.shape == ref.shape and y.dtype == ref.dtype
     err = ((y.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
-    rtol = RTOL[out if out in (torch.float16, torch.bfloat16) else u.dtype if u.dtype == torch.float64 else torch.float32]
+    half = out in (torch.float16, torch.bfloat16)
+    rtol = RTOL[out if half else u.dtype if u.dtype == torch.float64 else torch.float32]
     assert err <= rtol, f"relative max error {err:.2e} > {rtol:.0e} ({mix.explain_mix(u, w, b, *args, conj, G, out)})"
     return plan
 
@@ -144,6 +145,26 @@ def test_paired_spectrum_layout():
             blk, i = gi * 2 + o // 2, o % 2
             torch.testing.assert_close(got[blk, :, i], want[gi * 3 + o])
     assert got[1, :, 1].abs().max() == 0 and got[3, :, 1].abs().max() == 0  # channel 3 of each group
+
+
+def test_triton_spectrum_builder_takes_the_weight_layout():
+    """On CUDA mix_spectrum builds K with plan._kernel_spectrum (one Triton launch, here
+    interpreted) on the (G*Co, Ci, K) weight: the same values as the torch builder the
+    interpreter runs otherwise."""
+    from convfuse.backends.triton_monarch import plan as plan_mod
+
+    g = torch.Generator().manual_seed(10)
+    w = torch.randn(3, 2, 70, generator=g)[:, :, ::2]  # (Co, Ci, 35), a strided view
+    for conj in (False, True):
+        got = plan_mod._kernel_spectrum(w, 256, 512, conj, 0.25, torch.float32, (32, 16), 0, 0, 0)
+        ref = plan_mod.torch_kernel_spectrum(w, 256, 512, conj, 0.25, torch.float32, (32, 16))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_bad_arguments_raise_as_the_operator():
+    u, w, _ = _operands((1,), 1, 2, 2, 64, 8, torch.float32, False, 11)
+    with pytest.raises(ValueError, match="input channels"):
+        mix.run_conv_mix(u, w[:, :1], None, [256], [0], [64], 1.0, 0.0, False, 1, torch.float32)
 
 
 @pytest.mark.parametrize("n", FUSED_SIZES)

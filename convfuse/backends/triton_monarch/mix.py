@@ -6,7 +6,7 @@ CUDA hook (also CPU tensors under TRITON_INTERPRET=1, for tests): the result, or
 why this plan does not apply (the caller then runs another implementation).  ``resolve_mix`` is
 the plan alone, ``explain_mix`` says it in words.  ``run_spectral_mix`` is the same for
 ``fft_spectral_mix`` in 1-D (the FNO layer: the same kernel, with the real kernels its mode
-weights stand for; see the section above it).
+weights stand for; see the section above ``resolve_spectral``).
 
 Design: accumulate in frequency across input channels.  A program owns (batch row b, group g,
 BO output channels); for each input channel it transforms u[b, c] once, multiplies by
@@ -20,13 +20,16 @@ inverse per output channel.  The alternatives:
   output block of the same row: the accumulators, 8 n bytes per output channel in fp32, have to
   stay in registers, which bounds BO (``block_channels``), and keeping the spectra instead would
   mean a pass of Ci * 8n bytes per row through GPU memory (or one program per batch row: B
-  programs, too few to fill a GPU at small batch).  On tensor cores a forward transform pair
-  costs about what the BO complex multiply-adds per frequency cost on the CUDA cores
-  (H100: ~990 vs ~67 TFLOP/s), so the recomputation roughly doubles the arithmetic at most and
-  leaves the kernel bound by reading u and w's spectrum (roofline in ``roofline``).
+  programs, too few to fill a GPU at small batch).  Per pair and output block the forward
+  transform is 4 n (N1/2 + N2) multiply-adds on tensor cores and the block's channel products
+  4 n BO on CUDA cores (H100: ~990 vs ~67 TFLOP/s, fp16 dots), so with MIX_TABLE's blocks the
+  recomputed transforms cost about what the channel products cost.
 - the channel contraction on tensor cores: per frequency it is a (B x Ci) @ (Ci x Co) matrix
   product, which needs B rows of one frequency in a program (TurboFNO's layout); the elementwise
-  form here keeps one batch row per program and needs no transposes; not built.
+  form here keeps one batch row per program and needs no transposes; not built.  ``roofline``
+  models a call: the kernel spectrum (Co * Ci * 4n bytes in fp32: one complex n-plane per two
+  channels, as much as one-sided spectra per channel) is the largest read once Ci*Co is large, and the CUDA-core channel products overtake the HBM
+  time from about C = 128 at n = 1024 (the reason to build the tensor-core form next).
 
 The kernel spectrum is made once per call (plan.kernel_spectrum's builder: one Triton launch on
 CUDA, torch.fft otherwise), in Monarch order, paired (K[o, a] - i K[o, a+1]) and, for a
@@ -123,7 +126,7 @@ def _runs_here(u: Tensor) -> str | None:
 
 def resolve_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, conj: bool, groups: int,
                 out_dtype: torch.dtype | None) -> MixPlan | str:
-    """The plan a call runs with, or why none (arguments as ``fft_conv_mix``, already checked)."""
+    """The plan a call runs with, or why none (arguments as ``fft_conv_mix``'s, valid ones)."""
     if len(n) != 1:
         return f"{len(n)}-D mixing convolution: the Triton plan is 1-D only"
     why = _runs_here(u)
@@ -216,13 +219,17 @@ def paired_layout(spec: Tensor, groups: int, bo: int) -> Tensor:
 def run_conv_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, scale: float, n_power: float,
                  conj: bool, groups: int, out_dtype: torch.dtype | None,
                  constant_kernel: bool = False) -> Tensor | str:
-    """``fft_conv_mix`` (arguments checked by the caller) by the Triton plan, or why it does not apply."""
+    """``fft_conv_mix`` by the Triton plan, or why it does not apply (arguments are checked here,
+    as the operator checks them; the launch runs on u's own GPU with autocast off)."""
+    from convfuse.ops_mix import check
+
+    check(u, w, bias, n, start, length, groups, out_dtype)
     r = resolve_mix(u, w, bias, n, start, length, conj, groups, out_dtype)
     if isinstance(r, str):
         FALLBACKS[r] += 1
         return r
-    return _oom_guard(r, lambda: _launch(r, u, w, bias, int(n[0]), int(start[0]), int(length[0]), scale, n_power,
-                                         conj, groups, out_dtype, constant_kernel))
+    return _oom_guard(r, u, lambda: _launch(r, u, w, bias, int(n[0]), int(start[0]), int(length[0]), scale, n_power,
+                                            conj, groups, out_dtype, constant_kernel))
 
 
 def _launch(r: MixPlan, u: Tensor, w: Tensor, bias: Tensor | None, n: int, start: int, length: int,
@@ -259,9 +266,12 @@ def _run_kernel(r: MixPlan, u: Tensor, spec: Tensor, bias: Tensor | None, ci: in
     return out
 
 
-def _oom_guard(r: MixPlan, run):
+def _oom_guard(r: MixPlan, u: Tensor, run):
+    from convfuse.ops import exact_precision, on_device
+
     try:
-        return run()
+        with on_device(u), exact_precision(u):
+            return run()
     except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught)
         from triton.runtime.errors import OutOfResources
 
@@ -280,7 +290,8 @@ def _oom_guard(r: MixPlan, run):
 # images, Re W at f = 0 and n/2, and 0 elsewhere: fft_conv_mix at n with start 0, length n.
 
 
-def resolve_spectral(u: Tensor, weights: list[Tensor], lows: list[int], n, out_dtype: torch.dtype | None) -> MixPlan | str:
+def resolve_spectral(u: Tensor, weights: list[Tensor], lows: list[int], n,
+                     out_dtype: torch.dtype | None) -> MixPlan | str:
     """The plan an ``fft_spectral_mix`` call runs with (arguments already checked), or why none."""
     if len(n) != 1:
         return f"{len(n)}-D spectral layer: the Triton plan is 1-D only"
@@ -328,7 +339,10 @@ def spectral_spectrum(weights: list[Tensor], lows: list[int], n: int, total: flo
 
 def run_spectral_mix(u: Tensor, weights: list[Tensor], lows: list[int], n, scale: float, n_power: float,
                      out_dtype: torch.dtype | None, constant_weights: bool = False) -> Tensor | str:
-    """``fft_spectral_mix`` (arguments checked by the caller) by the Triton plan, or why it does not apply."""
+    """``fft_spectral_mix`` by the Triton plan, or why it does not apply (checked as run_conv_mix)."""
+    from convfuse.ops_spectral import check
+
+    check(u, weights, lows, n, out_dtype)
     r = resolve_spectral(u, weights, lows, n, out_dtype)
     if isinstance(r, str):
         FALLBACKS[r] += 1
@@ -338,10 +352,11 @@ def run_spectral_mix(u: Tensor, weights: list[Tensor], lows: list[int], n, scale
     pl = r.plan
 
     def run() -> Tensor:
-        spec = spectral_spectrum(weights, list(lows), m, total, pl.compute_dtype, (pl.n1, pl.n2), r.bo, constant_weights)
+        spec = spectral_spectrum(weights, list(lows), m, total, pl.compute_dtype, (pl.n1, pl.n2), r.bo,
+                                 constant_weights)
         return _run_kernel(r, u, spec, None, u.shape[-2], weights[0].shape[1], 1, m, 0, m, out_dtype)
 
-    return _oom_guard(r, run)
+    return _oom_guard(r, u, run)
 
 
 def roofline(B: int, ci: int, co: int, n: int, L: int, in_bytes: int = 2, out_bytes: int = 2,
