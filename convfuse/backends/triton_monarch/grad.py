@@ -33,13 +33,12 @@ from convfuse.spec import ConvParams
 
 # Warps of the pass kernel per size, from the sm90 compile (bench/results/triton-sm90-resources.md):
 # its loop holds Zg, Zu and the d k sum beside each inverse, so from 512 on 8 warps spill less than
-# 4 (1024 causal: none); 2048 spills ~1.4 KB per thread at either.  Not measured on a GPU yet.
+# 4; 2048 spills ~1.3-2.1 KB per thread at either.  Not measured on a GPU yet.
 GRAD_WARPS: dict[int, int] = {256: 4, 512: 8, 1024: 8, 2048: 8}
 # Shared memory per block of the pass kernel at those warps (sm90 compile, the larger of the causal
-# and cyclic variants; fp64 twice).  Shared memory only stages tl.dot operands, but a pair runs 8
-# complex matmuls here against the forward's 4, so 2048 needs ~212 KB: H100/H200 yes, A100's
-# 164 KB and consumer GPUs' ~99 KB compose instead.
-GRAD_SMEM: dict[int, int] = {256: 21560, 512: 49208, 1024: 90168, 2048: 217144}
+# and cyclic variants; fp64 twice): it only stages tl.dot operands, since the pair loop is a while
+# loop, which Triton does not software-pipeline (a for loop over the pairs took 180-217 KB at 2048).
+GRAD_SMEM: dict[int, int] = {256: 1024, 512: 4096, 1024: 8192, 2048: 36864}
 COMPOSED: Counter[str] = Counter()  # why a backward was composed from forward calls instead
 CHUNKS: int | None = None  # programs per kernel row (None: enough to fill a GPU; tests set it)
 _REFUSED: set[tuple] = set()
