@@ -170,15 +170,13 @@ def _fft_convnd(
     d = len(n)
     axes = list(range(-d, 0))
     batch = broadcast_shapes(u.shape[:-d], k.shape[:-d])
-    out = torch.empty((*batch, *length), dtype=out_dtype)
-    if out.numel() == 0:
-        return out
+    if 0 in batch or 0 in length:
+        return torch.empty((*batch, *length), dtype=out_dtype)
     Lu, Lk = list(u.shape[-d:]), list(k.shape[-d:])
     spec = [*n[:-1], n[-1] // 2 + 1]
     total = scale * float(math.prod(n)) ** n_power
     lay = make_layout(batch, _flat(k, d))
     u3 = grid_view(_flat(u, d), lay)  # (Ko, Hk, S)
-    out3 = out.view(lay.Ko, lay.Hk, -1)
     row_bytes = math.prod(spec) * (16 if dtype == torch.float64 else 8)
     rows_per_tile = max(1, TILE_BYTES // row_bytes)
 
@@ -224,9 +222,13 @@ def _fft_convnd(
     if inline:  # one tile, on this thread: as few Python-level calls as the reference makes
         y = cyclic(u3.unflatten(-1, Lu), K)
         if out_dtype == dtype and list(length) == list(n) and not any(start):
-            return y.view(out.shape)  # the whole period: the inverse's fresh result is the output
-        out3.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
+            return y.view(*batch, *length)  # the whole period: the inverse's fresh result is the output
+        out = torch.empty((*batch, *length), dtype=out_dtype)
+        out.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
         return out
+
+    out = torch.empty((*batch, *length), dtype=out_dtype)
+    out3 = out.view(lay.Ko, lay.Hk, -1)
 
     Hk, S = lay.Hk, u3.shape[-1]
     item = torch.finfo(dtype).bits // 8
