@@ -227,6 +227,26 @@ def test_spectral_against_reference(case):
     _spectral(*case)
 
 
+def test_spectral_columns():
+    assert mix.spectral_columns(1024, 32, 32, [(0, 16)]) == (31, 16)  # col 0 and the mirrors' col 31
+    assert mix.spectral_columns(1024, 32, 32, [(0, 100)]) == (28, 16)  # cols 28..31 and 0..3
+    assert mix.spectral_columns(1024, 32, 32, [(500, 13)]) == (15, 16)  # around Nyquist: cols 15, 16
+    assert mix.spectral_columns(1024, 32, 32, [(0, 8), (500, 13)]) == (0, 0)  # two runs: 18 columns
+    assert mix.spectral_columns(256, 16, 16, [(0, 16)]) == (0, 0)  # N2 = 16: nothing to skip
+
+
+@pytest.mark.parametrize("n,blocks,dtype", [
+    (1024, [(0, 16)], torch.float32), (2048, [(0, 40)], torch.float16), (1024, [(500, 13)], torch.float32),
+])
+def test_spectral_kept_columns_only(n, blocks, dtype):
+    u = torch.randn(1, 2, n // 2)
+    ws = [torch.randn(2, 3, m, dtype=torch.complex64) for _, m in blocks]
+    lows = [lo for lo, _ in blocks]
+    r = mix.resolve_spectral(u, ws, lows, [n], dtype)
+    assert r.cols == 16 and r.width == 16 and r.half_in, r
+    _spectral((1,), 2, 3, n // 2, n, blocks, out=dtype, seed=n)
+
+
 def test_spectral_half_and_fp64():
     _spectral((2,), 2, 3, 256, 256, [(3, 20)], torch.float16, torch.float16, seed=1)
     _spectral((2,), 2, 3, 200, 256, [(3, 20)], torch.float16, torch.float32, seed=2)
@@ -304,7 +324,7 @@ def test_table_entries_compile_for_sm90(key):
     n1, n2 = plan_for(n).radices
     half = n1 >= 32
     dot = DOT_NAME[kind]
-    consts = dict(N1=n1, N2=n2, BO=bo, HALF_IN=half, HALF_OUT=half, HAS_BIAS=True,
+    consts = dict(N1=n1, N2=n2, W=n2, BO=bo, HALF_IN=half, HALF_OUT=half, HAS_BIAS=True,
                   PREC="tf32x3" if dot == "fp32" else "ieee")
     k = _compile(consts, dot, "fp64" if dot == "fp64" else "fp32", stages=stages)
     assert k.asm.get("cubin"), "no cubin produced"
@@ -316,9 +336,22 @@ def test_table_entries_compile_for_sm90(key):
         assert re.search(r"mma[a-z0-9_.]*\.f16\.f16", k.asm["ptx"]), "no fp16 tensor-core instruction"
 
 
+@pytest.mark.parametrize("n,dot", [(1024, "fp16"), (2048, "bf16"), (1024, "fp32")])
+def test_kept_columns_compile_for_sm90(n, dot):
+    """An FNO layer's kept columns (W = 16 of 32) at MIX_TABLE's block: no more than the dense kernel."""
+    kind = "half" if dot != "fp32" else "fp32"
+    bo, stages, smem = mix.MIX_TABLE[(kind, n)]
+    n1, n2 = plan_for(n).radices
+    k = _compile(dict(N1=n1, N2=n2, W=16, BO=bo, HALF_IN=True, HALF_OUT=False, HAS_BIAS=False,
+                      PREC="tf32x3" if dot == "fp32" else "ieee"), dot, "fp32", stages=stages)
+    assert k.metadata.shared <= smem
+    stack, regs = _stack_and_regs(k)
+    assert stack in (None, 0), f"{stack} B of spills ({regs} registers)"
+
+
 @pytest.mark.parametrize("dot", ["bf16", "fp16"])
 def test_kernel_compiles_for_sm80(dot):
     bo, stages, _ = mix.MIX_TABLE[("half", 1024)]
-    k = _compile(dict(N1=32, N2=32, BO=bo, HALF_IN=True, HALF_OUT=True, HAS_BIAS=True, PREC="ieee"),
+    k = _compile(dict(N1=32, N2=32, W=32, BO=bo, HALF_IN=True, HALF_OUT=True, HAS_BIAS=True, PREC="ieee"),
                  dot, "fp32", arch=80, stages=stages)
     assert k.asm.get("cubin") and k.metadata.shared <= 99 * 1024

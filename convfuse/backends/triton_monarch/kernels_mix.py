@@ -19,13 +19,15 @@ mix.py stores K[o, a] - i K[o, a+1] in Monarch order (``mix_spectrum``).
 
 Per pair (dots, (M, K) @ (K, N)):
     B = F1[:, :RIN] @ Z / N1, * TW        (N1, RIN) @ (RIN, N2)         4 dots
-    C = B @ F2 / N2                        (N1, N2) @ (N2, N2)           4 dots
-    S += C * Kp[o]                         (BO, N1, N2) elementwise
+    C = B @ F2[:, cols] / N2               (N1, N2) @ (N2, W)            4 dots
+    S += C * Kp[o]                         (BO, N1, W) elementwise
 per output block, once:
-    D = S @ conj(F2), * conj(TW)           (BO*N1, N2) @ (N2, N2)        4 dots
+    D = S @ conj(F2)[cols, :], * conj(TW)  (BO*N1, W) @ (W, N2)          4 dots
     Y^T = Re(D^T @ conj(F1)[:ROUT]^T)      (BO*N2, N1) @ (N1, ROUT)      2 dots
 The inverse's first contraction runs on the BO channels stacked as rows; its second contracts
 the N1 axis, so the tile is transposed once per block (not per pair) to keep it a 2-D dot.
+W = N2 (cols = all) for a convolution; an FNO layer's kernels are zero outside the kept modes,
+so only the W Monarch columns holding them are computed, stored and accumulated.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ from convfuse.backends.triton_monarch.kernels_common import _cdot, _cmul, _first
 
 def _mix_conv(
     u_ptr, u_sb, u_sc, u_sl,  # input u[b, c, j] at u_ptr + b*u_sb + c*u_sc + j*u_sl (c over all G*Ci)
-    k_ptr,  # paired kernel spectra (G*NOB, CP, 2, BO, N1, N2), compute dtype, contiguous; zero past Co
+    k_ptr,  # paired kernel spectra (G*NOB, CP, 2, BO, N1, W), compute dtype, contiguous; zero past Co
     bias_ptr,  # (G*Co,) compute dtype (ignored unless HAS_BIAS)
     out_ptr, out_sb,  # (Bf, G*Co, length) contiguous, out dtype; out_sb = G*Co*length
     f1_ptr, f2_ptr, tw_ptr,  # plan matrices: (2, N1, N1), (2, N2, N2) dot dtype, (2, N1, N2) compute dtype
     Ci, Co, CP, NOB,  # channels per group in / out, input pairs per group (ceil(Ci/2)), output blocks per group
     Lu,  # input samples used (<= n): loads beyond are zero
     start, length,  # window of the size-n cyclic result
+    col0,  # first kept spectrum column (cyclic) when W < N2, else 0
     zero,  # 0, at run time: see the channel loop
-    N1: tl.constexpr, N2: tl.constexpr, BO: tl.constexpr,
+    N1: tl.constexpr, N2: tl.constexpr, W: tl.constexpr, BO: tl.constexpr,
     HALF_IN: tl.constexpr, HALF_OUT: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
 ):
     NN: tl.constexpr = N1 * N2
@@ -64,20 +67,29 @@ def _mix_conv(
 
     a1 = tl.arange(0, N1)
     a2 = tl.arange(0, N2)
+    aw = tl.arange(0, W)
     tile = a1[:, None] * N2 + a2[None, :]  # (N1, N2) offsets in one plane
+    ktile = ao[:, None, None] * (N1 * W) + (a1[:, None] * W + aw[None, :])[None, :, :]  # (BO, N1, W)
     j = tl.arange(0, RIN)[:, None] * N2 + a2[None, :]  # (RIN, N2) input samples
     jm = j < Lu
-    f2_idx = a2[:, None] * N2 + a2[None, :]  # F2 is symmetric: forward and inverse read the same tile
+    # spectrum columns kept: cols = (col0 + c) mod N2, c < W; the others are zero in every kernel
+    # spectrum (an FNO layer's unkept modes), so the forward never computes them and the inverse
+    # contracts over W columns
+    if W == N2:
+        cols = aw
+    else:
+        cols = (col0 + aw) % N2
+    f2_fwd = a2[:, None] * N2 + cols[None, :]  # F2[:, cols]  (N2, W)
+    f2_inv = cols[:, None] * N2 + a2[None, :]  # F2[cols, :]  (W, N2)
     u_row = u_ptr + b * u_sb
     # this block's tiles are contiguous, BO*N1*N2 per plane and pair: offsets from the arange are
     # constants per thread, where channel-strided offsets and a channel mask would hold registers
-    k_blk = k_ptr + pid.to(tl.int64) * (CP * 2 * BO * NN)
-    ktile = ao[:, None, None] * NN + tile[None, :, :]  # (BO, N1, N2)
+    k_blk = k_ptr + pid.to(tl.int64) * (CP * 2 * BO * N1 * W)
 
     # tl.full, not tl.zeros: tl.zeros is a library @jit function, which TRITON_INTERPRET=1 makes an
     # interpreted one, and calling that while compiling leaves the interpreter's patches on triton.language
-    acc_r = tl.full((BO, N1, N2), 0.0, CT)
-    acc_i = tl.full((BO, N1, N2), 0.0, CT)
+    acc_r = tl.full((BO, N1, W), 0.0, CT)
+    acc_i = tl.full((BO, N1, W), 0.0, CT)
     for p in range(0, CP):
         ca = g * Ci + 2 * p
         # the partner channel of an odd Ci's last pair is zero (its paired spectrum is K[o, a] alone);
@@ -92,21 +104,22 @@ def _mix_conv(
         dz = p & zero
         br, bi = _first_stage(f1_ptr + dz, tw_ptr + dz, xa, xb, N1, RIN, N2, PREC)  # (N1, N2), twiddled
         f2p = f2_ptr + dz
-        cr, ci = _cdot(br.to(DT), bi.to(DT), tl.load(f2p + f2_idx), tl.load(f2p + N2 * N2 + f2_idx),
+        # C = B @ F2[:, cols] / N2   (N1, N2) @ (N2, W): 4 dots
+        cr, ci = _cdot(br.to(DT), bi.to(DT), tl.load(f2p + f2_fwd), tl.load(f2p + N2 * N2 + f2_fwd),
                        False, False, PREC)
         # forward stages divide by their radix (exact): half-precision dot operands stay in range
         cr = cr.to(CT) * (1.0 / N2)
         ci = ci.to(CT) * (1.0 / N2)
-        kp = k_blk + p * (2 * BO * NN)
-        kr = tl.load(kp + ktile)  # (BO, N1, N2) Kp[o, p], Monarch order
-        ki = tl.load(kp + BO * NN + ktile)
+        kp = k_blk + p * (2 * BO * N1 * W)
+        kr = tl.load(kp + ktile)  # (BO, N1, W) Kp[o, p], Monarch order, kept columns
+        ki = tl.load(kp + BO * N1 * W + ktile)
         acc_r += cr[None, :, :] * kr - ci[None, :, :] * ki
         acc_i += cr[None, :, :] * ki + ci[None, :, :] * kr
 
-    # ---- inverse stage 2 on the BO channels stacked as rows: D = S @ conj(F2)   (BO*N1, N2) @ (N2, N2)
-    sr = tl.reshape(acc_r, (BO * N1, N2))
-    si = tl.reshape(acc_i, (BO * N1, N2))
-    dr, di = _cdot(sr.to(DT), si.to(DT), tl.load(f2_ptr + f2_idx), tl.load(f2_ptr + N2 * N2 + f2_idx),
+    # ---- inverse stage 2 on the BO channels stacked as rows: D = S @ conj(F2)[cols, :]   (BO*N1, W) @ (W, N2)
+    sr = tl.reshape(acc_r, (BO * N1, W))
+    si = tl.reshape(acc_i, (BO * N1, W))
+    dr, di = _cdot(sr.to(DT), si.to(DT), tl.load(f2_ptr + f2_inv), tl.load(f2_ptr + N2 * N2 + f2_inv),
                    False, True, PREC)
     dr = tl.reshape(dr.to(CT), (BO, N1, N2))
     di = tl.reshape(di.to(CT), (BO, N1, N2))

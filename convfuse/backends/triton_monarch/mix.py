@@ -28,8 +28,9 @@ inverse per output channel.  The alternatives:
   product, which needs B rows of one frequency in a program (TurboFNO's layout); the elementwise
   form here keeps one batch row per program and needs no transposes; not built.  ``roofline``
   models a call: the kernel spectrum (Co * Ci * 4n bytes in fp32: one complex n-plane per two
-  channels, as much as one-sided spectra per channel) is the largest read once Ci*Co is large, and the CUDA-core channel products overtake the HBM
-  time from about C = 128 at n = 1024 (the reason to build the tensor-core form next).
+  channels, as much as one-sided spectra per channel) is the largest read once Ci*Co is large,
+  and the CUDA-core channel products overtake the HBM time from about C = 128 at n = 1024 (the
+  reason to build the tensor-core form next).
 
 The kernel spectrum is made once per call (plan.kernel_spectrum's builder: one Triton launch on
 CUDA, torch.fft otherwise), in Monarch order, paired (K[o, a] - i K[o, a+1]) and, for a
@@ -51,7 +52,9 @@ from convfuse import config
 from convfuse.backends import cpu_cache
 from convfuse.backends.common import compute_dtype
 from convfuse.backends.triton_monarch import plan as plan_mod
-from convfuse.backends.triton_monarch.plan import FACTORS, MonarchPlan, call_plan, check_dot_shape, dot_dtype_for
+from convfuse.backends.triton_monarch.plan import (
+    FACTORS, MIN_DOT, MonarchPlan, call_plan, check_dot_shape, dot_dtype_for,
+)
 
 FALLBACKS: Counter[str] = Counter()  # reason -> calls this plan refused
 LAUNCHES: Counter[str] = Counter()  # plan description -> launches
@@ -87,13 +90,19 @@ class MixPlan:
     half_out: bool
     bo: int  # output channels per program
     stages: int | None  # num_stages of the launch (None: Triton's default)
+    col0: int = 0  # first kept spectrum column (cyclic), see spectral_columns
+    cols: int = 0  # kept columns W, 0: all N2
+
+    @property
+    def width(self) -> int:
+        return self.cols or self.plan.n2
 
     def dot_shapes(self) -> list[tuple[int, int, int]]:
         """(M, N, K) of every tl.dot the kernel runs."""
-        n1, n2 = self.plan.n1, self.plan.n2
+        n1, n2, w = self.plan.n1, self.plan.n2, self.width
         rin = n1 // 2 if self.half_in else n1
         rout = n1 // 2 if self.half_out else n1
-        return [(n1, n2, rin), (n1, n2, n2), (self.bo * n1, n2, n2), (self.bo * n2, rout, n1)]
+        return [(n1, n2, rin), (n1, w, n2), (self.bo * n1, n2, w), (self.bo * n2, rout, n1)]
 
 
 def block_channels(m: int, co: int, programs_per_block: int, dot: torch.dtype, sms: int = DEFAULT_SMS) -> int:
@@ -152,13 +161,14 @@ def resolve_mix(u: Tensor, w: Tensor, bias: Tensor | None, n, start, length, con
 
 
 def _block_plan(pl: MonarchPlan, m: int, half_in: bool, half_out: bool, co: int, programs_per_block: int,
-                device: torch.device) -> MixPlan | str:
+                device: torch.device, col0: int = 0, cols: int = 0) -> MixPlan | str:
+    # MIX_TABLE's blocks were compiled with all columns; fewer columns only lower the pressure
     bo = block_channels(m, co, programs_per_block, pl.dot_dtype, _sms(device))
     _, stages, smem = MIX_TABLE[(dot_kind(pl.dot_dtype), m)]
     if smem > plan_mod.device_smem(device):
         return (f"n={m}: the mix kernel needs ~{smem // 1024} KB of shared memory, "
                 f"device has {plan_mod.device_smem(device) // 1024} KB")
-    mp = MixPlan(pl, m, half_in, half_out, bo, stages)
+    mp = MixPlan(pl, m, half_in, half_out, bo, stages, col0, cols)
     for shape in mp.dot_shapes():
         check_dot_shape(*shape)
     return mp
@@ -201,17 +211,17 @@ def _cached(k: Tensor, variant: tuple, build, constant: bool) -> Tensor:
 
 
 def paired_layout(spec: Tensor, groups: int, bo: int) -> Tensor:
-    """(G*Co, Ci, 2, N1, N2) real/imag planes of Hermitian spectra -> mix_spectrum's layout."""
+    """(G*Co, Ci, 2, N1, W) real/imag planes of Hermitian spectra (W kept columns) -> mix_spectrum's layout."""
     if spec.shape[1] % 2:
-        spec = torch.cat([spec, spec.new_zeros(spec[:, :1].shape)], 1)  # (G*Co, 2P, 2, N1, N2)
+        spec = torch.cat([spec, spec.new_zeros(spec[:, :1].shape)], 1)  # (G*Co, 2P, 2, N1, W)
     a, b = spec[:, 0::2], spec[:, 1::2]
-    kp = torch.stack([a[:, :, 0] + b[:, :, 1], a[:, :, 1] - b[:, :, 0]], 2)  # (G*Co, P, 2, N1, N2)
+    kp = torch.stack([a[:, :, 0] + b[:, :, 1], a[:, :, 1] - b[:, :, 0]], 2)  # (G*Co, P, 2, N1, W)
     co = kp.shape[0] // groups
     nob = -(-co // bo)
     kp = kp.unflatten(0, (groups, co))
     if nob * bo != co:
         kp = torch.cat([kp, kp.new_zeros((groups, nob * bo - co, *kp.shape[2:]))], 1)
-    # (G, NOB, BO, P, 2, N1, N2) -> (G, NOB, P, 2, BO, N1, N2)
+    # (G, NOB, BO, P, 2, N1, W) -> (G, NOB, P, 2, BO, N1, W)
     return kp.unflatten(1, (nob, bo)).permute(0, 1, 3, 4, 2, 5, 6).reshape(
         groups * nob, *kp.shape[2:4], bo, *spec.shape[-2:]).contiguous()
 
@@ -260,8 +270,8 @@ def _run_kernel(r: MixPlan, u: Tensor, spec: Tensor, bias: Tensor | None, ci: in
     kernel = kernels_mix.MIX_CONV[u.device.type == "cpu"]
     kernel[(u3.shape[0], G * nob)](
         u3, u3.stride(0), u3.stride(1), u3.stride(2), spec, b32, out, G * co * length,
-        pl.f1, pl.f2, pl.tw, ci, co, spec.shape[1], nob, lu, start, length, 0,
-        N1=pl.n1, N2=pl.n2, BO=r.bo, HALF_IN=r.half_in, HALF_OUT=r.half_out, HAS_BIAS=bias is not None,
+        pl.f1, pl.f2, pl.tw, ci, co, spec.shape[1], nob, lu, start, length, r.col0, 0,
+        N1=pl.n1, N2=pl.n2, W=r.width, BO=r.bo, HALF_IN=r.half_in, HALF_OUT=r.half_out, HAS_BIAS=bias is not None,
         PREC=pl.input_precision, num_warps=MIX_WARPS, **({"num_stages": r.stages} if r.stages else {}))
     return out
 
@@ -313,13 +323,38 @@ def resolve_spectral(u: Tensor, weights: list[Tensor], lows: list[int], n,
     if isinstance(pl, str):
         return pl
     half_in = pl.can_skip_half and min(u.shape[-1], n) <= n // 2
-    return _block_plan(pl, n, half_in, False, co, math.prod(u.shape[:-2]), u.device)
+    col0, cols = spectral_columns(n, pl.n1, pl.n2, [(lo, w.shape[-1]) for lo, w in zip(lows, weights)])
+    return _block_plan(pl, n, half_in, False, co, math.prod(u.shape[:-2]), u.device, col0, cols)
+
+
+def spectral_columns(n: int, n1: int, n2: int, blocks: list[tuple[int, int]]) -> tuple[int, int]:
+    """(col0, W): the shortest cyclic run of Monarch columns (column c holds frequencies
+    [c N1, (c+1) N1)) that holds every kept mode and its mirror image n - f, W rounded up to a
+    power of two >= 16 (tl.dot); (0, 0) when that is all N2 columns."""
+    used = [False] * n2
+    for lo, size in blocks:
+        for f in range(lo, lo + size):
+            used[f // n1] = used[((n - f) % n) // n1] = True
+    if all(used):
+        return 0, 0
+    # the longest cyclic run of unused columns; the kept run starts where it ends
+    best, best_end, run = 0, 0, 0
+    for c in range(2 * n2):
+        run = run + 1 if not used[c % n2] else 0
+        if run > best:
+            best, best_end = min(run, n2), c % n2
+    width = max(MIN_DOT, 1 << max(0, (n2 - best - 1).bit_length()))
+    if width >= n2:
+        return 0, 0
+    return (best_end + 1) % n2, width
 
 
 def spectral_spectrum(weights: list[Tensor], lows: list[int], n: int, total: float, compute: torch.dtype,
-                      radices: tuple[int, int], bo: int, constant_weights: bool = False) -> Tensor:
-    """mix_spectrum's layout for the real kernels an FNO layer's mode weights stand for (above);
-    cached for constant weights when there is one block (the cache keys one tensor)."""
+                      radices: tuple[int, int], bo: int, constant_weights: bool = False, col0: int = 0,
+                      cols: int = 0) -> Tensor:
+    """mix_spectrum's layout for the real kernels an FNO layer's mode weights stand for (above),
+    for the ``cols`` Monarch columns from ``col0`` only (0: all); cached for constant weights
+    when there is one block (the cache keys one tensor)."""
     def build() -> Tensor:
         cplx = torch.complex128 if compute == torch.float64 else torch.complex64
         ci, co = weights[0].shape[:2]
@@ -331,9 +366,11 @@ def spectral_spectrum(weights: list[Tensor], lows: list[int], n: int, total: flo
         K[..., h] = K[..., h].real.to(cplx)
         K[..., h + 1:] = K[..., 1:h].flip(-1).conj()
         K = (K * total).reshape(co, ci, radices[1], radices[0]).transpose(-1, -2)  # Monarch order [k1, k2]
+        if cols:
+            K = K.index_select(-1, (col0 + torch.arange(cols, device=K.device)) % radices[1])
         return paired_layout(torch.stack([K.real, K.imag], 2), 1, bo)
 
-    variant = ("monarch", "spectral", tuple(lows), n, total, compute, tuple(radices), bo)
+    variant = ("monarch", "spectral", tuple(lows), n, total, compute, tuple(radices), bo, col0, cols)
     return _cached(weights[0], variant, build, constant_weights and len(weights) == 1)
 
 
@@ -353,7 +390,7 @@ def run_spectral_mix(u: Tensor, weights: list[Tensor], lows: list[int], n, scale
 
     def run() -> Tensor:
         spec = spectral_spectrum(weights, list(lows), m, total, pl.compute_dtype, (pl.n1, pl.n2), r.bo,
-                                 constant_weights)
+                                 constant_weights, r.col0, r.cols)
         return _run_kernel(r, u, spec, None, u.shape[-2], weights[0].shape[1], 1, m, 0, m, out_dtype)
 
     return _oom_guard(r, u, run)
