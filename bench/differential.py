@@ -6,6 +6,7 @@
     python bench/differential.py --family rfft2 -n 300  # every convolution of one family (programs.FAMILIES)
     python bench/differential.py --seconds 1800  # stop after a time budget (prints how many ran)
     python bench/differential.py --replay 1234   # run and print program number 1234 of the stream
+    python bench/differential.py --mixing -n 400 # channel-mixing programs (tests/programs_mixing.py)
 
 Program i is ``tests/programs.random_program(seed + i)`` with inputs from the same seed, so every
 mismatch is reproducible from its number. Each program is compiled with convfuse (the rest of the
@@ -66,6 +67,37 @@ def shrink(m: P.Mismatch, seed: int, budget: int = 25) -> tuple[P.Mismatch, int]
     return best, seed
 
 
+def run_mixing(n: int, seed0: int, seconds: float | None) -> int:
+    """Program i is programs_mixing.draw_program(seed0 + i), conv for even i, spectral layers for odd."""
+    import random
+
+    import programs_mixing as PM
+    from programs_draw import Chooser
+
+    t0, ran, bad, kinds = time.time(), 0, [], collections.Counter()
+    for i in range(n):
+        if seconds is not None and time.time() - t0 > seconds:
+            break
+        seed = seed0 + i
+        torch.manual_seed(seed)
+        program = PM.draw_program(Chooser(rng=random.Random(seed)), "conv" if i % 2 == 0 else "modes")
+        kind, module, x, miss = program
+        kinds[f"{kind}{' near miss ' + miss if miss else ''}"] += 1
+        try:
+            problems = PM.check(program)
+        except Exception as exc:  # noqa: BLE001  eager itself failed: a generator bug, reported as such
+            problems = [f"generator: {type(exc).__name__}: {str(exc)[:200]}"]
+        ran += 1
+        if problems:
+            bad.append((seed, problems))
+            print(f"#{i} (seed {seed}) mismatch: {'; '.join(problems)}", flush=True)
+        if (i + 1) % 100 == 0:
+            print(f"... {i + 1} programs, {len(bad)} with mismatches, {time.time() - t0:.0f}s", flush=True)
+    print(f"\nran {ran} channel-mixing programs in {time.time() - t0:.0f}s: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + f"; {len(bad)} with mismatches")
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=10_000, help="programs to run (default 10000)")
@@ -79,7 +111,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "differential_mismatches.txt"))
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("--replay", type=int, default=None, help="run program number I of the stream, verbosely")
+    ap.add_argument("--mixing", action="store_true",
+                    help="channel-mixing programs instead (FFT conv1d/conv2d and FNO layers, with near misses)")
     args = ap.parse_args(argv)
+    if args.mixing:
+        return run_mixing(args.n, args.seed, args.seconds)
 
     def program(i):
         return P.random_program(args.seed + i, near_misses=not args.no_near_misses and args.family is None,

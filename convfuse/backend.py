@@ -116,7 +116,7 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
     if not opts.settings.cpu_no_gain_refusal:
         return None
     u_shape = example_value(m.u.signal).shape
-    out_shape = example_value(m.tail).shape
+    out_shape = example_value(m.result).shape
     sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)
     if not all(isinstance(v, int) for v in (*sizes, *u_shape, *out_shape)):
         return None  # symbolic sizes: decided per call, never refused
@@ -135,6 +135,8 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
 def _kernel_description(name: str, m, spec, policy) -> str:
     """What runs: for the CPU path with static sizes, the algorithm its cost model picks for the
     kernel the policy leaves (a partial kernel is a short one)."""
+    if hasattr(m, "kernel_name"):
+        return f"{name}: {m.kernel_name()}"  # a channel-mixing operator (its implementation per device)
     if m.multi_axis:
         return "torch.fft-nd"  # fft_convnd has one implementation
     K = spec.K

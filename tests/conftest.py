@@ -71,8 +71,9 @@ def assert_matches_eager(fn, args, *, rtol=1e-5, dynamic=None, grads=True, **opt
 def assert_close_rel(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
     assert got.shape == expected.shape, (got.shape, expected.shape)
     assert got.dtype == expected.dtype, (got.dtype, expected.dtype)
+    wide = torch.complex128 if expected.is_complex() else torch.float64  # .double() would drop imaginary parts
     scale = expected.detach().abs().max().double().clamp_min(1e-30)
-    err = (got.detach().double() - expected.detach().double()).abs().max()
+    err = (got.detach().to(wide) - expected.detach().to(wide)).abs().max()
     assert err <= rtol * scale, f"max error {err:.3e} > {rtol:g} * {scale:.3e}"
 
 

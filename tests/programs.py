@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from programs_check import FP32_EPS, Mismatch, as_dict, check, compare, fused_calls, reproducer
 from programs_draw import FAMILY_SHARE, Chooser, draw_program, programs, random_program
-from programs_record import (CASTS, FAMILIES, LAYOUTS, LENGTHS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
+from programs_record import (CASTS, FAMILIES, LAYOUT_OPS, LAYOUTS, LENGTHS, OUT_LAYOUT_OPS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
                              SCALE_FORMS, SCALE_WHERE, WINDOWS, Program, check_valid)
 from programs_source import build, make_inputs, render, shapes
 
 __all__ = [
-    "CASTS", "FAMILIES", "LAYOUTS", "LENGTHS", "MULS", "N_CHOICES", "NEAR_MISSES", "NORMS", "PENDING",
+    "CASTS", "FAMILIES", "LAYOUT_OPS", "OUT_LAYOUT_OPS", "LAYOUTS", "LENGTHS", "MULS", "N_CHOICES", "NEAR_MISSES", "NORMS", "PENDING",
     "SCALE_FORMS", "SCALE_WHERE", "WINDOWS", "Program", "check_valid",
     "FAMILY_SHARE", "Chooser", "draw_program", "programs", "random_program",
     "build", "make_inputs", "render", "shapes",

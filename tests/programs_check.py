@@ -27,8 +27,9 @@ class Mismatch:
 
 
 def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    wide = torch.complex128 if expected.is_complex() else torch.float64  # .double() would drop imaginary parts
     scale = expected.detach().abs().max().double().clamp_min(1e-30).item()
-    err = (got.detach().double() - expected.detach().double()).abs().max().item()
+    err = (got.detach().to(wide) - expected.detach().to(wide)).abs().max().item()
     return err, scale
 
 

@@ -8,7 +8,7 @@ import random
 from dataclasses import replace
 from typing import Callable
 
-from programs_record import (CASTS, FAMILIES, LAYOUT_OPS, LAYOUTS, RANK_CHANGING, kernel_rows, LENGTHS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
+from programs_record import (CASTS, FAMILIES, LAYOUT_OPS, OUT_LAYOUT_OPS, LAYOUTS, RANK_CHANGING, kernel_rows, LENGTHS, MULS, N_CHOICES, NEAR_MISSES, NORMS, PENDING,
                              SCALE_FORMS, SCALE_WHERE, Program)
 
 
@@ -128,6 +128,8 @@ def _draw_once(c: Chooser, *, near_misses: bool, pending: bool, family: str | No
         if c.boolean(0.15) and kernel_rows(p) > 1 and pend != "rfft2":
             ops += ("merge",)  # on a kernel spectrum with rows (of one row, reshape(-1) mixes nothing)
         p = replace(p, layout_ops=ops)
+    if c.boolean(0.25):
+        p = replace(p, out_layout_ops=tuple(c.choice(list(OUT_LAYOUT_OPS)) for _ in range(c.choice((1, 2)))))
     return p
 
 

@@ -61,6 +61,18 @@ LAYOUT_OPS = {
     "merge": "Kf = Kf.reshape(-1).reshape(Kf.shape)",
 }
 RANK_CHANGING = ("k_unsqueeze", "k_none", "k_expand")
+# Layout ops on the inverse's result before the window (``Program.out_layout_ops``): the window,
+# scales and cast after them are still the operator's; "y_merge" reshapes across the time axis
+# and back, which ends what the operator absorbs (the program is still rewritten, its window
+# left to the graph).
+OUT_LAYOUT_OPS = {
+    "y_round_trip": "y = y.unsqueeze(0).squeeze(0)",
+    "y_none": "y = y[None]",
+    "y_contiguous": "y = y.contiguous()",
+    "y_moved_back": "y = y.movedim(-1, 0).movedim(0, -1)",
+    "y_transpose_id": "y = y.transpose(0, 0)",
+    "y_merge": "y = y.reshape(-1).reshape(y.shape)",
+}
 
 
 def kernel_rows(p) -> int:
@@ -103,6 +115,7 @@ class Program:
     miss: str = ""  # a NEAR_MISSES mutation
     family: str = ""  # one of FAMILIES or PENDING ("": the plain spelling)
     layout_ops: tuple = ()  # LAYOUT_OPS applied to the spectra before the product ("merge" must refuse)
+    out_layout_ops: tuple = ()  # OUT_LAYOUT_OPS applied to the result before the window
 
     # -- the oracle ------------------------------------------------------------------------------
 
@@ -165,6 +178,7 @@ class Program:
         if self.family:
             out.append(f"family={self.family}")
         out += [f"layout_op={op}" for op in self.layout_ops]
+        out += [f"out_layout_op={op}" for op in self.out_layout_ops]
         return out
 
     def simpler(self) -> list["Program"]:

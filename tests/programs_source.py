@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from programs_record import LAYOUT_OPS, Program, check_valid
+from programs_record import LAYOUT_OPS, OUT_LAYOUT_OPS, Program, check_valid
 
 # ---- shapes and inputs -------------------------------------------------------------------------
 
@@ -171,6 +171,9 @@ def render(p: Program, name: str = "program") -> str:
         w(f"    y = torch.fft.ifft(Y{nn_}{dim}{ni}).real")
     else:
         w(f"    y = torch.fft.irfft(Y{nn_}{dim}{ni})")
+
+    for op in p.out_layout_ops:
+        w(f"    {OUT_LAYOUT_OPS[op]}")
 
     # the window
     a = p.offset

@@ -110,9 +110,11 @@ def odd_length_without_n(u, k):
 
 
 def contracting_einsum(u, k):
+    # sums over frequency (a contraction over channels, 'bhl,hl->bl', is a channel-mixing
+    # convolution and rewritten: tests/test_mixing.py)
     L = u.shape[-1]
-    y = torch.einsum("bhl,hl->bl", torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L))
-    return torch.fft.irfft(y, n=2 * L)[..., :L]
+    y = torch.einsum("bhl,hl->bh", torch.fft.rfft(u, n=2 * L), torch.fft.rfft(k, n=2 * L))
+    return torch.fft.irfft(y.unsqueeze(-1).expand(-1, -1, L + 1), n=2 * L)[..., :L]
 
 
 # ---- wider families ------------------------------------------------------------------------

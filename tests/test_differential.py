@@ -69,7 +69,8 @@ def test_generator_covers_every_choice():
         P.render(p)  # every drawn program renders
         seen.update({p.layout, p.n, p.window, p.mul, p.miss, p.family})
         seen.update(m for m in p.norms)
-    wanted = set(P.LAYOUTS) | set(P.N_CHOICES) | set(P.WINDOWS) | set(P.MULS) | set(P.NEAR_MISSES) \
+        seen.update(p.layout_ops + p.out_layout_ops)
+    wanted = set(P.LAYOUT_OPS) | set(P.OUT_LAYOUT_OPS) | set(P.LAYOUTS) | set(P.N_CHOICES) | set(P.WINDOWS) | set(P.MULS) | set(P.NEAR_MISSES) \
         | set(P.FAMILIES) | set(P.PENDING) | set(P.NORMS)
     assert wanted <= seen, wanted - seen
 

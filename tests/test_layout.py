@@ -253,3 +253,145 @@ def test_full_complex_pair_through_an_added_axis():
     c = assert_matches_eager(complex_pair_with_added_axis, (torch.randn(2, 4, L, requires_grad=True),
                                                              torch.randn(3, 4, L, requires_grad=True)))
     assert c.report.sites[0].rewritten and c.op_calls() == 1
+
+
+# ---- the output side: layout ops between the inverse and the window, scale and cast ----------
+
+
+def transposed_then_windowed(u, k):
+    # The result read back in (B, L, H) layout: transpose, then the causal window along dim=1.
+    n = 2 * u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y.transpose(1, 2)[:, : u.shape[-1]] * 0.5
+
+
+def heads_merged_then_windowed(u, k):
+    # (B, H, D, n) result with heads merged back before the window: a reshape of other axes.
+    n = 2 * u.shape[-1]
+    B, H, Dh, _ = u.shape
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y.reshape(B, H * Dh, n)[..., : u.shape[-1]].to(torch.float64)
+
+
+def unsqueezed_moved_then_windowed(u, k):
+    n = 2 * u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y.unsqueeze(0).movedim(-1, 1)[:, : u.shape[-1]]
+
+
+def complex_pair_read_transposed(x, h):
+    n = 2 * x.shape[-1]
+    y = torch.fft.ifft(torch.fft.fft(x, n=n) * torch.fft.fft(h, n=n), n=n).real
+    return y.permute(2, 0, 1)[: x.shape[-1]] / 3
+
+
+def gfnet_read_back_as_tokens(x, weight):
+    # GFNet: (B, H, W, C) filtered over (H, W), then read back as tokens (B, H*W, C): a reshape
+    # that merges the transformed axes (nothing to absorb after it, it stays a view) after a scale.
+    B, H, W, C = x.shape
+    y = torch.fft.irfft2(torch.fft.rfft2(x, dim=(1, 2), norm="ortho") * torch.view_as_complex(weight),
+                         s=(H, W), dim=(1, 2), norm="ortho")
+    return y.permute(0, 3, 1, 2).mul(2.0).reshape(B, C, H * W)
+
+
+OUTPUT_SIDE = {
+    "transpose, window, scale": (transposed_then_windowed, lambda: (torch.randn(2, 4, L), torch.randn(4, L)), True),
+    "reshape merges heads, window, cast": (heads_merged_then_windowed,
+                                           lambda: (torch.randn(2, 3, 2, L), torch.randn(3, 1, L)), True),
+    "unsqueeze, movedim, window": (unsqueezed_moved_then_windowed,
+                                   lambda: (torch.randn(2, 4, L), torch.randn(4, L)), True),
+    "ifft.real, permute, window, scale": (complex_pair_read_transposed,
+                                          lambda: (torch.randn(2, 4, L), torch.randn(4, L)), True),
+}
+
+
+@pytest.mark.parametrize("name", list(OUTPUT_SIDE))
+def test_layout_ops_on_the_result_carry_the_window_into_the_operator(name):
+    fn, make, windowed = OUTPUT_SIDE[name]
+    c = assert_matches_eager(fn, [a.requires_grad_() for a in make()])
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    assert c.op_calls() == 1 and c.fft_calls() == 0
+    (gm,) = c.graphs
+    op = next(node for node in gm.graph.nodes if node.target is FFT_CONV)
+    # the window is the operator's: it returns L samples, not the n = 2L of the cyclic result
+    assert op.args[7] == L and site.spec.length == L
+    # and no slice of the result is left in the graph
+    assert not any(node.op == "call_function" and node.target.__name__ == "getitem" and node.args[0] is not op
+                   and any(isinstance(i, slice) and i != slice(None) for i in
+                           (node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)))
+                   for node in gm.graph.nodes if node.op == "call_function" and hasattr(node.target, "__name__")
+                   and node not in op.all_input_nodes and node.target.__name__ == "getitem"
+                   and isinstance(node.args[0], torch.fx.Node) and node.args[0].op != "placeholder")
+
+
+def test_multi_axis_result_read_through_layout_ops():
+    class GF(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(8, 5, 3, 2))
+
+        def forward(self, x):
+            return gfnet_read_back_as_tokens(x, self.weight)
+
+    c = assert_matches_eager(GF(), [torch.randn(2, 8, 8, 3, requires_grad=True)])
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    (gm,) = c.graphs
+    assert sum(node.target is torch.ops.convfuse.fft_convnd.default for node in gm.graph.nodes) == 1
+    assert not any(node.target == "mul" for node in gm.graph.nodes)  # the 2.0 is the operator's
+    # ortho on rfft2 and irfft2 (one spectrum scaled) is the plain cyclic convolution: only the 2.0
+    assert site.spec.scale == pytest.approx(2.0)
+
+
+def window_then_skip_after_transpose(u, k, D):
+    # A skip term added in the transposed layout: the operator's skip would broadcast in its own
+    # layout, so it stays in the graph (the window is still absorbed).
+    n = 2 * u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n).transpose(1, 2)[:, : u.shape[-1]]
+    return y + u.transpose(1, 2) * D
+
+
+def window_after_a_merge_across_time(u, k):
+    # A reshape that merges the time axis with channels before the slice: the slice is not a
+    # window of one convolution, so the operator returns all n samples and the slice stays.
+    n = 2 * u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y.reshape(u.shape[0], -1)[:, : u.shape[-1]]
+
+
+def test_near_misses_on_the_result_side_keep_what_they_must():
+    args = (torch.randn(2, 4, L, requires_grad=True), torch.randn(4, L, requires_grad=True), torch.randn(4))
+    c = assert_matches_eager(window_then_skip_after_transpose, args)
+    site = c.report.sites[0]
+    assert site.rewritten and not site.spec.skip and site.spec.length == L
+    c = assert_matches_eager(window_after_a_merge_across_time, args[:2])
+    site = c.report.sites[0]
+    assert site.rewritten and site.spec.length == 2 * L  # the whole period, sliced in the graph
+
+
+def test_output_layout_ops_under_dynamic_shapes():
+    c = Compiled(transposed_then_windowed, dynamic=True)
+    for length in (L, 2 * L):
+        args = (torch.randn(2, 4, length), torch.randn(4, length))
+        torch.testing.assert_close(c(*args), transposed_then_windowed(*args), rtol=1e-4, atol=1e-4)
+    assert c.op_calls() == 1
+
+
+def linear_conv2d_windowed(x, k):
+    # a depthwise linear 2-D convolution: zero-padded to 2H x 2W, the first H x W samples kept
+    H, W = x.shape[-2:]
+    s = (2 * H, 2 * W)
+    y = torch.fft.irfft2(torch.fft.rfft2(x, s=s) * torch.fft.rfft2(k, s=s), s=s)
+    return y[..., 1:H + 1, :W] * 0.25
+
+
+def test_a_multi_axis_window_is_the_operators():
+    c = assert_matches_eager(linear_conv2d_windowed, (torch.randn(2, 3, 6, 5, requires_grad=True),
+                                                      torch.randn(3, 4, 3, requires_grad=True)))
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    (gm,) = c.graphs
+    op = next(node for node in gm.graph.nodes if node.target is torch.ops.convfuse.fft_convnd.default)
+    assert op.args[3] == [1, 0] and op.args[4] == [6, 5]  # start, length per axis
+    assert site.spec.scale == pytest.approx(0.25)

@@ -24,6 +24,21 @@ def fno_zeros_buffer(x, w):
     return torch.fft.irfft(out_ft, n=x.shape[-1])
 
 
+class _Modes(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, 4, 5, dtype=torch.cfloat))
+
+    def forward(self, x):
+        x_ft = torch.fft.rfft(x)
+        out_ft = torch.zeros(x.shape[0], 4, x.shape[-1] // 2 + 1, dtype=torch.cfloat)
+        out_ft[:, :, :5] = torch.tanh(torch.einsum("bix,iox->box", x_ft[:, :, :5], self.w))
+        return torch.fft.irfft(out_ft, n=x.shape[-1])
+
+
+fno_nonlinear = _Modes()
+
+
 def real_arithmetic_product(u, k):
     U, K = torch.view_as_real(torch.fft.rfft(u, n=N)), torch.view_as_real(torch.fft.rfft(k, n=N))
     re = U[..., 0] * K[..., 0] - U[..., 1] * K[..., 1]
@@ -31,10 +46,12 @@ def real_arithmetic_product(u, k):
     return torch.fft.irfft(torch.view_as_complex(torch.stack([re, im], dim=-1)), n=N)
 
 
-def matmul_over_channels(u, k):
-    U = torch.fft.rfft(u, n=N).permute(0, 2, 1)  # (B, F, C)
-    K = torch.fft.rfft(k, n=N).permute(2, 0, 1)  # (F, C, O)
-    return torch.fft.irfft((U.unsqueeze(-2) @ K).squeeze(-2).permute(0, 2, 1), n=N)
+def matmul_over_frequency(u, k):
+    # a matmul over channels is rewritten (tests/test_contraction_spellings.py); this one sums
+    # over frequency: (B, 1, C, F) @ (1, O, F, C)
+    U = torch.fft.rfft(u, n=N).unsqueeze(1)
+    K = torch.fft.rfft(k, n=N).permute(1, 2, 0).unsqueeze(0)
+    return torch.fft.irfft(U @ K, n=N)
 
 
 def real_mask(u, mask):
@@ -42,11 +59,15 @@ def real_mask(u, mask):
 
 
 CASES = {
-    "zeros buffer": (fno_zeros_buffer, lambda: (torch.randn(2, 3, L), torch.randn(3, 4, 5, 2)), "spectrum-buffer"),
+    # the FNO layer with its weight passed in rather than held as a parameter (tests/test_mixing.py
+    # has the layer itself, rewritten)
+    "zeros buffer, weight an input": (fno_zeros_buffer, lambda: (torch.randn(2, 3, L), torch.randn(3, 4, 5, 2)),
+                                      "not-a-transform"),
+    "zeros buffer, a nonlinearity between the modes": (fno_nonlinear, lambda: (torch.randn(2, 3, L),), "spectrum-buffer"),
     "real arithmetic": (real_arithmetic_product, lambda: (torch.randn(2, 3, L), torch.randn(3, L)),
                         "real-arithmetic-product"),
-    "matmul over channels": (matmul_over_channels, lambda: (torch.randn(2, 3, L), torch.randn(3, 4, L)),
-                             "channel-contraction"),
+    "matmul over frequency": (matmul_over_frequency, lambda: (torch.randn(2, 3, L), torch.randn(3, 4, L)),
+                              "channel-contraction"),
     "real mask": (real_mask, lambda: (torch.randn(2, 3, L), torch.randn(3, N // 2 + 1)), "spectral-filter"),
 }
 

@@ -63,12 +63,13 @@ def match_or_refuse(site: Node) -> Match | Refusal:
 def still_valid(m: Match | None) -> bool:
     """Whether a match made earlier still describes the graph: none of its nodes, nor anything it
     reads, was erased or replaced by the rewrites since (a Match is a record of node identities)."""
-    if not isinstance(m, Match):
-        return False
     from convfuse.passes.match import operator_reads
+    from convfuse.passes.mixing import MixMatch, mixing_reads
 
+    if not isinstance(m, (Match, MixMatch)):
+        return False
     graph = m.tail.graph
-    for node in [*m.nodes, *operator_reads(m)]:
+    for node in [*m.nodes, *(operator_reads(m) if isinstance(m, Match) else mixing_reads(m))]:
         if isinstance(node, Node) and (getattr(node, "_erased", False) or node.graph is not graph):
             return False
     return bool(m.tail.users)

@@ -74,3 +74,39 @@ def elementwise_einsum(equation: str, n_operands: int) -> list[EinsumOperand] | 
     if set(out_letters) - set("".join(o.letters for o in operands)):
         return "creates output indices no operand has"
     return operands
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """A two-operand einsum that sums exactly one index present in both operands (a channel
+    contraction when that index is not a frequency axis): 'bcf,ocf->bof', 'bixy,ioxy->boxy'."""
+
+    left: str
+    right: str
+    output: str
+    summed: str
+
+
+def channel_contraction(equation: str, n_operands: int) -> Contraction | str:
+    """The contraction an einsum computes, or the reason it is none convfuse rewrites."""
+    if not isinstance(equation, str) or "->" not in equation:
+        return "has no explicit output ('->')"
+    lhs, out = (side.replace(" ", "") for side in equation.split("->"))
+    terms = lhs.split(",")
+    if len(terms) != n_operands or n_operands != 2:
+        return "is not a product of exactly two operands"
+    if "." in lhs or "." in out:
+        return "uses '...': write every index of a channel contraction explicitly"
+    left, right = terms
+    for term in (left, right, out):
+        if len(set(term)) != len(term):
+            return f"repeats an index within '{term}'"
+    summed = [c for c in left if c in right and c not in out]
+    alone = [c for c in left + right if c not in out and c not in summed]
+    if alone:
+        return f"sums over '{''.join(alone)}', present in one operand only"
+    if len(summed) != 1:
+        return f"sums over {len(summed)} indices shared by both operands, not one channel axis"
+    if set(out) - set(left + right):
+        return "creates output indices no operand has"
+    return Contraction(left, right, out, summed[0])

@@ -3,11 +3,19 @@
 Each step is absorbed only when the value before it has no other user (otherwise that value is
 needed as it is, and the fused operator stops there), and only in the order the operator applies
 them: window and scales, then ``+ u * D``, then ``* gate``, then the final cast.
+
+Layout ops on the result (the layout map's rules: transpose, unsqueeze, row indexing, reshape of
+other axes...) are followed too, carrying where the transformed axes went, so a window, scale or
+cast after them is still the operator's; the rewrite replays them on its output as the same
+views.  After one, the skip term and gate are left to the graph (they would broadcast in
+another layout than the operator's), and layout ops followed by nothing absorbed are not taken.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import operator
 
 import torch
 from torch.fx import Node
@@ -18,6 +26,7 @@ from convfuse.passes.algebra import (
     strip_exact_upcasts,
 )
 from convfuse.passes.einsum import elementwise_einsum
+from convfuse.passes.layout import LayoutStep, layout_kind, step_through
 from convfuse.passes.sizes import SymSize, example_value, proven, same
 from convfuse.passes.spectra import Operand
 
@@ -33,6 +42,9 @@ class Epilogue:
     skip_operand: Operand | None = None
     post_gate: Node | None = None
     nodes: list[Node] = field(default_factory=list)
+    out_steps: list[LayoutStep] = field(default_factory=list)  # layout ops on the result, replayed in order
+    bias: Node | None = None  # a channel-mixing site's + bias over its output-channel axis
+    windows: list | None = None  # over several axes: (start, length) per transformed axis, one slice
 
 
 def _axis_arg(value, rank: int) -> int | None:
@@ -135,15 +147,76 @@ def _post_gate(mul: Node, tail: Node) -> Node | None:
     return strip_exact_upcasts(gate)[0]
 
 
-def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]) -> Epilogue:
-    """The steps after the inverse the operator absorbs; over several axes, scales and casts only."""
-    axis, n = axes[-1], sizes[-1]
+def _block_window(node: Node, base: Node, where: tuple, sizes: tuple) -> list | None:
+    """[(start, length)] per transformed axis when ``node`` is base[...] slicing those axes only
+    (step 1; every other axis whole), else None."""
+    if not (node.op == "call_function" and node.target is operator.getitem and node.args[0] is base):
+        return None
+    rank = example_value(base).dim()
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if index.count(Ellipsis) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in index):
+        return None
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (rank - len(index))
+    if len(index) != rank:
+        return None
+    out = [None] * len(where)  # in the order of the transformed axes (a permute may have reordered them)
+    for pos, s in enumerate(index):
+        if pos not in where:
+            if s != slice(None):
+                return None
+            continue
+        if s.step not in (None, 1):
+            return None
+        out[where.index(pos)] = slice_bounds(s.start, s.stop, sizes[where.index(pos)])
+    return out
+
+
+def _layout_step(nxt: Node, tail: Node, axes: tuple) -> LayoutStep | None:
+    """The layout op ``nxt`` on ``tail`` when it leaves every transformed axis whole, else None
+    (an op that mixes one simply ends the epilogue: the result is real samples by then)."""
+    if layout_kind(nxt) is None or not nxt.args or nxt.args[0] is not tail:
+        return None
+    try:
+        return step_through(nxt, axes)
+    except Refusal:
+        return None
+
+
+def _bias(add: Node, tail: Node, channel_axis: int) -> Node | None:
+    """b when ``add`` is tail + b with b one value per output channel (broadcast over every other
+    axis), in tail's dtype: the channel-mixing operator's bias."""
+    b = _other_operand(add, tail, facts.ADD_FUNCTIONS, facts.ADD_METHODS)
+    if not (isinstance(b, Node) and is_float_tensor(b) and same_shape(add, tail)):
+        return None
+    out, value = example_value(tail), example_value(b)
+    if value.dtype != out.dtype or example_value(add).dtype != out.dtype or value.dim() > out.dim():
+        return None
+    for j in range(-out.dim(), 0):
+        size = value.shape[j] if -j <= value.dim() else 1
+        if not same(size, out.shape[j] if j == channel_axis else 1):
+            return None
+    return b
+
+
+def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand], *, mixing: bool = False,
+                  bias_axis: int | None = None) -> Epilogue:
+    """The steps after the inverse the operator absorbs; over several axes, layout ops, scales
+    and casts only.  ``mixing``: a channel-mixing site, which has no skip term or gate; its
+    operator may add a bias over ``bias_axis`` (negative, in head's layout)."""
+    n = sizes[-1]
     one_axis = len(axes) == 1  # no window, roll, skip term or gate over several axes yet
     epi = Epilogue(tail=head, start=SymSize.const(0), length=n)
+    rank = example_value(head).dim()
+    where = tuple(a + rank for a in axes)  # the transformed axes, positive, in the tail's layout
     windowed = rolled = not one_axis
+    taken = (head, 0, 0)  # (tail, nodes, steps) after the last step that was not a layout op
     stage = 0  # 0: window, roll, scales, upcasts; 1: skip seen; 2: gate seen; 3: final cast
     while stage < 3 and (nxt := sole_user(epi.tail)) is not None:
         tail = epi.tail
+        axis = where[-1] - example_value(tail).dim()
         if stage == 0 and not windowed and not rolled and (shift := _roll_shift(nxt, tail, axis)) is not None:
             epi.start = _shifted(SymSize.const(0), _roll_start(shift, n), n)
             rolled = True
@@ -152,6 +225,16 @@ def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]
         ):
             epi.start, epi.length = _shifted(epi.start, window[0], n), window[1]
             windowed = True
+        elif stage == 0 and not one_axis and epi.windows is None and (
+            block := _block_window(nxt, tail, where, sizes)
+        ):
+            epi.windows = block
+        elif (step := _layout_step(nxt, tail, where)) is not None:
+            epi.out_steps.append(step)
+            where = step.out_axes
+            epi.nodes.append(nxt)
+            epi.tail = nxt
+            continue
         elif stage == 0 and (inner := scaled(nxt)) is not None and inner[0] is tail:
             epi.factors += inner[1]
         elif (dst := facts.cast_target_dtype(nxt)) is not None:
@@ -159,8 +242,13 @@ def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]
                 # Any cast that changes the dtype is the last step absorbed: what follows it
                 # (scales, skip, gate) eager computes in the new dtype, the operator would not.
                 stage = 3
-        elif not one_axis:
-            break
+        elif mixing:
+            if stage or epi.out_steps or bias_axis is None or (bias := _bias(nxt, tail, bias_axis)) is None:
+                break
+            epi.bias = bias
+            stage = 1
+        elif not one_axis or epi.out_steps:
+            break  # a skip term or gate after a layout op broadcasts in another layout
         elif stage == 0 and (skip := _skip_term(nxt, tail, operands)) is not None and same_shape(nxt, tail):
             operand, D, D_align, used = skip
             if not same(operand.length, epi.length.value):
@@ -175,6 +263,10 @@ def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]
             break
         epi.nodes.append(nxt)
         epi.tail = nxt
+        taken = (nxt, len(epi.nodes), len(epi.out_steps))
+    # layout ops that nothing absorbed follows stay in the graph as they are
+    epi.tail, kept, steps = taken
+    del epi.nodes[kept:], epi.out_steps[steps:]
     return epi
 
 

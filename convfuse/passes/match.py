@@ -57,10 +57,35 @@ class Match(LastAxis):
     roles: str | None = None  # why ``k`` is the kernel (provenance), None when nothing says
     nodes: list[Node] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    out_steps: list = field(default_factory=list)  # layout ops on the result (LayoutStep), replayed on the output
+    windows: list | None = None  # several axes: (start, length) SymSizes per axis; None: the whole period
+
+    def nd_window(self) -> tuple[list, list]:
+        """(starts, lengths) per transformed axis of a multi-axis site, as SymSizes."""
+        if self.windows is None:
+            return [SymSize.const(0)] * len(self.sizes), list(self.sizes)
+        return [w[0] for w in self.windows], [w[1] for w in self.windows]
+
+    @property
+    def result(self) -> Node:
+        """The node whose value the operator computes, in the site's layout (before ``out_steps``;
+        the tail when there are none)."""
+        return self.out_steps[0].node.args[0] if self.out_steps else self.tail
+
+    @property
+    def rank(self) -> int:
+        return example_value(self.result).dim()
 
     @property
     def multi_axis(self) -> bool:
         return len(self.axes) > 1
+
+    def policy_obstacle(self, policy) -> str | None:
+        """Why ``policy`` (not exact) cannot apply here, None when it may."""
+        if self.multi_axis:
+            return (f"policy {policy} applies to 1-D convolutions; this {len(self.axes)}-D convolution is left to "
+                    "eager (ask for exact to fuse it)")
+        return None
 
     @property
     def conj_kernel(self) -> bool:
@@ -87,7 +112,7 @@ class Match(LastAxis):
             start=spec_value(start), length=spec_value(length), scale=self.scale,
             n_power=float(self.power), conj_kernel=self.conj_kernel, skip=self.D is not None,
             pre_gate=self.pre_gate is not None, post_gate=self.post_gate is not None,
-            out_dtype=self.out_dtype, rank=example_value(self.tail).dim(), causal=causal,
+            out_dtype=self.out_dtype, rank=self.rank, causal=causal,
             constant_kernel=self.constant_kernel, transforms=self.notes[0] if self.notes else "rfft/irfft",
             notes=list(self.notes[1:]),
         )
@@ -98,9 +123,9 @@ class Match(LastAxis):
         return ConvSpec(
             axis=self.axes, L=[spec_value(signal.shape[a]) for a in self.axes],
             K=[spec_value(kernel.shape[a]) for a in self.axes] if self.k.signal is not None else "spectrum",
-            n=[spec_value(s.value) for s in self.sizes], start=[0] * len(self.axes),
-            length=[spec_value(s.value) for s in self.sizes], scale=self.scale, n_power=float(self.power),
-            conj_kernel=self.conj_kernel, out_dtype=self.out_dtype, rank=example_value(self.tail).dim(),
+            n=[spec_value(s.value) for s in self.sizes], start=[spec_value(s.value) for s in self.nd_window()[0]],
+            length=[spec_value(s.value) for s in self.nd_window()[1]], scale=self.scale, n_power=float(self.power),
+            conj_kernel=self.conj_kernel, out_dtype=self.out_dtype, rank=self.rank,
             causal=False, transforms=f"{len(self.axes)}-D rfftn/irfftn",
         )
 
@@ -170,29 +195,37 @@ def _check_sizes(inverse: Node, args: dict, u: Operand, k: Operand, product: Nod
     sided = ONE_SIDED if transform.one_sided else FULL
     if u.sided != sided or k.sided != sided:
         raise Refusal(f"{transform.name} needs {sided} spectra; the product has {u.sided} and {k.sided} ones")
+    return check_inverse(inverse, args, product, u.axes, u.sizes)
+
+
+def check_inverse(inverse: Node, args: dict, product: Node, axes_expected: tuple, sizes: tuple) -> tuple[int, ...]:
+    """The inverse runs along ``axes_expected`` of the product (negative) at ``sizes``."""
+    transform = facts.transform_of(inverse)
+    sided = ONE_SIDED if transform.one_sided else FULL
     rank = example_value(product).dim()
     axes = facts.transform_axes(args, rank, transform, f"`{inverse.name}`")
-    if axes != u.axes:
-        raise Refusal(f"the inverse transform runs along {axes}, the forward ones along {u.axes}")
+    if axes != tuple(axes_expected):
+        raise Refusal(f"the inverse transform runs along {axes}, the forward ones along {tuple(axes_expected)}")
+    u_sizes = sizes
     given = facts.size_args(args, transform)
     if given is None:
         shape = example_value(product).shape
         inverse_sizes = [shape[a] for a in axes]
         if sided == ONE_SIDED:
             inverse_sizes[-1] = 2 * (inverse_sizes[-1] - 1)
-        if not all(same(x, y.value) for x, y in zip(inverse_sizes, u.sizes)):
+        if not all(same(x, y.value) for x, y in zip(inverse_sizes, u_sizes)):
             what = "n" if not transform.multi_axis else "s"
             raise Refusal(
                 f"{transform.name} without {what} returns {_sizes_text(inverse_sizes)} samples, which is not provably "
-                f"the forward size {_sizes_text(u.sizes)} (odd sizes): pass {what}= to {transform.name}"
+                f"the forward size {_sizes_text(u_sizes)} (odd sizes): pass {what}= to {transform.name}"
             )
     else:
         inverse_sizes = [x if isinstance(x, SymSize) else SymSize.of_arg(x) for x in given]
         if len(inverse_sizes) != len(axes) or any(x is None for x in inverse_sizes) or not all(
-            same(x.value, y.value) for x, y in zip(inverse_sizes, u.sizes)
+            same(x.value, y.value) for x, y in zip(inverse_sizes, u_sizes)
         ):
             raise Refusal(f"the inverse size {given if len(given) > 1 else given[0]} differs from the forward size "
-                          f"{_sizes_text(u.sizes)}")
+                          f"{_sizes_text(u_sizes)}")
     return axes
 
 
@@ -276,6 +309,10 @@ def match_site(inverse: Node) -> Match:
         raise Refusal(f"{name} is not rewritten yet (convfuse handles rfft/irfft, rfftn/irfftn and fft/ifft pairs)",
                       family="other-fft")
     args = facts.bind(inverse, transform)
+    from convfuse.passes.mixing import match_mixing  # it reuses this module's checks
+
+    if (mixed := match_mixing(inverse, args)) is not None:
+        return mixed  # a contraction over channels: the channel-mixing operators
     operands, factors, nodes, notes = spectral_product(args["input"])
     u, k = _order_operands(*operands)
     axes = _check_sizes(inverse, args, u, k, args["input"])
@@ -304,7 +341,7 @@ def match_site(inverse: Node) -> Match:
     m = Match(
         inverse=inverse, tail=epi.tail, u=u, k=k, sizes=sizes, axes=axes, start=epi.start, length=epi.length,
         scale=scale, power=power, out_dtype=example_value(epi.tail).dtype, D=epi.D, D_align=epi.D_align,
-        post_gate=epi.post_gate, kernel_weights=weights, nodes=site_nodes, roles=roles,
+        post_gate=epi.post_gate, kernel_weights=weights, nodes=site_nodes, roles=roles, out_steps=epi.out_steps, windows=epi.windows,
         notes=[first if len(axes) == 1 else f"{len(axes)}-D {transform.name}"] + notes,
     )
     if len(axes) == 1 and (gated := _pre_gate(u, set(site_nodes))) is not None:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch.fx import GraphModule, Node
 
-from convfuse.passes import Match, match_or_refuse, rewrite_site
+from convfuse.passes import Match, Refusal, match_or_refuse, rewrite_site
 from convfuse.passes.match import is_module_state
 from convfuse.passes.sizes import example_value, proven
 from convfuse.policies import Auto, Exact, FrequencySparse, PartialKernel, Policy
@@ -228,10 +228,10 @@ FFT_CONV = torch.ops.convfuse.fft_conv.default
 def op_node(out: Node) -> Node:
     """The fused operator's call behind what ``rewrite_site`` returned (it may be a view of it)."""
     node = out
-    for _ in range(4):
+    while isinstance(node, Node) and node.args:
         if node.op == "call_function" and node.target is FFT_CONV:
             return node
-        node = node.args[0]
+        node = node.args[0]  # movedim and the replayed layout views take it first
     raise RuntimeError(f"convfuse: no fft_conv call behind {out}")
 
 
@@ -383,13 +383,12 @@ def choose_policies(gm: GraphModule, sites: list[Node], opts: Any, example_input
             plan.applied = sc.policy
             continue
         m = match_or_refuse(site)
-        plan.match = m if isinstance(m, Match) else None
-        if isinstance(m, Match) and m.multi_axis:
-            plan.reason = (f"policy {sc.policy} applies to 1-D convolutions; this {len(m.axes)}-D convolution "
-                           "is left to eager (ask for exact to fuse it)")
-            continue
-        if not isinstance(m, Match):
+        if isinstance(m, Refusal):
             continue  # the rewrite step reports the refusal
+        plan.match = m
+        if (obstacle := m.policy_obstacle(sc.policy)) is not None:
+            plan.reason = obstacle
+            continue
         plan.applied, plan.note = resolve_static(sc.policy, m)
         if plan.applied is None and not isinstance(sc.policy, Auto):
             plan.reason = plan.note
@@ -405,6 +404,9 @@ def choose_policies(gm: GraphModule, sites: list[Node], opts: Any, example_input
 
 def resolve_late(plan: SitePlan, m: Match) -> None:
     """Resolve a plan from sizes alone, for a site the policy step could not see matched."""
+    if not isinstance(plan.asked, Exact) and (obstacle := m.policy_obstacle(plan.asked)) is not None:
+        plan.reason = obstacle
+        return
     applied, note = resolve_static(plan.asked, m)
     if applied is None and isinstance(plan.asked, Auto):
         applied, note = Exact(), "auto: no measurement on the example inputs for this site, kept exact"
@@ -437,7 +439,7 @@ def _measure(gm: GraphModule, sites: list[Node], example_inputs: list, pending: 
         log.warning("convfuse: could not evaluate the example inputs to measure policies: %s", exc)
         ops, env = {}, {}
     for name, (plan, m) in pending.items():
-        out_shape = tuple(example_value(m.tail).shape)
+        out_shape = tuple(example_value(m.result).shape)
         values = SiteValues.of(ops[name], env) if name in ops else None
         if plan.applied is None:  # Auto
             if values is None:

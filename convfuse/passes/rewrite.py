@@ -19,6 +19,8 @@ from torch.fx import Graph, GraphModule, Node
 
 import convfuse.ops  # noqa: F401  registers torch.ops.convfuse.fft_conv
 import convfuse.ops_nd  # noqa: F401  registers torch.ops.convfuse.fft_convnd
+import convfuse.ops_mix  # noqa: F401  registers torch.ops.convfuse.fft_conv_mix
+import convfuse.ops_spectral  # noqa: F401  registers torch.ops.convfuse.fft_spectral_mix
 from convfuse.passes.layout import replay
 from convfuse.passes.match import Match
 from convfuse.passes.sizes import example_value, proven
@@ -105,10 +107,12 @@ def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
         k = graph.call_function(torch.movedim, (k, m.axes, last))
         out = graph.call_function(
             torch.ops.convfuse.fft_convnd.default,
-            (u, k, n, [0] * d, n, m.scale, float(m.power), m.conj_kernel, m.out_dtype),
+            (u, k, n, *([_materialize(graph, x.arg) for x in xs] for xs in m.nd_window()), m.scale, float(m.power),
+             m.conj_kernel, m.out_dtype),
             {"constant_kernel": True, "kernel_is_spectrum": True} if spectrum else {},
         )
         out = graph.call_function(torch.movedim, (out, last, m.axes))
+        out = replay(graph, out, m.out_steps)
     return out
 
 
@@ -156,14 +160,53 @@ def rewrite_site(
     return _replace(gm.graph, m, out)
 
 
+def rewrite_mixing(gm: GraphModule, m) -> Node:
+    """One fft_conv_mix or fft_spectral_mix call for a channel-mixing match (``mixing.MixMatch``):
+    the signals permuted to the operator's layout, its result permuted back (views)."""
+    graph = gm.graph
+    d = len(m.axes)
+    with graph.inserting_before(m.tail):
+        n = [_materialize(graph, s.arg) for s in m.sizes]
+        u = graph.call_method("permute", (m.u.signal, m.u_perm))
+        if m.kind == "conv":
+            w = graph.call_method("permute", (m.k.signal, m.k_perm))
+            bias = graph.call_method("reshape", (m.bias, [-1])) if m.bias is not None else None
+            start, length = ([_materialize(graph, x.arg) for x in xs] for xs in m.window())
+            out = graph.call_function(
+                torch.ops.convfuse.fft_conv_mix.default,
+                (u, w, bias, n, start, length, m.scale, float(m.power), m.conj_kernel, 1, m.out_dtype),
+                {"constant_kernel": m.constant_kernel},
+            )
+        else:
+            weights = [graph.call_method("permute", (w, p)) for w, p in zip(m.weights, m.weight_perms)]
+            out = graph.call_function(
+                torch.ops.convfuse.fft_spectral_mix.default,
+                (u, weights, list(m.lows), n, m.scale, float(m.power), m.out_dtype),
+                {"constant_weights": m.constant_kernel},
+            )
+            starts, lengths = m.window()
+            for i in m.cropped_axes():
+                # the operator returns the whole period: the epilogue's window, as the view eager took
+                start, length = (_materialize(graph, x.arg) for x in (starts[i], lengths[i]))
+                out = graph.call_method("narrow", (out, i - d, start, length))
+        out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
+        out = graph.call_method("permute", (out, m.out_perm))
+        out = replay(graph, out, m.out_steps)
+    return out
+
+
 def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_kernel: bool,
             spectrum_bins: int) -> Node:
+    if not isinstance(m, Match):
+        if kernel_transform is not None or spectrum_bins:
+            raise ValueError("convfuse: approximate policies apply to depthwise 1-D convolutions only")
+        return rewrite_mixing(gm, m)
     if m.multi_axis:
         if kernel_transform is not None or spectrum_bins:
             raise ValueError("convfuse: approximate policies apply to 1-D convolutions only")
         return rewrite_site_nd(gm, m, kernel)
     graph = gm.graph
-    rank = example_value(m.tail).dim()
+    rank = m.rank
     with graph.inserting_before(m.tail):
         n, start, length = (_materialize(graph, s.arg) for s in (m.n, m.start, m.length))
         u = _to_last_axis(graph, m.u.signal, m.u.align, m.axis, rank, m.u.layout)
@@ -188,4 +231,5 @@ def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_k
         out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         if m.axis != -1:
             out = graph.call_function(torch.movedim, (out, -1, m.axis))
+        out = replay(graph, out, m.out_steps)
     return out

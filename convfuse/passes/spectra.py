@@ -170,13 +170,19 @@ def _contraction_behind(node: Node, depth: int = 4) -> Node | None:
     return None
 
 
+def what_op(node: Node) -> str:
+    return _what(node) if node.op != "call_method" else node.target
+
+
 def not_a_transform(node: Node) -> Refusal:
     """Why a factor of the product is not a transform of a signal, named by what it is."""
     name = _name(node)
     contraction = _contraction_behind(node)
     if contraction is not None:
-        return Refusal(f"`{contraction.name}` ({_what(contraction)}) contracts spectra over a channel axis: a "
-                       "channel-mixing convolution, not rewritten yet", family="channel-contraction")
+        return Refusal(f"`{contraction.name}` ({_what(contraction)}) contracts spectra, and its result reaches the "
+                       f"inverse through `{node.name}` ({what_op(node)}): a channel-mixing convolution is rewritten "
+                       "when the inverse transforms the einsum's result itself (through scalar scales), with one "
+                       "channel index summed", family="channel-contraction")
     value = example_value(node)
     what = _what(node)
     if isinstance(value, torch.Tensor) and not value.is_complex():
@@ -192,7 +198,9 @@ def not_a_transform(node: Node) -> Refusal:
         inner_name = getattr(inner, "target", None)
         if isinstance(inner, Node) and inner_name in (torch.stack, torch.cat, "stack"):
             return Refusal(f"`{node.name}` is a product written in real arithmetic on view_as_real planes (stacked "
-                           "real and imaginary parts): not recognised as a complex product yet",
+                           "real and imaginary parts) that convfuse does not prove to be a complex product: it reads "
+                           "real arithmetic only as a channel contraction (re = ar br - ai bi, im = ai br + ar bi, one "
+                           "channel index summed); an elementwise one, or a sign or plane that differs, stays eager",
                            family="real-arithmetic-product")
         return Refusal(f"`{node.name}` is view_as_complex of a tensor the graph computes, not module state or the "
                        "transform of a signal", family="not-a-transform")
@@ -395,8 +403,8 @@ def spectral_product(node: Any, reader: Node | None = None) -> tuple[list[Operan
         equation, *tensors = node.args
         terms = elementwise_einsum(equation, len(tensors))
         if isinstance(terms, str):
-            raise Refusal(f"einsum {equation!r} {terms}: a channel-mixing convolution, not rewritten yet",
-                          family="channel-contraction")
+            raise Refusal(f"einsum {equation!r} {terms}: neither an elementwise product of spectra nor a "
+                          "contraction over one channel axis", family="channel-contraction")
         operands = [spectrum_operand(t) for t in tensors]
         for operand, term in zip(operands, terms):
             if len(operand.axes) > 1:
