@@ -123,6 +123,7 @@ def peak_mib(fn) -> float | None:
     """Resident memory above the start, at its highest during one call."""
     if _libc is None:
         return None
+    cpu_mix._ws_free.clear()  # the operator's retained workspace counts as the call's own memory
     gc.collect()
     _libc.malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
@@ -154,7 +155,7 @@ def measure(shape, rounds: int) -> dict:
                 times[name].append((time.perf_counter() - t0) * 1e3)
         mem = {name: peak_mib(fn) for name, fn in fns.items()}
     return {"shape": shape, "ms": {k: statistics.median(v) for k, v in times.items()}, "err": err,
-            "mem": mem, "first_s": first}
+            "mem": mem, "first_s": first, "cache_mib": cpu_cache.size_bytes() / 2**20}
 
 
 def _fmt_shape(shape) -> str:
@@ -166,8 +167,8 @@ def _fmt_shape(shape) -> str:
 def table(rows: list[dict]) -> str:
     head = ("| B, C, L, taps, n | eager ms | inductor ms | op ms | op const ms | direct ms "
             "| op vs eager | op vs inductor | const vs eager | const vs inductor "
-            "| peak MiB eager / inductor / op / const | max rel err |")
-    lines = [head, "|---" * 12 + "|"]
+            "| peak MiB eager / inductor / op / const | const's cache MiB | max rel err |")
+    lines = [head, "|---" * 13 + "|"]
     for r in rows:
         m, mem = r["ms"], r["mem"]
         direct = f"{m['direct']:.2f}" if "direct" in m else "—"
@@ -175,7 +176,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {_fmt_shape(r['shape'])} | {m['eager']:.2f} | {m['inductor']:.2f} | {m['op']:.2f} | {m['op_const']:.2f} "
             f"| {direct} | {m['eager'] / m['op']:.2f}x | {m['inductor'] / m['op']:.2f}x "
-            f"| {m['eager'] / m['op_const']:.2f}x | {m['inductor'] / m['op_const']:.2f}x | {peaks} "
+            f"| {m['eager'] / m['op_const']:.2f}x | {m['inductor'] / m['op_const']:.2f}x | {peaks} | {r['cache_mib']:.0f} "
             f"| {max(r['err'].values()):.1e} |")
     return "\n".join(lines)
 
@@ -244,9 +245,21 @@ def main() -> None:
     t0 = time.time()
     rows = []
     for shape in shapes:
-        rounds = opts.rounds or (5 if opts.quick else (15 if isinstance(shape[2], int) and shape[2] <= 1024 else 5))
+        small = isinstance(shape[2], int) and shape[2] <= 1024
+        spectrum_mib = shape[1] ** 2 * math.prod(shape[4] if isinstance(shape[4], tuple) else (shape[4],)) * 4 / 2**20
+        rounds = opts.rounds or (5 if opts.quick else 15 if small else 3 if spectrum_mib > 100 else 5)
         rows.append(measure(shape, rounds))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+    # The small shapes once more with every variant on one torch thread: at this size eager's and
+    # oneDNN's 2-thread OpenMP teams stall for a scheduler tick whenever the other core is busy
+    # (eager swung between 0.3 and 45 ms a call in runs at load ~6), which says more about the
+    # machine's load than about the variants.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows1 = [measure(shape, opts.rounds or (5 if opts.quick else 15)) for shape in shapes[:2]]
+    finally:
+        torch.set_num_threads(saved)
     load1 = os.getloadavg()
     text = "\n".join([
         f"# fft_conv_mix on CPU (bench/mix.py), {datetime.date.today()}",
@@ -256,9 +269,15 @@ def main() -> None:
         f"{', '.join(f'{x:.1f}' for x in load1)} (a shared machine); {time.time() - t0:.0f} s in all.",
         "Medians of interleaved rounds, fp32, 'same' padding, bias, inference mode; ratios are the "
         "other variant's ms / the operator's.  B, C, L, taps, n: batch, channels in = out, signal "
-        "length, kernel taps, FFT size.  Peak MiB: resident memory above the start of one call.",
+        "length, kernel taps, FFT size.  Peak MiB: resident memory above the start of one call (the "
+        "operator's workspace, kept between calls, emptied first so it counts); const's cache MiB: "
+        "the kernel spectrum (and the copy of the kernel's bits) the constant-kernel variant keeps.",
         "",
         table(rows),
+        "",
+        "The small shapes with every variant on 1 torch thread (the operator's pool then runs on 1 thread too):",
+        "",
+        table(rows1),
         "",
     ])
     print(text)

@@ -28,6 +28,7 @@ channel and its channels are the batch), so every order of derivative is this op
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -160,19 +161,28 @@ def _impl(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out
     n, start, length = list(n), list(start), list(length)
     with _exact_precision(u):
         if CPU_IMPL and u.device.type == "cpu" and w.device.type == "cpu" and (bias is None or bias.device.type == "cpu"):
-            from convfuse.backends.cpu_mix import fft_conv_mix_cpu
-
-            return fft_conv_mix_cpu(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype,
+            return _cpu()(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype,
                                     compute_dtype(u, w, bias), constant_kernel)
         return fft_conv_mix_reference(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype)
+
+
+def _cpu():
+    # Imported on first use: the reference above must not depend on what it checks.
+    global _cpu_impl
+    if _cpu_impl is None:
+        from convfuse.backends.cpu_mix import fft_conv_mix_cpu as _cpu_impl
+    return _cpu_impl
+
+
+_cpu_impl = None
 
 
 def _exact_precision(t: Tensor):
     # Autocast would run F.conv1d/conv2d and the GEMMs in bf16/fp16: the operator computes in
     # the compute dtype whatever the caller's autocast state (as convfuse.ops.exact_precision).
-    from convfuse.ops import exact_precision
-
-    return exact_precision(t)
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 # The CPU kernel straight on the dispatcher's CPU key, as convfuse/ops.py does for fft_conv:

@@ -343,3 +343,23 @@ def test_dynamic_shapes_trace_with_symbolic_sizes():
         u, w, b = operands((2,), 1, 3, 3, [L], [5], bias=True)
         assert_close_rel(compiled(u, w, b), f(u, w, b), 1e-12)
     assert counts == [1]
+
+
+@pytest.mark.parametrize("batch", [(), (1,)])
+def test_constant_kernel_of_one_batch_row_is_cached_in_its_own_layout(monkeypatch, batch):
+    """One batch row runs vector products on the kernel's rows: its cached form differs from the
+    frequency-major one of a larger batch, and each hit still gives the reference's result."""
+    monkeypatch.setattr(cpu_mix, "DIRECT_MAX_TAPS", 0)
+    monkeypatch.setattr(cpu_mix, "INLINE_BYTES", 0)  # the tiled path (small calls have their own)
+    cpu_cache.clear()
+    u, w, b = operands(batch, 2, 3, 2, [20], [5], bias=True)
+    args = ([24], [7], [20], 0.5, -1.0, True, 2, F64)
+    with torch.no_grad():
+        for _ in range(3):
+            assert_close_rel(OP(u, w, b, *args, True), fft_conv_mix_reference(u, w, b, *args), 1e-12)
+        assert cpu_cache.stats["hits"] == 1
+        wide = u.expand(2, *u.shape) if not batch else u.expand(2, *u.shape[1:])
+        for _ in range(3):  # the same weight at batch 2: the other layout, its own entry
+            assert_close_rel(OP(wide, w, b, *args, True), fft_conv_mix_reference(wide, w, b, *args), 1e-12)
+        assert cpu_cache.stats["stores"] == 2 and cpu_cache.stats["hits"] == 2
+    cpu_cache.clear()

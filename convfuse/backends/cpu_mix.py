@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convfuse.backends import cpu_cache
-from convfuse.backends.cpu_exec import TILE_BYTES, empty_output, intra_op_threads, run_tiles
+from convfuse.backends.cpu_exec import MIN_TILE_ROWS, TILE_BYTES, empty_output, intra_op_threads, run_tiles
 from convfuse.backends.cpu_nd import window_nd
 
 # Below this many bytes of complex spectrum (X, Y and K together) a call runs on the calling
@@ -56,8 +56,9 @@ INLINE_BYTES = 512 * 1024
 # The transforms of a Ci*Co-row kernel make the per-call FFT path lose to direct well past 64 taps
 # at many channels; a taps-only rule is what the measurements support with this much noise.
 DIRECT_MAX_TAPS = 64
-# Direct calls below this many multiply-adds run on the calling thread (about 0.1 ms of oneDNN).
-DIRECT_INLINE_MACS = 2_000_000
+# Direct calls below this many multiply-adds run on the calling thread (~1 ms of one-thread oneDNN;
+# measured (8, 4, 256) with 64 taps, 2.6M: 0.33 ms inline, 3.5 ms shared out at load ~6).
+DIRECT_INLINE_MACS = 16_000_000
 # Fewest frequencies in a GEMM block: shorter runs make the transposed copies gather single
 # elements from cache lines that hold 8 (complex64).
 MIN_BLOCK_FREQS = 16
@@ -323,6 +324,36 @@ def _fill_rows(buf: Tensor, u3: Tensor, r0: int, r1: int, lu: list[int]) -> None
         r += c1 - c
 
 
+def _small(u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int], start: list[int], length: list[int],
+           conj: bool, G: int, total: float, dtype: torch.dtype, out_dtype: torch.dtype,
+           constant_kernel: bool) -> Tensor:
+    """A call whose spectra fit in L2, on this thread, in as few torch calls as eager's layer
+    makes (each costs ~10 us; the tiled path makes several per tile and phase)."""
+    d = len(n)
+    axes = list(range(-d, 0))
+    bf, ci, co = u3.shape[0], u3.shape[1] // G, w.shape[0] // G
+    spec = [*n[:-1], n[-1] // 2 + 1]
+    nf = math.prod(spec)
+
+    def prep() -> Tensor:
+        return prepare_kernel(w, n, conj, total, dtype, G, 1)
+
+    K = cpu_cache.lookup(w, ("mix", tuple(n), conj, total, dtype, G, False), prep) if constant_kernel else None
+    if K is None:
+        S = torch.fft.rfftn(w if w.dtype == dtype else w.to(dtype), s=n, dim=axes)  # (G*Co, Ci, *spec)
+        S = S.conj_physical_() if conj else S
+        S = S.mul_(total) if total != 1.0 else S
+        K = S.reshape(G, co, ci, nf).permute(0, 3, 2, 1)  # (G, F, Ci, Co)
+    X = torch.fft.rfftn(u3 if u3.dtype == dtype else u3.to(dtype), s=n, dim=axes)
+    X = X.reshape(bf, G, ci, nf).permute(1, 3, 0, 2)  # (G, F, Bf, Ci)
+    Y = torch.bmm(X.reshape(G * nf, bf, ci), K.reshape(G * nf, ci, co))  # (G*F, Bf, Co)
+    Y = Y.view(G, nf, bf, co).permute(2, 0, 3, 1).reshape(bf, G * co, *spec)  # (Bf, G*Co, *spec)
+    y = window_nd(torch.fft.irfftn(Y, s=n, dim=axes), start, length)
+    if bias is not None:
+        y = y + bias.to(dtype).reshape(-1, *([1] * d))
+    return y.to(out_dtype).contiguous()
+
+
 def _fft(threads: int, get, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[int], start: list[int],
          length: list[int], conj: bool, G: int, total: float, dtype: torch.dtype, out_dtype: torch.dtype,
          constant_kernel: bool) -> Tensor:
@@ -339,21 +370,34 @@ def _fft(threads: int, get, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[
     r_in, r_out = bf * C, bf * G * co
     spectrum_bytes = (r_in + r_out + G * ci * co) * nf * item
     if spectrum_bytes < INLINE_BYTES:
-        threads = 1
+        return _small(u3, w, bias, n, start, length, conj, G, total, dtype, out_dtype, constant_kernel)
+
+    # One batch row: per frequency a vector-matrix product, which batched GEMMs run at ~1 GFLOP/s
+    # here (4096 products of (1, 16) x (16, 16): 7.2 ms, against 2.7 ms as 16 multiply-adds of
+    # frequency vectors, measured at load ~6); the kernel's rows then serve as they are.
+    vector = bf == 1
 
     def prep() -> Tensor:
+        if vector:
+            return kernel_rows(w, n, conj, total, dtype, G, threads)
         return prepare_kernel(w, n, conj, total, dtype, G, threads)
 
-    # The kernel: frequency-major K (G, F, Ci, Co) from the cache, or this call's rows
-    # (G*Ci*Co, F), transposed a block at a time by the GEMM phase: a whole-array transpose
-    # of a spectrum this size runs from memory (measured ~1 GB/s) and costs more than its FFTs.
-    K = cpu_cache.lookup(w, ("mix", tuple(n), conj, total, dtype, G), prep) if constant_kernel else None
-    Kr = kernel_rows(w, n, conj, total, dtype, G, threads, get) if K is None else None
+    # The kernel: frequency-major K (G, F, Ci, Co) from the cache, or rows (G*Ci*Co, F), this
+    # call's (transposed a block at a time by the GEMM phase: a whole-array transpose of a
+    # spectrum this size runs from memory, measured ~1 GB/s, and costs more than its FFTs) or,
+    # for one batch row, cached too.
+    K = Kr = None
+    if constant_kernel:
+        K = cpu_cache.lookup(w, ("mix", tuple(n), conj, total, dtype, G, vector), prep)
+        if vector:
+            K, Kr = None, K
+    if K is None and Kr is None:
+        Kr = kernel_rows(w, n, conj, total, dtype, G, threads, get)
 
     # Phase 1: transform every input row once.  A row already of n samples in the compute dtype
     # is transformed where it lies; others go through the padded buffer.
     X = get((r_in, nf), cdtype)
-    rows = max(1, TILE_BYTES // (nf * item))
+    rows = max(MIN_TILE_ROWS, TILE_BYTES // (nf * item))  # MKL transforms one long row several times slower
     row_units = _ranges(r_in, rows, threads)
     in_place_src = u3.dtype == dtype and Lu == list(n) and u3.is_contiguous()
     rows_in = u3.reshape(r_in, *n) if in_place_src else None
@@ -410,6 +454,23 @@ def _fft(threads: int, get, u3: Tensor, w: Tensor, bias: Tensor | None, n: list[
             Y[:, f0:f1].copy_(yb.t())
 
         return work
+
+    if vector:
+        fb = max(MIN_BLOCK_FREQS, TILE_BYTES // (4 * co * item))
+        f_units = _ranges(nf, fb, threads)
+        Kv = Kr.view(G, ci, co, nf)
+
+        def make_product():  # noqa: F811  the one-row form
+            def work(unit: tuple[int, int]) -> None:
+                f0, f1 = unit
+                for g in range(G):
+                    x = X[g * ci : (g + 1) * ci, f0:f1]  # (Ci, m)
+                    acc = Kv[g, 0, :, f0:f1] * x[0]  # (Co, m)
+                    for i in range(1, ci):
+                        acc.addcmul_(Kv[g, i, :, f0:f1], x[i])
+                    Y[g * co : (g + 1) * co, f0:f1].copy_(acc)  # after every read of X's rows: Y may be X
+
+            return work
 
     run_tiles(f_units, make_product, threads)
     del X
