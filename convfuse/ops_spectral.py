@@ -38,6 +38,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+_log = __import__("logging").getLogger("convfuse")
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 NAME = "convfuse.fft_spectral_mix"
@@ -184,6 +186,25 @@ def _(u, weights, lows, n, scale, n_power, out_dtype, constant_weights=False):
     check(u, weights, lows, n, out_dtype)
 
     return spectral_mix_cpu(u, list(weights), list(lows), list(n), scale, n_power, out_dtype, constant_weights)
+
+
+@fft_spectral_mix.register_kernel("cuda")
+def _(u, weights, lows, n, scale, n_power, out_dtype, constant_weights=False):
+    # The fused Triton kernel where its plan applies (1-D, n <= 2048), the reference otherwise;
+    # run_spectral_mix says why it does not apply by returning a string.
+    # A Triton failure on a device we never measured must not fail a model eager runs: the
+    # reference computes the same thing, and the warning says what happened.
+    try:
+        from convfuse.backends.triton_monarch.mix import run_spectral_mix
+
+        y = run_spectral_mix(u, weights, lows, n, scale, n_power, out_dtype, constant_weights)
+    except (ValueError, TypeError):
+        raise  # bad arguments: the same error eager's reference would raise
+    except Exception as exc:  # noqa: BLE001
+        _log.warning("convfuse: the Triton fft_spectral_mix kernel failed (%s: %s); running the reference",
+                     type(exc).__name__, exc)
+        y = "triton failed"
+    return fft_spectral_mix_reference(u, weights, lows, n, scale, n_power, out_dtype) if isinstance(y, str) else y
 
 
 @fft_spectral_mix.register_fake

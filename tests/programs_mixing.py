@@ -18,7 +18,9 @@ MODES = torch.ops.convfuse.fft_spectral_mix.default
 
 
 NORMS = [(None, None), ("ortho", "ortho"), ("forward", "forward"), ("backward", "forward")]
-CONV_EQUATIONS = {1: ["bcf,ocf->bof", "bcf,cof->bof", "cbf,ocf->obf"], 2: ["bcxy,ocxy->boxy", "bcxy,coxy->boxy"]}
+CONV_EQUATIONS = {1: ["bcf,ocf->bof", "bcf,cof->bof", "cbf,ocf->obf", "bgcf,gocf->bgof"],
+                  2: ["bcxy,ocxy->boxy", "bcxy,coxy->boxy"]}
+GROUPS = 2  # the size of a group index ('g')
 CONV_MISSES = ["", "", "", "nonlinear", "sums_frequency", "kernel_other_n"]
 MODE_MISSES = ["", "", "", "nonlinear", "overlap"]
 
@@ -26,11 +28,11 @@ MODE_MISSES = ["", "", "", "nonlinear", "overlap"]
 class RandomConv(torch.nn.Module):
     def __init__(self, d, Ci, Co, K, n, equation, conj, norms, window, bias, miss):
         super().__init__()
-        shape = {"o": Co, "c": Ci}
+        shape = {"o": Co, "c": Ci, "g": GROUPS}
         # fp64 throughout: a window in the zero tail of a linear convolution is all rounding noise,
         # which fp32 would make a tolerance question (the fixed tests cover fp32)
-        self.weight = torch.nn.Parameter(torch.randn(*[shape[x] for x in equation.split(",")[1][:2]], *K,
-                                                     dtype=torch.float64))
+        weight_letters = equation.split("->")[0].split(",")[1][:-d]
+        self.weight = torch.nn.Parameter(torch.randn(*[shape[x] for x in weight_letters], *K, dtype=torch.float64))
         self.bias = torch.nn.Parameter(torch.randn(Co, dtype=torch.float64)) if bias else None
         self.d, self.n, self.equation, self.conj, self.norms, self.window, self.miss = (d, n, equation, conj, norms,
                                                                                        window, miss)
@@ -79,8 +81,8 @@ def _draw_conv(c, miss=None):
         window = [(c.choice(range(0, ni - li + 1)), li) for ni, li in zip(n, L)]
     miss = c.choice(CONV_MISSES) if miss is None else miss
     module = RandomConv(d, Ci, Co, K, n, equation, c.boolean(), c.choice(NORMS), window, c.boolean(), miss)
-    letters = {"b": B, "c": Ci}
-    x = torch.randn(*[letters[ch] for ch in equation.split(",")[0][:2]], *L, dtype=torch.float64)
+    letters = {"b": B, "c": Ci, "g": GROUPS}
+    x = torch.randn(*[letters[ch] for ch in equation.split(",")[0][:-d]], *L, dtype=torch.float64)
     return module, x, miss
 
 

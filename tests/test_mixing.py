@@ -173,6 +173,12 @@ def frequency_contraction(x, w):
 def grouped(x, w):
     n = 2 * x.shape[-1]
     Y = torch.einsum("bgcf,gocf->bgof", torch.fft.rfft(x, n=n), torch.fft.rfft(w, n=n))
+    return torch.fft.irfft(Y, n=n)[..., : x.shape[-1]]
+
+
+def two_groups(x, w):
+    n = 2 * x.shape[-1]
+    Y = torch.einsum("bghcf,ghocf->bghof", torch.fft.rfft(x, n=n), torch.fft.rfft(w, n=n))
     return torch.fft.irfft(Y, n=n)
 
 
@@ -184,7 +190,8 @@ NEAR_MISSES = {
                                        "module parameter"),
     "contraction over frequency": (lambda: frequency_contraction, lambda: (torch.randn(2, 3, 8), torch.randn(4, 3, 8)),
                                    "reaches the inverse through"),
-    "grouped contraction": (lambda: grouped, lambda: (torch.randn(2, 2, 3, 8), torch.randn(2, 4, 3, 8)), "grouped"),
+    "two group indices": (lambda: two_groups, lambda: (torch.randn(2, 2, 2, 3, 8), torch.randn(2, 2, 4, 3, 8)),
+                          "group"),
 }
 
 
@@ -288,3 +295,16 @@ def test_a_sum_over_channels_is_a_channel_mixing_convolution():
     c = assert_matches_eager(channel_sum, (torch.randn(2, 4, 32, requires_grad=True),
                                            torch.randn(4, 32, requires_grad=True)))
     assert c.report.sites[0].rewritten and _calls(c, MIX) == 1 and c.fft_calls() == 0
+
+
+def test_a_grouped_contraction_runs_with_groups():
+    from conftest import assert_matches_eager
+
+    c = assert_matches_eager(grouped, (torch.randn(2, 3, 2, 8, requires_grad=True),
+                                       torch.randn(3, 4, 2, 8, requires_grad=True)))
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    (gm,) = c.graphs
+    op = next(node for node in gm.graph.nodes if node.target is MIX)
+    assert op.args[9] == 3 and op.args[5] == [8]  # groups, and the causal window
+    assert "groups=3" in site.spec.notes

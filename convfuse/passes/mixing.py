@@ -68,6 +68,8 @@ class MixMatch(LastAxis):
     lows: list = field(default_factory=list)  # modes: block starts, d per block
     bias: Node | None = None
     windows: list | None = None  # several axes: (start, length) per axis
+    groups: int = 1  # conv: a group index, flattened with the channels on both sides
+    batch_rank: int = 0  # the input's batch axes before its channels (where groups are flattened)
     nodes: list[Node] = field(default_factory=list)
     out_steps: list = field(default_factory=list)
     roles: str | None = None
@@ -98,6 +100,11 @@ class MixMatch(LastAxis):
                 if not (a.static and a.value == 0 and same(b.value, n.value))]
 
     @property
+    def grouped(self) -> bool:
+        """A group index on both sides: the weight is (G, Co, Ci, *K) after ``k_perm``."""
+        return self.kind == "conv" and len(self.k_perm) == len(self.axes) + 3
+
+    @property
     def constant_kernel(self) -> bool:
         if self.kind == "modes":
             return all(is_module_state(_base(w)) for w in self.weights)
@@ -124,13 +131,17 @@ class MixMatch(LastAxis):
         if self.kind == "conv":
             kernel = example_value(self.k.signal).permute(self.k_perm)
             K = [spec_value(kernel.shape[a]) for a in axes]
-            c_in, c_out = kernel.shape[1], kernel.shape[0]
+            if self.grouped:  # (G, Co, Ci, *K)
+                c_in, c_out = kernel.shape[0] * kernel.shape[2], kernel.shape[0] * kernel.shape[1]
+            else:
+                c_in, c_out = kernel.shape[1], kernel.shape[0]
         else:
             first = example_value(self.weights[0]).permute(self.weight_perms[0])
             K = "modes " + " + ".join("x".join(str(s) for s in example_value(w).permute(p).shape[2:])
                                       for w, p in zip(self.weights, self.weight_perms))
             c_in, c_out = first.shape[0], first.shape[1]
-        notes = [f"C_in={spec_value(c_in)} C_out={spec_value(c_out)}"] + (["bias"] if self.bias is not None else [])
+        notes = [f"C_in={spec_value(c_in)} C_out={spec_value(c_out)}"] + (["bias"] if self.bias is not None else []) \
+            + ([f"groups={self.groups}"] if self.grouped else [])
         causal = False  # a spectral layer is circular on its grid
         if self.kind == "conv":
             starts, lengths = self.window()
@@ -217,28 +228,30 @@ def _frequency_letters(c: Contraction, left: Operand, right: Operand | None, inv
     return f
 
 
-def _roles(c: Contraction, f: str) -> tuple[str, str]:
-    """(batch letters in output order, output-channel letter) of ``left`` as the input."""
-    batch = [x for x in c.output if x in c.left and x not in f]
+def _roles(c: Contraction, f: str) -> tuple[str, str, str]:
+    """(batch letters in output order, output-channel letter, group letter or "") of ``left`` as
+    the input: a letter in both operands and the output that is no frequency is a group."""
+    shared = [x for x in c.output if x in c.left and x in c.right and x not in f]
+    batch = [x for x in c.output if x in c.left and x not in f and x not in shared]
     channel = [x for x in c.output if x in c.right and x not in c.left]
-    shared = [x for x in c.left if x in c.right and x not in f and x != c.summed]
-    if shared:
-        raise Refusal(f"einsum {c.left},{c.right}->{c.output}: index '{''.join(shared)}' is in both operands and the "
-                      "output (a grouped contraction): not rewritten yet", family=FAMILY)
+    if len(shared) > 1:
+        raise Refusal(f"einsum {c.left},{c.right}->{c.output}: indices '{''.join(shared)}' are in both operands and "
+                      "the output (more than one group index): not rewritten", family=FAMILY)
     if len(channel) != 1:
         raise Refusal(f"einsum {c.left},{c.right}->{c.output}: the kernel side has {len(channel)} output-channel "
                       "indices, not one", family=FAMILY)
-    return "".join(batch), channel[0]
+    return "".join(batch), channel[0], "".join(shared)
 
 
-def _same_channels(c: Contraction, a: Node, b: Node) -> None:
-    """The summed index has one size in both operands (einsum would broadcast a size-1 one,
-    which no channel contraction the operators compute does)."""
-    sa = example_value(a).shape[c.left.index(c.summed)]
-    sb = example_value(b).shape[c.right.index(c.summed)]
-    if not same(sa, sb):
-        raise Refusal(f"einsum {c.left},{c.right}->{c.output} broadcasts its summed index ({sa} against {sb}): not "
-                      "a channel contraction", family=FAMILY)
+def _same_channels(c: Contraction, a: Node, b: Node, group: str = "") -> None:
+    """The summed index (and a group index) has one size in both operands (einsum would
+    broadcast a size-1 one, which no channel contraction the operators compute does)."""
+    for letter in c.summed + group:
+        sa = example_value(a).shape[c.left.index(letter)]
+        sb = example_value(b).shape[c.right.index(letter)]
+        if not same(sa, sb):
+            raise Refusal(f"einsum {c.left},{c.right}->{c.output} broadcasts its index '{letter}' ({sa} against "
+                          f"{sb}): not a channel contraction", family=FAMILY)
 
 
 def _perm(letters: str, order: str) -> list[int]:
@@ -276,11 +289,15 @@ def _match_conv(inverse: Node, args: dict, einsum: EinsumForm, factors: list, no
     if len([x for x in c.right if x in c.output and x not in c.left]) != 1 and \
             len([x for x in c.left if x in c.output and x not in c.right]) == 1 and not left.conj:
         left, right, c = right, left, _swap(c)  # only the other factor has one output-channel index
-    batch, channel = _roles(c, f)
-    _same_channels(c, *((a, b) if c.left == channel_contraction(equation, 2).left else (b, a)))
-    if len(c.right) != len(f) + 2:
-        raise Refusal(f"einsum {equation!r}: the kernel has axes besides its two channels and frequency",
+    batch, channel, group = _roles(c, f)
+    _same_channels(c, *((a, b) if c.left == channel_contraction(equation, 2).left else (b, a)), group)
+    if len(c.right) != len(f) + 2 + len(group):
+        raise Refusal(f"einsum {equation!r}: the kernel has axes besides its group, two channels and frequency",
                       family=FAMILY)
+    groups = example_value(b if c.left == channel_contraction(equation, 2).left else a).shape[c.right.index(group)] \
+        if group else 1
+    if not isinstance(groups, int):
+        raise Refusal(f"einsum {equation!r}: a symbolic number of groups", family=FAMILY)
     sizes = left.sizes
     if not all(same(x.value, y.value) for x, y in zip(left.sizes, right.sizes)) or left.sided != right.sided:
         raise Refusal(f"einsum {equation!r}: the two signals are transformed at different sizes", family=FAMILY)
@@ -291,7 +308,8 @@ def _match_conv(inverse: Node, args: dict, einsum: EinsumForm, factors: list, no
     return _finish(
         "conv", inverse, args, c, f, batch, channel, left, right, sizes, out_axes,
         factors + left.factors + right.factors, left.power + right.power,
-        nodes + einsum.nodes + left.nodes + right.nodes, k_perm=_perm(c.right, channel + c.summed + f),
+        nodes + einsum.nodes + left.nodes + right.nodes, k_perm=_perm(c.right, group + channel + c.summed + f),
+        group=group, groups=groups,
     )
 
 
@@ -318,7 +336,9 @@ def _match_modes_full(inverse, args, einsum, factors, nodes, c, left, right) -> 
     f = _letters_of_axes(c.left, left.axes)
     right.axes = tuple(c.right.index(x) - len(c.right) for x in f if x in c.right)
     f = _frequency_letters(c, left, right, inverse)
-    batch, channel = _roles(c, f)
+    batch, channel, group = _roles(c, f)
+    if group:
+        raise Refusal(f"einsum {c.left},{c.right}->{c.output}: a grouped spectral layer: not rewritten", family=FAMILY)
     out_axes = tuple(c.output.index(x) - len(c.output) for x in f)
     check_inverse(inverse, args, einsum.node, out_axes, left.sizes)
     bins = _bins(left.sizes)
@@ -427,7 +447,9 @@ def _match_modes(inverse: Node, args: dict, buffer: Node) -> MixMatch:
     right = Operand(signal=None, sizes=spectrum.sizes, axes=tuple(c.right.index(x) - len(c.right) for x in f),
                     power=Fraction(0), factors=[], spectrum=weights[0])
     f = _frequency_letters(c, spectrum, right, inverse)
-    batch, channel = _roles(c, f)
+    batch, channel, group = _roles(c, f)
+    if group:
+        raise Refusal(f"einsum {c.left},{c.right}->{c.output}: a grouped spectral layer: not rewritten", family=FAMILY)
     out_axes = tuple(c.output.index(x) - len(c.output) for x in f)
     if rank != len(c.output) or not all(same(example_value(buffer).shape[a], b.value) for a, b in zip(out_axes, bins)):
         raise Refusal(f"`{buffer.name}` does not hold the spectrum's bins in the einsum's layout",
@@ -453,17 +475,20 @@ def _disjoint(blocks: list, buffer: Node) -> None:
 
 
 def _finish(kind, inverse, args, c, f, batch, channel, u, k, sizes, out_axes, factors, power, nodes, *,
-            k_perm=None, weights=(), weight_perms=(), lows=()) -> MixMatch:
+            k_perm=None, weights=(), weight_perms=(), lows=(), group="", groups=1) -> MixMatch:
     d = len(f)
     # both operators convolve their last d axes: permutes of the signals and of the result
-    # bring any einsum layout there and back
-    u_perm = _perm(c.left, batch + c.summed + f)
-    canonical = batch + channel + f
+    # bring any einsum layout there and back (a group index next to the channels: the rewrite
+    # flattens the two, as conv1d's groups lay them out)
+    u_perm = _perm(c.left, batch + group + c.summed + f)
+    canonical = batch + group + channel + f
     out_perm = [canonical.index(x) for x in c.output]
     head = inverse
     channel_axis = c.output.index(channel) - len(c.output)
-    # fft_spectral_mix has no bias argument: there the bias stays in the graph
-    epi = walk_epilogue(head, out_axes, sizes, [], mixing=True, bias_axis=channel_axis if kind == "conv" else None)
+    # fft_spectral_mix has no bias argument, nor a grouped site a bias over one axis: there the
+    # bias stays in the graph
+    epi = walk_epilogue(head, out_axes, sizes, [], mixing=True,
+                        bias_axis=channel_axis if kind == "conv" and not group else None)
     N = SymSize(_prod([s.value for s in sizes]), None) if d > 1 else sizes[0]
     wide = u.dtype == torch.float64
     scale, extra = resolve_scale(factors + epi.factors, N, wide)
@@ -475,7 +500,7 @@ def _finish(kind, inverse, args, c, f, batch, channel, u, k, sizes, out_axes, fa
         sizes=sizes, axes=out_axes, start=epi.start, length=epi.length, scale=scale, power=power,
         out_dtype=example_value(epi.tail).dtype, equation=f"{c.left},{c.right}->{c.output}", weights=list(weights),
         weight_perms=list(weight_perms), lows=list(lows), bias=epi.bias, out_steps=epi.out_steps, windows=epi.windows,
-        nodes=[inverse] + nodes + epi.nodes,
+        nodes=[inverse] + nodes + epi.nodes, groups=groups, batch_rank=len(batch),
         roles="module state" if is_module_state(k.signal or _base(k.spectrum)) else "the product's second factor",
     )
     if kind == "modes" and m.cropped_axes() and not proven(m.start.value + m.length.value <= m.n.value):

@@ -168,15 +168,22 @@ def rewrite_mixing(gm: GraphModule, m) -> Node:
     with graph.inserting_before(m.tail):
         n = [_materialize(graph, s.arg) for s in m.sizes]
         u = graph.call_method("permute", (m.u.signal, m.u_perm))
+        grouped = m.grouped
+        if grouped:  # (.., G, Ci, *L) -> (.., G*Ci, *L), (G, Co, Ci, *K) -> (G*Co, Ci, *K): conv's groups
+            u = graph.call_method("flatten", (u, m.batch_rank, m.batch_rank + 1))
         if m.kind == "conv":
             w = graph.call_method("permute", (m.k.signal, m.k_perm))
+            if grouped:
+                w = graph.call_method("flatten", (w, 0, 1))
             bias = graph.call_method("reshape", (m.bias, [-1])) if m.bias is not None else None
             start, length = ([_materialize(graph, x.arg) for x in xs] for xs in m.window())
             out = graph.call_function(
                 torch.ops.convfuse.fft_conv_mix.default,
-                (u, w, bias, n, start, length, m.scale, float(m.power), m.conj_kernel, 1, m.out_dtype),
+                (u, w, bias, n, start, length, m.scale, float(m.power), m.conj_kernel, m.groups, m.out_dtype),
                 {"constant_kernel": m.constant_kernel},
             )
+            if grouped:
+                out = graph.call_method("unflatten", (out, m.batch_rank, (m.groups, -1)))
         else:
             weights = [graph.call_method("permute", (w, p)) for w, p in zip(m.weights, m.weight_perms)]
             out = graph.call_function(
