@@ -29,6 +29,7 @@ channel and its channels are the batch), so every order of derivative is this op
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Optional
 
@@ -40,6 +41,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from convfuse.backends.common import compute_dtype
 
 NAME = "convfuse.fft_conv_mix"
+_log = logging.getLogger(__name__)
 # False runs the plain reference on CPU too (benchmarks compare the two; a way out).
 CPU_IMPL = True
 
@@ -190,6 +192,30 @@ def _exact_precision(t: Tensor):
 # a tenth of a small call's time.
 _CPU_LIBRARY = torch.library.Library("convfuse", "IMPL")
 _CPU_LIBRARY.impl("fft_conv_mix", _impl, "CPU")
+
+
+@fft_conv_mix.register_kernel("cuda")
+def _cuda_kernel(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype, constant_kernel=False):
+    # The fused Triton kernel where its plan applies (triton_monarch/mix.py: 1-D, n <= 2048), the
+    # reference otherwise (run_conv_mix returns why as a string), as ops_spectral does.  A Triton
+    # failure on a device never measured must not fail a model eager runs: the reference computes
+    # the same thing, and the warning says what happened.
+    check(u, w, bias, n, start, length, groups, out_dtype)
+    try:
+        from convfuse.backends.triton_monarch.mix import run_conv_mix
+
+        y = run_conv_mix(u, w, bias, list(n), list(start), list(length), scale, n_power, conj_kernel, groups,
+                         out_dtype, constant_kernel)
+    except (ValueError, TypeError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        _log.warning("convfuse: the Triton fft_conv_mix kernel failed (%s: %s); running the reference",
+                     type(exc).__name__, exc)
+        y = "triton failed"
+    if isinstance(y, str):
+        with _exact_precision(u):
+            return fft_conv_mix_reference(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype)
+    return y
 
 
 @fft_conv_mix.register_fake
