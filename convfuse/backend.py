@@ -18,6 +18,8 @@ from convfuse.backends.cpu_cost import no_gain_reason
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, internal_error, match_or_refuse, rewrite_site, still_valid
+from convfuse.passes.mixing import MixMatch
+from convfuse.passes.mixing import no_gain_reason as mixing_no_gain
 from convfuse.passes.policy import SitePlan, choose_policies, policy_rewrite_args, resolve_late, spectrum_bins
 from convfuse.policies import Exact, PartialKernel
 from convfuse.passes.sizes import example_value
@@ -111,9 +113,13 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
     """The reason a site stays eager code because the CPU cost model predicts the fused operator
     no faster there (``cpu_cost.no_gain_reason``), or None.  Only ``kernel="auto"`` on CPU, one
     axis, exact, static shapes; ``kernel="cpu"`` always rewrites."""
-    if opts.kernel != "auto" or impl_name != "cpu" or m.multi_axis or not isinstance(policy, Exact):
+    if opts.kernel != "auto" or impl_name != "cpu" or not isinstance(policy, Exact):
         return None
     if not opts.settings.cpu_no_gain_refusal:
+        return None
+    if isinstance(m, MixMatch):
+        return mixing_no_gain(m)
+    if m.multi_axis:
         return None
     u_shape = example_value(m.u.signal).shape
     out_shape = example_value(m.result).shape
@@ -135,7 +141,7 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
 def _kernel_description(name: str, m, spec, policy) -> str:
     """What runs: for the CPU path with static sizes, the algorithm its cost model picks for the
     kernel the policy leaves (a partial kernel is a short one)."""
-    if hasattr(m, "kernel_name"):
+    if isinstance(m, MixMatch):
         return f"{name}: {m.kernel_name()}"  # a channel-mixing operator (its implementation per device)
     if m.multi_axis:
         return "torch.fft-nd"  # fft_convnd has one implementation

@@ -138,6 +138,9 @@ def check(p: Program, seed: int = 0) -> list[Mismatch]:
                            + (f" reasons: {reasons}" if reasons else ""))
         elif compiled.fft_calls() != 0:
             bad("rewrite", f"rewritten, but {compiled.fft_calls()} FFT calls are left in the graph")
+    elif p.miss == "contracting_einsum":
+        pass  # a contraction over channels: the channel-mixing matcher rewrites it where it proves one
+        # (tests/programs_mixing.py holds that oracle); the numerics above must hold either way
     else:
         if calls != 0 or not sites or any(s.status != "skipped" for s in sites):
             bad("rewrite", f"not a convolution ({p.miss}): expected no rewrite, got op_calls={calls} "

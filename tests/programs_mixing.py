@@ -18,7 +18,10 @@ MODES = torch.ops.convfuse.fft_spectral_mix.default
 
 
 NORMS = [(None, None), ("ortho", "ortho"), ("forward", "forward"), ("backward", "forward")]
-CONV_EQUATIONS = {1: ["bcf,ocf->bof", "bcf,cof->bof", "cbf,ocf->obf", "bgcf,gocf->bgof"],
+# 'bgcf,gcf->bgf': the kernel has no output-channel index, the input's batch index takes that
+# role (the operator's roles swapped)
+SWAPPED = "bgcf,gcf->bgf"
+CONV_EQUATIONS = {1: ["bcf,ocf->bof", "bcf,cof->bof", "cbf,ocf->obf", "bgcf,gocf->bgof", SWAPPED],
                   2: ["bcxy,ocxy->boxy", "bcxy,coxy->boxy"]}
 GROUPS = 2  # the size of a group index ('g')
 CONV_MISSES = ["", "", "", "nonlinear", "sums_frequency", "kernel_other_n"]
@@ -45,9 +48,11 @@ class RandomConv(torch.nn.Module):
         W = torch.fft.rfftn(self.weight, s=kn, dim=dims)
         if self.miss == "kernel_other_n":
             W = W[..., : n[-1] // 2 + 1] if d == 1 else W[..., : n[0], : n[-1] // 2 + 1]
-        if self.conj:
+        if self.conj == "w":
             W = W.conj()
-        if self.miss == "sums_frequency":
+        elif self.conj == "x":
+            X = X.conj()
+        if self.miss == "sums_frequency":  # (the letters' sum over frequency)
             lhs, out = self.equation.split("->")
             Y = torch.einsum(f"{lhs}->{out[:-d]}", X, W)
             Y = Y.reshape(*Y.shape, *([1] * d)).expand(*Y.shape, *X.shape[-d:])
@@ -80,7 +85,13 @@ def _draw_conv(c, miss=None):
     if c.boolean():
         window = [(c.choice(range(0, ni - li + 1)), li) for ni, li in zip(n, L)]
     miss = c.choice(CONV_MISSES) if miss is None else miss
-    module = RandomConv(d, Ci, Co, K, n, equation, c.boolean(), c.choice(NORMS), window, c.boolean(), miss)
+    conj = c.choice(["", "w", "x"])
+    if equation == SWAPPED and conj == "w" and not miss:
+        # a conjugate on the spectrum that takes the input's role is the time reversal of the
+        # correlation the operator computes: it must be refused
+        miss = "conj_input_role"
+    bias = c.boolean() and "o" in equation.split("->")[1]
+    module = RandomConv(d, Ci, Co, K, n, equation, conj, c.choice(NORMS), window, bias, miss)
     letters = {"b": B, "c": Ci, "g": GROUPS}
     x = torch.randn(*[letters[ch] for ch in equation.split(",")[0][:-d]], *L, dtype=torch.float64)
     return module, x, miss

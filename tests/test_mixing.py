@@ -308,3 +308,33 @@ def test_a_grouped_contraction_runs_with_groups():
     op = next(node for node in gm.graph.nodes if node.target is MIX)
     assert op.args[9] == 3 and op.args[5] == [8]  # groups, and the causal window
     assert "groups=3" in site.spec.notes
+
+
+def test_small_mixing_sites_stay_eager_on_cpu_with_a_reason():
+    from convfuse import config
+
+    torch.manual_seed(0)
+    module, x = SpectralConv1d(4, 4, 8), torch.randn(2, 4, 64)
+    with config.patch(cpu_no_gain_refusal=True):
+        c = Compiled(module)
+        torch.testing.assert_close(c(x), module(x))
+        site = c.report.sites[0]
+        assert not site.rewritten and "no gain at this size" in site.reason and _calls(c, MODES) == 0
+        forced = Compiled(module, kernel="cpu")
+        torch.testing.assert_close(forced(x), module(x), rtol=1e-5, atol=1e-6)
+        assert forced.report.sites[0].rewritten and _calls(forced, MODES) == 1
+        big = Compiled(SpectralConv1d(16, 16, 8))
+        xb = torch.randn(16, 16, 2048)
+        big(xb)
+        assert big.report.sites[0].rewritten, big.report.sites[0].reason
+
+
+def test_fno_1d_on_a_symbolic_grid():
+    torch.manual_seed(0)
+    module = SpectralConv1d(3, 2, 6)
+    c = Compiled(module, dynamic=True)
+    for length in (32, 48):
+        x = torch.randn(2, 3, length)
+        torch.testing.assert_close(c(x), module(x), rtol=1e-5, atol=1e-5)
+    assert c.report.sites[0].rewritten, c.report.sites[0].reason
+    assert _calls(c, MODES) >= 1

@@ -21,6 +21,7 @@ transforms), and the output by the inverse permute.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -163,6 +164,33 @@ class MixMatch(LastAxis):
         )
 
 
+# Below this many transformed samples per call (input, kernel and output rows times the FFT
+# size) the channel-mixing operators' fixed cost is not recovered on CPU: bench/mix.py measured
+# 0.56-0.87x of eager at (8, 4, 256) with 16-64 taps (~0.05M samples) and bench/fno.py 0.67x at
+# (4, 32, 256) with 16 modes on one thread (~0.07M), against 1.7-3.0x from 6M samples up and
+# 35x at 2M (FNO-1D 16 x 64 x 1024).  Nothing was measured between 0.1M and 2M: 1M is the
+# conservative line.
+MIN_SAMPLES = 1 << 20
+
+
+def no_gain_reason(m: MixMatch) -> str | None:
+    """Why a channel-mixing site stays eager code on CPU at its size, or None (symbolic sizes:
+    never refused)."""
+    u, out = example_value(m.u.signal), example_value(m.result)
+    d = len(m.axes)
+    shapes = [u.shape, out.shape] + ([example_value(m.k.signal).shape] if m.kind == "conv" else [])
+    sizes = [s.value for s in m.sizes]
+    if not all(isinstance(v, int) for shape in shapes for v in shape) or not all(isinstance(v, int) for v in sizes):
+        return None
+    rows = sum(math.prod(shape) // max(1, math.prod(shape[-d:])) for shape in shapes)
+    samples = rows * math.prod(sizes)
+    if samples >= MIN_SAMPLES:
+        return None
+    return (f"no gain at this size: {samples} transformed samples per call, below the {MIN_SAMPLES} from which "
+            f"{m.kernel_name()}'s fixed cost is recovered on CPU (bench/mix.py, bench/fno.py); kernel='cpu' rewrites "
+            "it anyway")
+
+
 def mixing_reads(m: MixMatch) -> list:
     return [m.u.signal, m.k.signal, m.bias, *m.weights]
 
@@ -287,8 +315,13 @@ def _match_conv(inverse: Node, args: dict, einsum: EinsumForm, factors: list, no
         raise Refusal(f"einsum {equation!r} conjugates the input's spectrum: not rewritten yet", family=FAMILY)
     f = _frequency_letters(c, left, right, inverse)
     if len([x for x in c.right if x in c.output and x not in c.left]) != 1 and \
-            len([x for x in c.left if x in c.output and x not in c.right]) == 1 and not left.conj:
+            len([x for x in c.left if x in c.output and x not in c.right]) == 1 and not right.conj:
         left, right, c = right, left, _swap(c)  # only the other factor has one output-channel index
+    if left.conj:
+        # conj(X) * K is the time reversal of the correlation the operator computes with the
+        # roles swapped: only a conjugated kernel is a correlation
+        raise Refusal(f"einsum {equation!r} conjugates the spectrum that takes the input's role: not rewritten",
+                      family=FAMILY)
     batch, channel, group = _roles(c, f)
     _same_channels(c, *((a, b) if c.left == channel_contraction(equation, 2).left else (b, a)), group)
     if len(c.right) != len(f) + 2 + len(group):
@@ -357,8 +390,9 @@ def _bins(sizes: tuple) -> list[SymSize]:
     return [*sizes[:-1], SymSize(last.value // 2 + 1, None)]
 
 
-def _block(index, rank: int, axes: tuple, bins: list[SymSize], what: str) -> list[tuple[int, int]]:
-    """[(lo, length)] per transformed axis of an index that selects a block of them only."""
+def _block(index, rank: int, axes: tuple, bins: list[SymSize], what: str, traced=None) -> list[tuple[int, int]]:
+    """[(lo, length)] per transformed axis of an index that selects a block of them only
+    (``traced``: the selected block's traced shape)."""
     index = index if isinstance(index, tuple) else (index,)
     if index.count(Ellipsis) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in index):
         raise Refusal(f"{what} indexes the spectrum with something other than slices", family="spectrum-buffer")
@@ -375,9 +409,18 @@ def _block(index, rank: int, axes: tuple, bins: list[SymSize], what: str) -> lis
                               family="spectrum-buffer")
             continue
         size = bins[axes.index(axis)]
-        if s.step not in (None, 1) or not size.static:
-            raise Refusal(f"{what}: a strided block, or modes on a symbolic grid (compile without dynamic=True)",
-                          family="spectrum-buffer")
+        if s.step not in (None, 1):
+            raise Refusal(f"{what}: a strided block", family="spectrum-buffer")
+        if not size.static:
+            # x_ft[..., :m] on a symbolic grid: the block is [0, m) whenever its traced length is m
+            # (Dynamo's shape guards hold the einsum with an m-mode weight to it); a negative
+            # bound would need n - m symbolically
+            if s.start not in (None, 0) or not isinstance(s.stop, int) or s.stop <= 0 or traced is None \
+                    or not same(traced[pos], s.stop):
+                raise Refusal(f"{what}: a block of modes on a symbolic grid other than [:m] (compile without "
+                              "dynamic=True)", family="spectrum-buffer")
+            out.append((0, s.stop))
+            continue
         lo, length = slice_bounds(s.start, s.stop, size)
         if not (lo.static and length.static):
             raise Refusal(f"{what}: block bounds that are not constants", family="spectrum-buffer")
@@ -423,8 +466,10 @@ def _match_modes(inverse: Node, args: dict, buffer: Node) -> MixMatch:
         elif x_block.args[0] is not x_ft or (c.left, c.right, c.output) != (c0.left, c0.right, c0.output):
             raise Refusal(f"{what} contracts another spectrum or with another equation than the first block",
                           family="spectrum-buffer")
-        block = _block(x_block.args[1], example_value(x_block.args[0]).dim(), operand.axes, bins, what)
-        if _block(index, rank, tuple(c.output.index(x) - len(c.output) for x in f), bins, what) != block:
+        block = _block(x_block.args[1], example_value(x_block.args[0]).dim(), operand.axes, bins, what,
+                       example_value(x_block).shape)
+        if _block(index, rank, tuple(c.output.index(x) - len(c.output) for x in f), bins, what,
+                  example_value(value).shape) != block:
             raise Refusal(f"{what} writes its block to other modes than it reads", family="spectrum-buffer")
         weight = _weight(weight, f"the weight of {what}")
         _same_channels(c, x_block, weight)
