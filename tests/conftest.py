@@ -68,6 +68,27 @@ def assert_matches_eager(fn, args, *, rtol=1e-5, dynamic=None, grads=True, **opt
     return compiled
 
 
+def op_calls(c: Compiled, op) -> int:
+    """Calls of the operator overload ``op`` in the graphs ``c`` compiled."""
+    return sum(node.target is op for gm in c.graphs for node in gm.graph.nodes)
+
+
+def assert_module_matches_eager(module, x, rtol=1e-5, dynamic=None) -> Compiled:
+    """Compile ``module`` with convfuse; its output, the input's gradient and every parameter's
+    gradient (complex ones compared as complex) must equal eager's to ``rtol`` of their scale."""
+    c = Compiled(module, dynamic=dynamic)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = module(xe), c(xc)
+    assert_close_rel(got, expected, rtol)
+    g = torch.randn_like(expected)
+    params = list(module.parameters())
+    ge = torch.autograd.grad(expected, [xe, *params], g)
+    gc = torch.autograd.grad(got, [xc, *params], g)
+    for a, b in zip(gc, ge):
+        assert_close_rel(a, b, rtol)
+    return c
+
+
 def assert_close_rel(got: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
     assert got.shape == expected.shape, (got.shape, expected.shape)
     assert got.dtype == expected.dtype, (got.dtype, expected.dtype)

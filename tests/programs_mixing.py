@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import Compiled
+from conftest import Compiled, op_calls
 
 MIX = torch.ops.convfuse.fft_conv_mix.default
 MODES = torch.ops.convfuse.fft_spectral_mix.default
@@ -147,7 +147,7 @@ def draw_program(c, kind: str, miss: str | None = None):
 
 
 def _calls(c: Compiled, op) -> int:
-    return sum(node.target is op for gm in c.graphs for node in gm.graph.nodes)
+    return op_calls(c, op)
 
 
 def _close(got, expected, what: str) -> list[str]:

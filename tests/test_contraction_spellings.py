@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Compiled, assert_close_rel
+from conftest import Compiled, assert_close_rel, assert_module_matches_eager, op_calls
 from convfuse.passes.contraction import einsum_form
 
 MIX = torch.ops.convfuse.fft_conv_mix.default
@@ -23,7 +23,7 @@ MODES = torch.ops.convfuse.fft_spectral_mix.default
 
 
 def _calls(c: Compiled, op) -> int:
-    return sum(node.target is op for gm in c.graphs for node in gm.graph.nodes)
+    return op_calls(c, op)
 
 
 def _real(op, a, b, planes="view_as_real"):
@@ -177,21 +177,6 @@ class SpelledFNO2d(nn.Module):
         return torch.fft.irfft2(out_ft, s=(x.size(-2), x.size(-1)))
 
 
-def assert_module_matches_eager(module, x, rtol=1e-5) -> Compiled:
-    """Outputs, the input's gradient and every parameter's gradient equal eager's."""
-    c = Compiled(module)
-    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    expected, got = module(xe), c(xc)
-    assert_close_rel(got, expected, rtol)
-    g = torch.randn_like(expected)
-    params = list(module.parameters())
-    ge = torch.autograd.grad(expected, [xe, *params], g)
-    gc = torch.autograd.grad(got, [xc, *params], g)
-    for a, b in zip(gc, ge):
-        assert_close_rel(a, b, rtol)
-    return c
-
-
 CASES = {
     **{f"conv1d, {name}": (lambda s=s: SpelledConv1d(3, 4, 5, s), lambda: torch.randn(2, 3, 12), MIX)
        for name, s in CONV_SPELLINGS.items()},
@@ -270,9 +255,9 @@ NEAR_MISSES = {
     "real arithmetic with re = ar br + ai bi": (lambda: SpelledConv1d(3, 4, 5, _re_sign_error),
                                                 lambda: torch.randn(2, 3, 12), "real arithmetic"),
     "fno, real arithmetic with im = ai br - ar bi": (lambda: SpelledFNO1d(3, 4, 5, _im_sign_error),
-                                                     lambda: torch.randn(2, 3, 16), "not one channel-contracting"),
+                                                     lambda: torch.randn(2, 3, 16), "not one channel contraction"),
     "fno, real arithmetic of the wrong planes": (lambda: SpelledFNO1d(3, 4, 5, _planes_mixed_up),
-                                                 lambda: torch.randn(2, 3, 16), "not one channel-contracting"),
+                                                 lambda: torch.randn(2, 3, 16), "not one channel contraction"),
     "fno, channels and modes swapped": (lambda: SpelledFNO1d(3, 5, 5, _frequency_swapped_block),
                                         lambda: torch.randn(2, 3, 16), "not a block of modes"),
 }
@@ -299,7 +284,7 @@ class RealWeightFNO1d(SpelledFNO1d):
 
 NEAR_MISSES["fno, a real (..., 2) weight parameter (not yet)"] = (lambda: RealWeightFNO1d(3, 4, 5),
                                                                    lambda: torch.randn(2, 3, 16),
-                                                                   "not one channel-contracting")
+                                                                   "not one channel contraction")
 
 
 @pytest.mark.parametrize("name", list(NEAR_MISSES))

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import Compiled, assert_close_rel
+from conftest import Compiled, assert_close_rel, assert_module_matches_eager, op_calls
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from mixing import FFTConv1d, FFTConv2d, FNOBlock2d, SpectralConv1d, SpectralConv2d  # noqa: E402
@@ -25,30 +25,7 @@ MODES = torch.ops.convfuse.fft_spectral_mix.default
 
 
 def _calls(c: Compiled, op) -> int:
-    return sum(node.target is op for gm in c.graphs for node in gm.graph.nodes)
-
-
-def _close(got, expected, rtol, atol):
-    if atol:
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
-    else:
-        assert_close_rel(got, expected, rtol)
-
-
-def assert_module_matches_eager(module, x, rtol=1e-5, dynamic=None, atol=0.0) -> Compiled:
-    """Outputs, the input's gradient and every parameter's gradient equal eager's (``atol``: for
-    random programs whose result may be all rounding noise, a window in the zero tail)."""
-    c = Compiled(module, dynamic=dynamic)
-    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    expected, got = module(xe), c(xc)
-    _close(got, expected, rtol, atol)
-    g = torch.randn_like(expected)
-    params = list(module.parameters())
-    ge = torch.autograd.grad(expected, [xe, *params], g)
-    gc = torch.autograd.grad(got, [xc, *params], g)
-    for a, b in zip(gc, ge):
-        _close(a, b, rtol, atol)
-    return c
+    return op_calls(c, op)
 
 
 CASES = {

@@ -141,6 +141,19 @@ def is_module_state(node: Node) -> bool:
     return "_buffers" in name or "_parameters" in name
 
 
+def slice_index(index, rank: int) -> tuple | None:
+    """``index`` (a getitem argument) as one slice per axis of a rank-``rank`` tensor, Ellipsis
+    expanded; None when it holds anything but slices and one Ellipsis."""
+    index = index if isinstance(index, tuple) else (index,)
+    if index.count(Ellipsis) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in index):
+        return None
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (rank - len(index))
+    return index if len(index) == rank else None
+
+
 def slice_along(node: Node, base: Node, axis: int, size: SymSize) -> tuple[SymSize, SymSize] | None:
     """(start, length) when ``node`` is a contiguous slice of ``base`` along ``axis`` only.
 
@@ -151,14 +164,8 @@ def slice_along(node: Node, base: Node, axis: int, size: SymSize) -> tuple[SymSi
         return None
     rank = example_value(base).dim()
     if node.op == "call_function" and node.target is operator.getitem:
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if index.count(Ellipsis) > 1 or any(i is None or not isinstance(i, (slice, type(Ellipsis))) for i in index):
-            return None
-        if Ellipsis in index:
-            at = index.index(Ellipsis)
-            index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1 :]
-        index = index + (slice(None),) * (rank - len(index))
-        if len(index) != rank:
+        index = slice_index(node.args[1], rank)
+        if index is None:
             return None
         if any(pos - rank != axis and s != slice(None) for pos, s in enumerate(index)):
             return None

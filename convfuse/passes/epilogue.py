@@ -22,8 +22,8 @@ from torch.fx import Node
 
 from convfuse.passes import facts
 from convfuse.passes.algebra import (
-    Refusal, is_float_tensor, is_module_state, is_tensor, same_shape, scaled, slice_along, slice_bounds, sole_user,
-    strip_exact_upcasts,
+    Refusal, is_float_tensor, is_module_state, is_tensor, same_shape, scaled, slice_along, slice_bounds, slice_index,
+    sole_user, strip_exact_upcasts,
 )
 from convfuse.passes.einsum import elementwise_einsum
 from convfuse.passes.layout import LayoutStep, layout_kind, step_through
@@ -152,15 +152,8 @@ def _block_window(node: Node, base: Node, where: tuple, sizes: tuple) -> list | 
     (step 1; every other axis whole), else None."""
     if not (node.op == "call_function" and node.target is operator.getitem and node.args[0] is base):
         return None
-    rank = example_value(base).dim()
-    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-    if index.count(Ellipsis) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in index):
-        return None
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
-        index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1:]
-    index = index + (slice(None),) * (rank - len(index))
-    if len(index) != rank:
+    index = slice_index(node.args[1], example_value(base).dim())
+    if index is None:
         return None
     out = [None] * len(where)  # in the order of the transformed axes (a permute may have reordered them)
     for pos, s in enumerate(index):

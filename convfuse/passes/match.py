@@ -341,7 +341,8 @@ def match_site(inverse: Node) -> Match:
     m = Match(
         inverse=inverse, tail=epi.tail, u=u, k=k, sizes=sizes, axes=axes, start=epi.start, length=epi.length,
         scale=scale, power=power, out_dtype=example_value(epi.tail).dtype, D=epi.D, D_align=epi.D_align,
-        post_gate=epi.post_gate, kernel_weights=weights, nodes=site_nodes, roles=roles, out_steps=epi.out_steps, windows=epi.windows,
+        post_gate=epi.post_gate, kernel_weights=weights, nodes=site_nodes, roles=roles, out_steps=epi.out_steps,
+        windows=epi.windows,
         notes=[first if len(axes) == 1 else f"{len(axes)}-D {transform.name}"] + notes,
     )
     if len(axes) == 1 and (gated := _pre_gate(u, set(site_nodes))) is not None:

@@ -30,7 +30,7 @@ import torch
 from torch.fx import Node
 
 from convfuse.passes import facts
-from convfuse.passes.algebra import Refusal, is_module_state, resolve_scale, scaled, slice_bounds
+from convfuse.passes.algebra import Refusal, is_module_state, resolve_scale, scaled, slice_bounds, slice_index
 from convfuse.passes.contraction import EinsumForm, einsum_form
 from convfuse.passes.einsum import Contraction, channel_contraction
 from convfuse.passes.epilogue import walk_epilogue
@@ -393,13 +393,9 @@ def _bins(sizes: tuple) -> list[SymSize]:
 def _block(index, rank: int, axes: tuple, bins: list[SymSize], what: str, traced=None) -> list[tuple[int, int]]:
     """[(lo, length)] per transformed axis of an index that selects a block of them only
     (``traced``: the selected block's traced shape)."""
-    index = index if isinstance(index, tuple) else (index,)
-    if index.count(Ellipsis) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in index):
+    index = slice_index(index, rank)
+    if index is None:
         raise Refusal(f"{what} indexes the spectrum with something other than slices", family="spectrum-buffer")
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
-        index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1:]
-    index = index + (slice(None),) * (rank - len(index))
     out = []
     for pos, s in enumerate(index):
         axis = pos - rank
