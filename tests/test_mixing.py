@@ -315,3 +315,25 @@ def test_fno_1d_on_a_symbolic_grid():
         torch.testing.assert_close(c(x), module(x), rtol=1e-5, atol=1e-5)
     assert c.report.sites[0].rewritten, c.report.sites[0].reason
     assert _calls(c, MODES) >= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.bool])
+def test_a_cast_the_operators_cannot_return_stays_in_the_graph(dtype):
+    # found by an adversarial review: the cast was absorbed and the operator's check failed the compile
+    def cast(x, w):
+        n = 24
+        y = torch.fft.irfft(torch.einsum("bcf,ocf->bof", torch.fft.rfft(x, n=n), torch.fft.rfft(w, n=n)), n=n)
+        return (y * 100).to(dtype)
+
+    class FNOCast(SpectralConv1d):
+        def forward(self, x):
+            return super().forward(x).to(dtype)
+
+    x, w = torch.randn(2, 4, 16), torch.randn(5, 4, 7)
+    c = Compiled(cast)
+    torch.testing.assert_close(c(x, w), cast(x, w), rtol=1e-5, atol=1e-3 if dtype.is_complex else 1)
+    assert c.report.sites[0].rewritten and _calls(c, MIX) == 1
+    module = FNOCast(4, 5, 3)
+    c = Compiled(module)
+    got = c(x)
+    assert got.dtype == dtype and c.report.sites[0].rewritten and _calls(c, MODES) == 1

@@ -231,6 +231,8 @@ def walk_epilogue(head: Node, axes: tuple, sizes: tuple, operands: list[Operand]
         elif stage == 0 and (inner := scaled(nxt)) is not None and inner[0] is tail:
             epi.factors += inner[1]
         elif (dst := facts.cast_target_dtype(nxt)) is not None:
+            if mixing and not (dst.is_floating_point and not dst.is_complex):
+                break  # the mixing operators return real floats: a complex/int/bool cast stays in the graph
             if dst != example_value(tail).dtype:
                 # Any cast that changes the dtype is the last step absorbed: what follows it
                 # (scales, skip, gate) eager computes in the new dtype, the operator would not.
