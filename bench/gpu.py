@@ -292,7 +292,7 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                 if key not in seen:
                     sig = {a: "constexpr" if a in consts else
                            "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
-                           "*fp32" if a in compute_ptrs else
+                           "*fp32" if a in compute_ptrs and not (a == "z_ptr" and dot != "fp32") else
                            f"*{dot}" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
                     k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
                                        options={"num_warps": NUM_WARPS})
@@ -311,9 +311,99 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
     for r in rows:
         lines.append(f"| {r['n']} | {r['dot']} | {r['kernel']} | {r.get('regs', '-')} | {r.get('stack_B', '-')} | "
                      f"{r.get('shared_B', '-')} | {r['note']} |")
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"triton-sm{arch}-resources.md"
-    path.write_text("\n".join(lines) + "\n")
+    replace_table(path, lines[0].split(" (")[0], lines)
+    print(f"wrote {path}")
+    return path
+
+
+def replace_table(path: Path, head: str, lines: list[str]) -> None:
+    """Put ``lines`` (a table, optionally after one caption line) in place of the block of ``path``
+    that starts with the first line beginning with ``head`` and runs to the end of its table: the
+    file's other sections (hand-written readings, the other reports) stay as they are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text().splitlines() if path.exists() else []
+    at = next((i for i, line in enumerate(old) if line.startswith(head)), None)
+    if at is None:
+        old = old + ([""] if old else [])
+        at = end = len(old)
+    else:
+        end = at + 1
+        while end < len(old) and not old[end].startswith("|"):  # caption, blank line
+            end += 1
+        while end < len(old) and old[end].startswith("|"):
+            end += 1
+    path.write_text("\n".join(old[:at] + lines + old[end:]) + "\n")
+
+
+def _resources(fn, sig, consts, arch: int, warps: int) -> dict:
+    """Registers, stack (spills) and shared memory of one kernel compiled for sm<arch>, and its PTX's
+    matrix instructions, from Triton's bundled ptxas and cuobjdump (no GPU needed)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    num = lambda tag: int(m.group(1)) if (m := re.search(tag + r":(\d+)", usage)) else None  # noqa: E731
+    ptx = k.asm.get("ptx", "")
+    mma = sorted({f"mma.sync {shape} {t}" for shape, t in re.findall(r"\bmma\.sync\.aligned\.(m\d+n\d+k\d+)\.row\.col\.\w+\.(\w+)", ptx)}
+                 | {f"wgmma {t}" for t in re.findall(r"\bwgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+\.\w+\.(\w+)", ptx)})
+    return {"regs": num("REG"), "stack_B": num("STACK"), "shared_B": k.metadata.shared, "mma": ", ".join(mma) or "-"}
+
+
+def backward_report(sizes, out: Path, archs=(90, 80)) -> Path:
+    """The backward pass (kernels_grad.GRAD2, causal and cyclic), its d k inverse (GRAD_DK) and the
+    kernel-spectrum builders (kernels_spectrum.SPECTRUM2 per fused size, SPECTRUM3 per three-level
+    size below 32K) for each target, at the warps their launchers use, fp32 operands with the
+    configured fp32 dot precision (the backward and the spectra always run in the compute dtype);
+    the table replaces the one in triton-sm90-resources.md's backward section."""
+    from convfuse import config
+    from convfuse.backends.triton_monarch import fused3, grad, kernels_grad as kg, kernels_spectrum as ks
+    from convfuse.backends.triton_monarch.plan import FACTORS
+
+    prec = config.triton_fp32_dot
+    sig_of = lambda fn, consts: {  # noqa: E731
+        a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") or a in ("pair_ptr", "grp_ptr") else
+        "*fp32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+    launches = []
+    for n in sizes:
+        if n in FACTORS:
+            n1, n2 = FACTORS[n]
+            half = n1 // 2 >= 16
+            w = grad.GRAD_WARPS.get(n, 4)
+            for how, cut in (("causal", half), ("cyclic", False)):
+                if how == "cyclic" or half:
+                    consts = dict(N1=n1, N2=n2, G_HALF=cut, U_HALF=cut, DU_HALF=cut, H_HALF=cut, NEED_U=True,
+                                  NEED_K=True, NEED_H=True, CONJ=False, PREC=prec)
+                    launches.append((n, f"grad2 {n1}x{n2} {how} ({w} warps)", kg.GRAD2[False], consts, w))
+            launches.append((n, f"grad_dk {n1}x{n2}", kg.GRAD_DK[False],
+                             dict(N1=n1, N2=n2, DK_HALF=half, CONJ=True, PREC=prec), config.triton_warps))
+            launches.append((n, f"spectrum2 {n1}x{n2}", ks.SPECTRUM2[False],
+                             dict(N1=n1, N2=n2, W=n2, RIN=n1 // 2 if half else n1, CONJ=False, PREC=prec),
+                             config.triton_warps))
+        elif n in fused3.FACTORS3 and n < 32768:  # 32K three-level spectra are torch's (spectrum.py)
+            n1, n2, n3 = fused3.FACTORS3[n]
+            w = fused3.WARPS3[n]
+            launches.append((n, f"spectrum3 {n1}x{n2}x{n3} ({w} warps)", ks.SPECTRUM3[False],
+                             dict(N1=n1, N2=n2, N3=n3, RIN=n1 // 2 if n1 // 2 >= 16 else n1, CONJ=False, PREC=prec), w))
+    head = "| n | kernel | " + " | ".join(f"sm{a} regs | sm{a} stack B | sm{a} shared B" for a in archs)
+    lines = [head + f" | sm{archs[0]} matrix instructions |", "|" + "---|" * (3 + 3 * len(archs))]
+    for n, name, fn, consts, warps in launches:
+        res = [_resources(fn, sig_of(fn, consts), consts, a, warps) for a in archs]
+        cells = [c for r in res for c in (r["regs"], r["stack_B"], r["shared_B"])]
+        lines.append(f"| {n} | {name} | " + " | ".join(map(str, cells)) + f" | {res[0]['mma']} |")
+        print(lines[-1], flush=True)
+    path = out / "triton-sm90-resources.md"
+    replace_table(path, "| n | kernel | sm", lines)
     print(f"wrote {path}")
     return path
 
@@ -329,6 +419,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timing repetitions on CPU (CUDA uses do_bench)")
     ap.add_argument("--compile-report", action="store_true",
                     help="no timing: compile every plan's kernels for sm90 (no GPU needed) and write their resources")
+    ap.add_argument("--kernels", choices=("forward", "backward", "all"), default="forward",
+                    help="with --compile-report: the forward plans' table, the backward/spectrum table "
+                         "(sm90 and sm80), or both; each replaces only its own table in the file")
     ap.add_argument("--policy-L", type=int, nargs="*",
                     help="signal lengths L of the policy section (n = 2L; default 4096 16384 131072, or 512 dry; "
                          "none: skip the section)")
@@ -338,7 +431,10 @@ def main(argv=None) -> int:
     if a.compile_report:
         from convfuse.backends.triton_monarch.plan import PLAN_SIZES
 
-        compile_report(a.sizes or list(PLAN_SIZES), a.out)
+        if a.kernels in ("forward", "all"):
+            compile_report(a.sizes or list(PLAN_SIZES), a.out)
+        if a.kernels in ("backward", "all"):
+            backward_report(a.sizes or list(PLAN_SIZES), a.out)
         return 0
 
     if a.dry_run:

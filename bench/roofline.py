@@ -5,9 +5,11 @@ Gated causal convolution, fp16 inputs and output, n = 2L, B = 64, H = 768 on an 
 
 - HBM bytes.  convfuse: u, the two gates and the output in fp16 (8 B), the kernel spectrum
   (fp32 complex, n values per kernel row) read once per row pair and shared by the B rows of a
-  channel through L2 (counted at 8 * n / (L * B) B), and for the outer plans the fp32 complex buffer
-  between launches: each launch that writes or reads it moves 8 B per complex sample per pair of
-  rows, i.e. 4 B per output sample of each row of the pair... counted exactly below.  Eager: the
+  channel through L2 (counted at 8 * n / (L * B) B), and for the outer plans the complex buffer
+  between launches, in fp16 for these fp16 calls (launch.outer_buffer_dtype; fp32 before): each
+  launch that writes or reads it moves 4 B (fp16) or 8 B (fp32) per complex sample per pair of rows,
+  i.e. 4 or 8 B per output sample per access (a pair's n samples over its 2 L outputs).  The
+  columns "fp32-buffer B/sample" and "saved B/sample" give the traffic the fp32 buffer had.  Eager: the
   kernels torch runs for the same function in fp32 (casts, pre-gate, rfft, product, irfft and a
   copy of its input, slice, skip term, post-gate, cast), about 136 B, plus two more passes of each
   transform through memory above 64K (cuFFT's large sizes run in several passes).
@@ -54,13 +56,13 @@ def plan_row(n: int) -> dict:
         half = n1 // 2 >= 16
         rin = rout = n1 // 2 if half else n1
         macs = 4 * n * (rin + 2 * n2 + rout)
-        kind, radices, launches, buffer = "fused (one kernel)", f"{n1}x{n2}", 1, 0.0
+        kind, radices, launches, buffer, buffer32 = "fused (one kernel)", f"{n1}x{n2}", 1, 0.0, 0.0
     elif n in select.THREE_LEVEL_SIZES:
         n1, n2, n3 = fused3.FACTORS3[n]
         half = n1 // 2 >= 16
         rin = rout = n1 // 2 if half else n1
         macs = 4 * n * (rin + 2 * n2 + 2 * n3 + rout)
-        kind, radices, launches, buffer = "three-level (one kernel)", f"{n1}x{n2}x{n3}", 1, 0.0
+        kind, radices, launches, buffer, buffer32 = "three-level (one kernel)", f"{n1}x{n2}x{n3}", 1, 0.0, 0.0
     else:
         n0, n0b, m = OUTER[n]
         i1, i2 = FACTORS[m]
@@ -70,11 +72,11 @@ def plan_row(n: int) -> dict:
                         + (n0 // 2 if half else n0))
         levels = 2 if n0b > 1 else 1
         launches = 3 + 2 * (levels - 1)
-        # the buffer (pairs, 2, N0, m) fp32: written by the first launch, read and written by each
-        # middle one, read by the last; 8 B per complex sample per pair = 4 B per output sample per row
-        # ... of the pair's 2L samples: 8 n B / (2 L) = 8 B per output sample per access
+        # the buffer (pairs, 2, N0, m): written by the first launch, read and written by each middle
+        # one, read by the last; a complex sample per pair is 4 B in fp16 (8 B in fp32), over the
+        # pair's 2L = n output samples: 4 (8) B per output sample per access
         accesses = 2 + 2 * (launches - 2)
-        buffer = 8.0 * accesses
+        buffer, buffer32 = 4.0 * accesses, 8.0 * accesses
         kind = f"outer ({launches} launches)"
         radices = f"{n0}x{n0b}x{i1}x{i2}" if n0b > 1 else f"{n0}x{i1}x{i2}"
     flops = 2.0 * macs / (2 * L)
@@ -82,7 +84,8 @@ def plan_row(n: int) -> dict:
     t_conv = max(conv_bytes / BW, flops / PEAK)
     ratio = eager_bytes(n) / BW / t_conv
     return {"n": n, "plan": kind, "radices": radices, "causal skip": "yes" if half else "no (N1/2 < 16)",
-            "HBM B/sample": conv_bytes, "eager B/sample": eager_bytes(n), "dot FLOP/sample": flops,
+            "HBM B/sample": conv_bytes, "fp32-buffer B/sample": io + buffer32, "saved B/sample": buffer32 - buffer,
+            "eager B/sample": eager_bytes(n), "dot FLOP/sample": flops,
             "bound": "memory" if conv_bytes / BW >= flops / PEAK else "compute",
             "predicted vs eager": ratio, "FlashFFTConv H100": FLASHFFTCONV.get(n)}
 

@@ -61,3 +61,23 @@ def test_compile_report_needs_no_gpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "triton-sm90-resources.md").read_text()
     assert "| 256 | fp16 | fused |" in table and "| 256 | fp32 | fused |" in table
+
+
+def test_backward_report_replaces_only_its_own_table(tmp_path):
+    # the committed file holds hand-written readings between the tables: a regenerated table must
+    # leave them, and the other reports' tables, as they were
+    pytest.importorskip("triton.backends.nvidia")
+    path = tmp_path / "triton-sm90-resources.md"
+    text = ("Triton kernels compiled for sm90 (4 warps), triton x: caption.\n\n| n | dot dtype | kernel |\n|---|\n"
+            "| 256 | fp16 | fused |\n\n## The backward\n\nReading before.\n\n| n | kernel | sm90 regs | old |\n"
+            "|---|\n| 256 | stale row |\n\nReading after.\n")
+    path.write_text(text)
+    r = _run("--compile-report", "--kernels", "backward", "--sizes", "256", "--out", str(tmp_path), tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = path.read_text()
+    assert "stale row" not in new and "Reading before.\n\n| n | kernel | sm90 regs | sm90 stack B" in new
+    assert "\n\nReading after.\n" in new and new.startswith(text.split("## The backward")[0])
+    for name in ("grad2 16x16 cyclic (4 warps)", "grad_dk 16x16", "spectrum2 16x16"):
+        row = next(line for line in new.splitlines() if f"| 256 | {name} |" in line)
+        assert "mma.sync m16n8k8 tf32" in row  # fp32 operands on tensor cores (tf32x3)
+        assert len(row.split("|")) == 2 + 2 + 6 + 1  # n, kernel, 3 per target, matrix instructions

@@ -24,6 +24,7 @@ if "nvidia" not in getattr(triton.backends, "backends", {}):
 
 CONSUMER_SMEM = 99 * 1024
 COMPUTE_PTRS = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")  # compute-dtype buffers; the rest are in/dot dtype
+HALF = ("fp16", "bf16")  # with half dots the outer passes' buffer z_ptr is half too (launch.outer_buffer_dtype)
 
 
 def _compile(fn, consts, dtype, compute="fp32", arch=90):
@@ -34,7 +35,8 @@ def _compile(fn, consts, dtype, compute="fp32", arch=90):
         elif a.endswith("off_ptr") or a in ("order_ptr", "pair_ptr"):
             sig[a] = "*i64"
         elif a.endswith("_ptr"):
-            sig[a] = f"*{compute}" if a in COMPUTE_PTRS else f"*{dtype}"
+            half_z = a == "z_ptr" and dtype in HALF
+            sig[a] = f"*{compute}" if a in COMPUTE_PTRS and not half_z else f"*{dtype}"
         else:
             sig[a] = "i32"
     try:
@@ -82,6 +84,41 @@ def test_kernels_compile_for_sm90(name, dtype, compute, consts):
     assert compiled.metadata.shared <= CONSUMER_SMEM, f"{name} needs {compiled.metadata.shared} B of shared memory"
 
 
+@pytest.mark.parametrize("name,consts", [
+    ("outer_fwd", dict(N0=64, M=1024, BJ=32, KB=16, HALF_IN=True, HAS_PRE=True, PREC="ieee")),
+    ("inner", dict(NSEQ=64, NTW=64, M1=32, M2=32, W=32, PREC="ieee")),
+    ("mid", dict(N0A=32, N0B=32, M=1024, BJ=32, KB=16, INVERSE=True, PREC="ieee")),
+    ("outer_inv", dict(N0=64, M=1024, BJ=32, KB=16, HALF_OUT=True, PREC="ieee", **EPI)),
+])
+@pytest.mark.parametrize("arch", [90, 80])
+def test_outer_kernels_compile_with_a_half_buffer(name, consts, arch):
+    fn = {"outer_fwd": ko.OUTER_FWD, "inner": ko.INNER, "mid": ko.MID, "outer_inv": ko.OUTER_INV}[name][False]
+    compiled = _compile(fn, consts, "fp16", arch=arch)
+    assert compiled.metadata.shared <= CONSUMER_SMEM
+
+
 def test_fused_kernel_compiles_for_sm80():
     _compile(kernels.MONARCH_CONV2[False], dict(N1=32, N2=32, W=32, HALF_IN=True, HALF_OUT=True, FRAMES=False,
                                                 PREC="ieee", **EPI), "bf16", arch=80)
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+@pytest.mark.parametrize("dtype,n1,n2,prec", [("fp16", 64, 32, "ieee"), ("bf16", 32, 32, "ieee"),
+                                              ("fp32", 32, 16, "tf32x3")])
+def test_two_kernel_pair_kernel_compiles(arch, dtype, n1, n2, prec):
+    from convfuse.backends.triton_monarch import kernels_twok as kt
+
+    consts = dict(N1=n1, N2=n2, HALF_IN=True, HALF_OUT=True, PREC=prec, **EPI)
+    # st_ptr: the pair spectra, compute dtype
+    fn = kt.MONARCH_CONV2_TWOK[False]
+    sig = {a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
+           "*fp32" if a in ("st_ptr", "tw_ptr") else f"*{dtype}" if a.endswith("_ptr") else "i32"
+           for a in fn.arg_names}
+    try:
+        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": 4})
+    except (RuntimeError, FileNotFoundError) as e:
+        if "ptxas" in str(e).lower() or "not found" in str(e).lower():
+            pytest.skip(f"cannot compile for sm{arch} here: {e}")
+        raise
+    assert compiled.asm.get("cubin") and compiled.metadata.shared <= CONSUMER_SMEM

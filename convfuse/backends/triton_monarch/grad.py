@@ -25,7 +25,7 @@ from torch import Tensor, broadcast_shapes
 
 from convfuse import config
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.triton_monarch import launch
+from convfuse.backends.triton_monarch import launch, tuning
 from convfuse.backends.triton_monarch.plan import (
     MonarchPlan, call_plan, check_dot_shape, device_smem, kernel_spectrum,
 )
@@ -158,10 +158,11 @@ def _launch(r, g, ue, k, p, need_u, need_k, need_h):
         pairs, grp, g, g_off, g_s, Lg, ue, ue_off, ue_s, du_len, spec,
         du if du is not None else g, Lue, back, du_len, h if h is not None else g, p.start, p.length,
         acc, plan.f1, plan.f2, plan.tw, C,
-        NEED_U=need_u, NEED_K=need_k, NEED_H=need_h, **cuts, **common, num_warps=GRAD_WARPS.get(m, 4))
+        NEED_U=need_u, NEED_K=need_k, NEED_H=need_h, **cuts, **common,
+        **tuning.options("grad2", m, dtype, g.device))
     if need_k:
         mult = torch.full((1,), m * p.total_scale, dtype=dtype, device=g.device)
         kg.GRAD_DK[interpret][(rows_k,)](acc, dk, Lk, dk_start, dk_len, mult, plan.f1, plan.f2, plan.tw, C,
-                                         DK_HALF=dk_half, **common, num_warps=config.triton_warps)
+                                         DK_HALF=dk_half, **common, **tuning.options("grad_dk", m, dtype, g.device))
     launch.LAUNCHES[f"n={m} {n1}x{n2} {str(dtype).removeprefix('torch.')} backward"] += 1
     return du, (dk.view(k.shape) if dk is not None else None), h

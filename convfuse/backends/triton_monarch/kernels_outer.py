@@ -2,7 +2,8 @@
 
 n = N0 * m with m a fused Monarch size (256..1024) and x[m*j0 + j'] viewed as the (N0, m) tile.
 Frequencies are k = k0 + N0*k' and the convolution runs in three launches over a complex
-fp32 buffer Z (rows, 2, N0, m) (real/imag planes):
+buffer Z (rows, 2, N0, m) (real/imag planes), in the dot dtype when that is fp16/bf16, else fp32
+(fp64 for fp64): every kernel accumulates in fp32 (``_acc``) and rounds to Z's dtype on store.
 
     outer_fwd   Z[k0, j'] = sum_j0 F0[k0, j0] x[m*j0 + j']                    per (row, block of j')
     inner       z = Z[k0, :] * W_n^(j' k0); Monarch FFT of size m (as the fused kernel, complex
@@ -28,11 +29,19 @@ from convfuse.backends.triton_monarch.kernels_common import (
     _cdot, _cmul, _epilogue, _first_stage, _pair, _spectral_middle, _twiddle, builds,
 )
 
+# Why a half Z loses nothing worth fp32's bytes: every consumer of Z casts it to the dot dtype
+# before its tl.dot (outer_inv, mid) or after one fp32 twiddle multiply (inner), so a half Z adds
+# at most one rounding (2^-11 relative in fp16, 2^-8 in bf16) to each of the values the half dots
+# round anyway.  Range: Z after a forward pass is a radix-divided DFT, bounded by max|u * pre|; after
+# the inner pass it is a partial inverse, bounded by the output a row's N0 partials sum to, so fp16
+# overflows there only where the output itself would.  Accumulators stay fp32 (fp64 for fp64 dots):
+# the accumulation dtype is read from the dot dtype, not from Z's.
+
 
 def _outer_fwd(
     pair_ptr,  # (pairs, 2) int64 rows (a, b), b = -1 for none: x = xa + i xb (see kernels.py)
     u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,  # input rows (addressing as the fused kernel)
-    z_ptr,  # (pairs, 2, N0, M) compute dtype
+    z_ptr,  # (pairs, 2, N0, M) fp16/bf16 with half dots, else the compute dtype
     f0_ptr,  # (2, N0, N0) dot dtype
     Lu,
     N0: tl.constexpr, M: tl.constexpr, BJ: tl.constexpr, KB: tl.constexpr,
@@ -43,8 +52,9 @@ def _outer_fwd(
     ra, rb, has_b = _pair(pair_ptr)
     Lub = tl.where(has_b, Lu, 0)  # row b absent: every load of it masked
     jb = tl.program_id(1) * BJ
-    CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
+    CT: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32  # accumulation, not Z's dtype
+    ZT = z_ptr.dtype.element_ty
     a0 = tl.arange(0, N0)
     kb = tl.arange(0, KB)
     cols = jb + tl.arange(0, BJ)
@@ -75,8 +85,8 @@ def _outer_fwd(
         acc_i += pi.to(CT)
     z_idx = pid * (2 * N0 * M) + a0[:, None] * M + cols[None, :]
     # forward stages divide by their radix (exact), keeping half-precision dot operands in range (kernels.py)
-    tl.store(z_ptr + z_idx, acc_r * (1.0 / N0))
-    tl.store(z_ptr + N0 * M + z_idx, acc_i * (1.0 / N0))
+    tl.store(z_ptr + z_idx, (acc_r * (1.0 / N0)).to(ZT))
+    tl.store(z_ptr + N0 * M + z_idx, (acc_i * (1.0 / N0)).to(ZT))
 
 
 def _inner(
@@ -97,7 +107,8 @@ def _inner(
     ra = tl.load(pair_ptr + 2 * row).to(tl.int64)
     seq = pid % NSEQ
     k0 = seq % NTW
-    CT = z_ptr.dtype.element_ty
+    CT = otw_ptr.dtype.element_ty  # compute dtype (fp32/fp64): Z may be half
+    ZT = z_ptr.dtype.element_ty
     DT = f1_ptr.dtype.element_ty
     a1 = tl.arange(0, M1)
     a2 = tl.arange(0, M2)
@@ -108,7 +119,7 @@ def _inner(
     # z * W_n^(j' k0)
     otr = tl.load(otw_ptr + k0 * M + tile)
     oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
-    zr, zi = _cmul(tl.load(zr_ptr + tile), tl.load(zi_ptr + tile), otr, oti, False)
+    zr, zi = _cmul(tl.load(zr_ptr + tile).to(CT), tl.load(zi_ptr + tile).to(CT), otr, oti, False)
 
     # stage 1, complex input, and twiddle: B = (F1 @ Z) * TW   (M1, M1) @ (M1, M2): 4 dots
     br, bi = _first_stage(f1_ptr, tw_ptr, zr, zi, M1, M1, M2, PREC)
@@ -127,8 +138,8 @@ def _inner(
     otr = tl.load(otw_ptr + k0 * M + tile)
     oti = tl.load(otw_ptr + NTW * M + k0 * M + tile)
     er, ei = _cmul(er.to(CT), ei.to(CT), otr, oti, True)
-    tl.store(zr_ptr + tile, er)
-    tl.store(zi_ptr + tile, ei)
+    tl.store(zr_ptr + tile, er.to(ZT))
+    tl.store(zi_ptr + tile, ei.to(ZT))
 
 
 def _outer_inv(
@@ -148,8 +159,8 @@ def _outer_inv(
     ra, rb, has_b = _pair(pair_ptr)
     nrows = tl.where(has_b, 2, 1)
     jb = tl.program_id(1) * BJ
-    CT = z_ptr.dtype.element_ty
     DT = f0_ptr.dtype.element_ty
+    CT: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32  # the epilogue's dtype too
     rout = tl.arange(0, ROUT)
     kb = tl.arange(0, KB)
     cols = jb + tl.arange(0, BJ)
@@ -193,8 +204,9 @@ def _mid(
     row = pid // N0A
     k0a = pid % N0A
     jb = tl.program_id(1) * BJ
-    CT = z_ptr.dtype.element_ty
     DT = f_ptr.dtype.element_ty
+    CT: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32  # twiddle angles need fp32
+    ZT = z_ptr.dtype.element_ty
     ab = tl.arange(0, N0B)
     kb = tl.arange(0, KB)
     cols = jb + tl.arange(0, BJ)
@@ -203,8 +215,8 @@ def _mid(
     acc_i = tl.full((N0B, BJ), 0.0, CT)
     for c in range(0, N0B, KB):
         jj = (c + kb)[:, None] * M + cols[None, :]  # (KB, BJ) positions j' of this chunk
-        zr = tl.load(base + jj)
-        zi = tl.load(base + NN + jj)
+        zr = tl.load(base + jj).to(CT)
+        zi = tl.load(base + NN + jj).to(CT)
         if not INVERSE:
             ang = (jj * k0a).to(CT) * (-6.283185307179586 / NN)
             zr, zi = _cmul(zr, zi, tl.cos(ang), tl.sin(ang), False)
@@ -221,8 +233,8 @@ def _mid(
     if INVERSE:
         ang = (jo * k0a).to(CT) * (6.283185307179586 / NN)
         acc_r, acc_i = _cmul(acc_r, acc_i, tl.cos(ang), tl.sin(ang), False)
-    tl.store(base + jo, acc_r)
-    tl.store(base + NN + jo, acc_i)
+    tl.store(base + jo, acc_r.to(ZT))
+    tl.store(base + NN + jo, acc_i.to(ZT))
 
 
 # compiled (CUDA) and interpreted (CPU, TRITON_INTERPRET=1) builds; see kernels_common.py

@@ -4,9 +4,10 @@
 frequency-sparse kernel, or overlap-save frames for a short kernel: blocks.py), computes the
 kernel spectrum in Monarch order (cached for constant kernels only on request, see plan.py),
 builds per-row element offsets for every operand so broadcast batch dimensions need no copies,
-pairs rows that share a kernel (one complex transform computes both), and launches either the
+pairs rows that share a kernel (one complex transform computes both; where no two rows share one,
+as at B = 1, rows with different kernels pair through kernels_twok.py), and launches either the
 fused kernel (n <= 2048, one program per pair of rows or of frames) or the outer passes through
-GPU memory (n = 4K..4M: 3 or 5 launches).  Calls with no plan run the reference implementation;
+GPU memory (n = 4K..4M: 3 or 5 launches, over a buffer in half precision when the result is half).  Calls with no plan run the reference implementation;
 the reason is counted in ``FALLBACKS`` and returned by ``explain``.
 """
 
@@ -21,17 +22,17 @@ from torch import Tensor
 from convfuse import config
 from convfuse.backends.common import at_least_1d, compute_dtype, output_shape, signal_length
 from convfuse.backends.reference import fft_conv_reference
-from convfuse.backends.triton_monarch import blocks
+from convfuse.backends.triton_monarch import blocks, tuning
 from convfuse.backends.triton_monarch.plan import (
-    OUTER_BJ, OUTER_KB, CallPlan, OuterPlan, call_plan, dot_dtype_for, kernel_spectrum,
+    OUTER_BJ, OUTER_KB, CallPlan, MonarchPlan, OuterPlan, call_plan, dot_dtype_for, kernel_spectrum,
 )
 from convfuse.spec import ConvParams
 
 FALLBACKS: Counter[str] = Counter()  # reason -> number of calls that ran the reference instead
 LAUNCHES: Counter[str] = Counter()  # plan description -> number of fused-kernel launches
-# Warps per program: convfuse.config.triton_warps (CONVFUSE_TRITON_WARPS), read per call.  4 (the
-# default) is what the sm90 compile was checked with (tests/backends/test_triton_compile.py); not
-# tuned on a GPU yet (none was available).
+# Warps and stages per launch: tuning.options (a per-plan table from the sm90/sm80 compiles, cached
+# per plan, dtype and device; measured once on CUDA under tuning.measuring(); CONVFUSE_TRITON_WARPS
+# overrides the warps).  Not measured on a GPU yet (none was available).
 
 
 def _interpret_enabled() -> bool:
@@ -104,6 +105,30 @@ def _pairs(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ..
     return torch.stack([order[head], partner[head]], dim=1).contiguous()
 
 
+# Pair rows with different kernels (kernels_twok.py) when no two rows of a fused call share one.
+TWO_KERNEL_PAIRS = True
+
+
+@functools.lru_cache(maxsize=256)
+def _two_kernel_pairs(batch: tuple[int, ...], shape: tuple[int, ...], stride: tuple[int, ...],
+                      device: torch.device) -> tuple[Tensor, Tensor, Tensor] | None:
+    """((pairs, 2) rows, kernel row of a, kernel row of b) pairing consecutive rows, or None where
+    some rows share a kernel (kernels.py pairs those).  Decided on the host from shapes and strides,
+    once per layout: no device synchronisation per call.  A last unpaired row gets b = -1 and its
+    own kernel row twice (S = Ka, T = 0)."""
+    k_off = _offsets(batch, shape, stride, torch.device("cpu"))
+    R = k_off.numel()
+    if R < 2 or torch.unique(k_off).numel() != R:
+        return None
+    rows = torch.arange(R, dtype=torch.int64)
+    a = rows[0::2]
+    b = torch.full_like(a, -1)
+    b[: R // 2] = rows[1::2]
+    kr = k_off // shape[-1]  # kernel row of each output row (a spectrum row is shape[-1] elements)
+    ka, kb = kr[a], kr[torch.where(b >= 0, b, a)]
+    return tuple(t.to(device) for t in (torch.stack([a, b], dim=1).contiguous(), ka, kb))
+
+
 def _int32_axis(t: Tensor | None, n: int) -> Tensor | None:
     """Kernels index the last axis in int32 (index * stride): copy the rare operand that would overflow."""
     if t is not None and t.stride(-1) * max(t.shape[-1], n) >= 2**31:
@@ -164,6 +189,13 @@ def _explain_sparse(r: CallPlan, p: ConvParams) -> str:
     return said
 
 
+def outer_buffer_dtype(plan: OuterPlan) -> torch.dtype:
+    """Z between the outer passes, one row per pair, (pairs, 2, N0, m): in the half dot dtype when
+    the call's result is half (its consumers round it to that dtype for their dots anyway:
+    kernels_outer.py), else the compute dtype.  Halves the passes' HBM traffic (bench/roofline.py)."""
+    return plan.dot_dtype if plan.dot_dtype in (torch.float16, torch.bfloat16) else plan.compute_dtype
+
+
 _REFUSED: dict[tuple, str] = {}  # (n, dot dtype, device) -> why the compiled kernels could not launch
 
 
@@ -220,9 +252,12 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
     post_off, post_s = _rows(post_gate, batch) if post_gate is not None else (u_off, 0)
     Lu = min(Lue, p.n)  # torch.fft truncates inputs longer than n
     flags = dict(HAS_PRE=pre_gate is not None, HAS_D=D is not None, HAS_POST=post_gate is not None,
-                 PREC=plan.input_precision, num_warps=config.triton_warps)
+                 PREC=plan.input_precision)
     pre = pre_gate if pre_gate is not None else u
-    how = " overlap-save" if r.frames is not None else f" {r.cols} columns" if r.cols else ""
+    two_k = (_two_kernel_pairs(*k_rows) if TWO_KERNEL_PAIRS and isinstance(plan, MonarchPlan) and r.frames is None
+             and r.width == plan.n2 else None)
+    how = (" overlap-save" if r.frames is not None else f" {r.cols} columns" if r.cols else
+           " two kernels a pair" if two_k is not None else "")
     LAUNCHES[f"n={r.m} {'x'.join(map(str, plan.radices))} {str(plan.dot_dtype).removeprefix('torch.')}{how}"] += 1
     interpret = u.device.type == "cpu" or _interpret_enabled()
 
@@ -230,42 +265,72 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
         from convfuse.backends.triton_monarch import kernels_outer as ko
 
         inner, m = plan.inner, plan.n2  # m: the length of one outer column sequence, n / N0
-        # complex fp32 (fp64) buffer between the passes, one row per pair: (pairs, 2, N0, m)
-        z = torch.empty((P, 2, plan.n0, m), dtype=dtype, device=u.device)
+        z = torch.empty((P, 2, plan.n0, m), dtype=outer_buffer_dtype(plan), device=u.device)
         grid = (P, m // OUTER_BJ)
+        dot = plan.dot_dtype
+        side = {kind: tuning.options(kind, r.m, dot, u.device) for kind in ("outer_fwd", "mid", "outer_inv")}
         mid = dict(N0A=plan.n0, N0B=plan.n0b, M=inner.n, BJ=OUTER_BJ, KB=OUTER_KB, PREC=plan.input_precision,
-                   num_warps=config.triton_warps)
+                   **side["mid"])
         del flags["HAS_D"], flags["HAS_POST"]
-        ko.OUTER_FWD[interpret][grid](
-            pairs, u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
-            N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=r.half_in, **flags)
-        if plan.n0b > 1:
-            ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
-        ko.INNER[interpret][(P * (r.m // inner.n),)](
-            z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw, r.col0,
-            NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, W=r.width, PREC=plan.input_precision,
-            num_warps=config.triton_warps)
-        if plan.n0b > 1:
-            ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
-        ko.OUTER_INV[interpret][grid](
-            pairs, z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
-            D if D is not None else u, d_off, d_s, post_gate if post_gate is not None else u, post_off, post_s,
-            out, Lue, p.start, p.length,
-            N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_OUT=r.half_out,
-            HAS_D=D is not None, HAS_POST=post_gate is not None, **flags)
-        return out
+
+        def outer(inner_opts: dict) -> Tensor:  # the whole chain: the inner pass rewrites z in place
+            ko.OUTER_FWD[interpret][grid](
+                pairs, u, u_off, u_s, pre, pre_off, pre_s, z, plan.f0, Lu,
+                N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=r.half_in, **flags, **side["outer_fwd"])
+            if plan.n0b > 1:
+                ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=False, **mid)
+            ko.INNER[interpret][(P * (r.m // inner.n),)](
+                z, pairs, spec, k_off, inner.f1, inner.f2, inner.tw, plan.otw, r.col0,
+                NSEQ=r.m // inner.n, NTW=plan.ntw, M1=inner.n1, M2=inner.n2, W=r.width, PREC=plan.input_precision,
+                **inner_opts)
+            if plan.n0b > 1:
+                ko.MID[interpret][(P * plan.n0, inner.n // OUTER_BJ)](z, plan.f0b, INVERSE=True, **mid)
+            ko.OUTER_INV[interpret][grid](
+                pairs, z, plan.f0, u, u_off, u_s, pre, pre_off, pre_s,
+                D if D is not None else u, d_off, d_s, post_gate if post_gate is not None else u, post_off, post_s,
+                out, Lue, p.start, p.length,
+                N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_OUT=r.half_out,
+                HAS_D=D is not None, HAS_POST=post_gate is not None, **flags, **side["outer_inv"])
+            return out
+
+        # the inner pass is the chain's largest kernel (254-255 registers at 32x32): the one tuned
+        return outer(tuning.options("inner", inner.n, dot, u.device, (r.m, plan.ntw, r.width), run=outer))
+
+    if two_k is not None:  # no two rows share a kernel (B = 1): pair rows with different kernels
+        from convfuse.backends.triton_monarch import kernels_twok as kt
+
+        tk_pairs, ka, kb = two_k
+        flat = spec.reshape(-1, 2, plan.n1, plan.n2)
+        sa, sb = flat[ka], flat[kb]
+        st = torch.stack([(sa + sb) * 0.5, (sa - sb) * 0.5], dim=1).contiguous()  # (pairs, [S, T], 2, N1, N2)
+
+        def paired(opts: dict) -> Tensor:
+            kt.MONARCH_CONV2_TWOK[interpret][(tk_pairs.shape[0],)](
+                tk_pairs, u, u_off, u_s, pre, pre_off, pre_s, st, D if D is not None else u, d_off, d_s,
+                post_gate if post_gate is not None else u, post_off, post_s, out, plan.f1, plan.f2, plan.tw,
+                Lu, Lue, p.start, p.length, N1=plan.n1, N2=plan.n2, HALF_IN=r.half_in, HALF_OUT=r.half_out,
+                **flags, **opts)
+            return out
+
+        key = (plan.n1, plan.n2, r.half_in, r.half_out)
+        return paired(tuning.options("fused_twok", r.m, plan.dot_dtype, u.device, key, run=paired))
 
     operands = (u, u_off, u_s, pre, pre_off, pre_s, spec, k_off, D if D is not None else u, d_off, d_s,
                 post_gate if post_gate is not None else u, post_off, post_s, out, plan.f1, plan.f2, plan.tw)
     conv2 = _kernels().MONARCH_CONV2[interpret]
     shape = dict(N1=plan.n1, N2=plan.n2, W=r.width, HALF_IN=r.half_in, HALF_OUT=r.half_out)
-    if r.frames is None:
-        conv2[(P,)](pairs, *operands, Lu, Lue, p.start, p.length, p.length, r.col0, 1, 0, 0, p.length,
-                    FRAMES=False, **shape, **flags)
-        return out
     f = r.frames
-    for (a, b, o), nf in zip(f.segments, f.counts()):  # one launch per segment, its frames in place
-        frame_pairs = _pairs(*k_rows, nf)
-        conv2[(frame_pairs.shape[0],)](frame_pairs, *operands, Lu, Lue, f.window, f.block, p.length, 0,
-                                        nf, a, o, o + b - a, FRAMES=True, **shape, **flags)
-    return out
+
+    def fused(opts: dict) -> Tensor:
+        if f is None:
+            conv2[(P,)](pairs, *operands, Lu, Lue, p.start, p.length, p.length, r.col0, 1, 0, 0, p.length,
+                        FRAMES=False, **shape, **flags, **opts)
+            return out
+        for (a, b, o), nf in zip(f.segments, f.counts()):  # one launch per segment, its frames in place
+            frame_pairs = _pairs(*k_rows, nf)
+            conv2[(frame_pairs.shape[0],)](frame_pairs, *operands, Lu, Lue, f.window, f.block, p.length, 0,
+                                            nf, a, o, o + b - a, FRAMES=True, **shape, **flags, **opts)
+        return out
+
+    key = (plan.n1, plan.n2, r.width, r.half_in, r.half_out, f is not None)
+    return fused(tuning.options("fused", r.m, plan.dot_dtype, u.device, key, run=fused))

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from convfuse import config
+from convfuse.backends.triton_monarch import tuning
 from convfuse.backends.triton_monarch.plan import MIN_DOT, check_dot_shape, device_smem, plan_for_factors
 
 SPECTRA: Counter[str] = Counter()  # "triton n=.. RxR.." or "torch: why" -> spectra built
@@ -105,7 +106,7 @@ def _launch2(ks, k, n, m, conj, scale, compute, radices, bins, col0, cols) -> Te
     def launch():
         ks.SPECTRUM2[interpret][(rows,)](k, off, k_s, out, plan.f1, plan.f2, plan.tw, mult, Lk, bins, col0,
                                          N1=n1, N2=n2, W=w, RIN=rin, CONJ=conj, PREC=_prec(compute),
-                                         num_warps=config.triton_warps)
+                                         **tuning.options("spectrum2", m, compute, k.device))
         SPECTRA[f"triton n={m} {n1}x{n2}{f' {w} columns' if w < n2 else ''}"] += 1
         return out
 
