@@ -43,6 +43,7 @@ def test_rows_with_different_kernels_share_a_transform(case, dtype):
     u, k = (torch.randn(s, generator=g, dtype=dtype) for s in (ushape, kshape))
     Dt, pg, po = (None if s is None else torch.randn(s, generator=g, dtype=dtype) for s in (D, pre, post))
     before = _paired_launches()
+    assert "rows with different kernels paired" in launch.explain(u, k, Dt, pg, po, p)
     out = launch.run(u, k, Dt, pg, po, p)
     assert _paired_launches() == before + 1
     ref = fft_conv_reference(u, k, Dt, pg, po, p)
@@ -65,6 +66,7 @@ def test_shared_kernels_keep_the_one_spectrum_pairing():
     before = _paired_launches()
     launch.run(u, k, None, None, None, ConvParams(256, 0, 100))
     assert _paired_launches() == before
+    assert "different kernels" not in launch.explain(u, k, None, None, None, ConvParams(256, 0, 100))
     # a 1-row call has nothing to pair with
     launch.run(torch.randn(1, 100), torch.randn(1, 100), None, None, None, ConvParams(256, 0, 100))
     assert _paired_launches() == before

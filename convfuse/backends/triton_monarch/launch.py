@@ -169,7 +169,20 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
     skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
     return (head + (f" (outer radix-{pl.n0}{f' and middle radix-{pl.n0b}' if pl.n0b > 1 else ''} passes through GPU memory)"
                     if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
-            + dots + (f", skips {' and '.join(skips)}" if skips else "") + _explain_sparse(r, p))
+            + dots + (f", skips {' and '.join(skips)}" if skips else "") + _explain_sparse(r, p)
+            + (", rows with different kernels paired in one transform" if _pairs_two_kernels(r, u, k, pre_gate, p) else ""))
+
+
+def _pairs_two_kernels(r: CallPlan, u: Tensor, k: Tensor, pre_gate: Tensor | None, p: ConvParams) -> bool:
+    """Whether ``_launch`` pairs rows with different kernels for this call (as it decides, from the
+    layout of the kernel spectrum it would build: k's batch shape, contiguous)."""
+    pl = r.plan
+    if not (TWO_KERNEL_PAIRS and isinstance(pl, MonarchPlan) and r.frames is None and r.width == pl.n2):
+        return False
+    batch = tuple(output_shape(u, k, pre_gate, p.length)[:-1])
+    shape = tuple(k.shape[:-1]) + (2 * pl.n1 * pl.n2,)
+    stride = tuple(torch.empty(shape, device="meta").stride())
+    return _two_kernel_pairs(batch, shape, stride, u.device) is not None
 
 
 def _explain_sparse(r: CallPlan, p: ConvParams) -> str:
