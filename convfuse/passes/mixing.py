@@ -148,7 +148,9 @@ class MixMatch(LastAxis):
             starts, lengths = self.window()
             lu = [signal.permute(self.u_perm).shape[a] for a in axes]
             lk = [example_value(self.k.signal).permute(self.k_perm).shape[a] for a in axes]
-            linear = all(proven(s.value >= a + b - 1) and proven(st.value + ln.value <= s.value)
+            # n >= L + K - 1 holds every lag without aliasing; a convolution's window must also
+            # stay inside one period, a correlation's negative lags live at the period's end
+            linear = all(proven(s.value >= a + b - 1) and (self.conj_kernel or proven(st.value + ln.value <= s.value))
                          for s, a, b, st, ln in zip(self.sizes, lu, lk, starts, lengths))
             static = all(isinstance(v, int) for v in [*lu, *lk, *(s.value for s in self.sizes)])
             causal = True if linear else (False if static else None)
