@@ -246,7 +246,13 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
     from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
     from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for, sparse_factors
 
-    NUM_WARPS = config.triton_warps
+    from convfuse.backends.triton_monarch import tuning
+
+    def warps_of(name: str, n: int, inner_n: int, dot: str) -> int:
+        # the warps the launcher runs this kernel at (tuning.options without a measurement)
+        kind = "fused_frames" if name.startswith("fused frames") else name.split()[0]
+        return tuning.table_entry(kind, inner_n if kind == "inner" else n, DTYPES[dot])[0] \
+            if config.triton_warps == 4 else config.triton_warps
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     compute_ptrs = ("z_ptr", "k_ptr", "tw_ptr", "otw_ptr")
@@ -288,14 +294,15 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                                          dict(N1=n1, N2=n2, W=16, **{**fused, "HALF_IN": h, "HALF_OUT": h})))
             for name, builds, consts in launches:
                 fn = builds[False]
-                key = (name, dot, tuple(sorted(consts.items())))
+                warps = warps_of(name, n, plan.inner.n if isinstance(plan, OuterPlan) else n, dot)
+                key = (name, dot, warps, tuple(sorted(consts.items())))
                 if key not in seen:
                     sig = {a: "constexpr" if a in consts else
                            "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
                            "*fp32" if a in compute_ptrs and not (a == "z_ptr" and dot != "fp32") else
                            f"*{dot}" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
                     k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32),
-                                       options={"num_warps": NUM_WARPS})
+                                       options={"num_warps": warps})
                     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                         f.write(k.asm["cubin"])
                         f.flush()
@@ -303,14 +310,14 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                                                text=True).stdout
                     num = lambda tag: int(m.group(1)) if (m := re.search(tag + r":(\d+)", usage)) else None  # noqa: E731
                     seen[key] = {"regs": num("REG"), "stack_B": num("STACK"), "shared_B": k.metadata.shared}
-                rows.append({"n": n, "dot": dot, "kernel": name, **seen[key], "note": ""})
+                rows.append({"n": n, "dot": dot, "kernel": name, "warps": warps, **seen[key], "note": ""})
                 print(json.dumps(rows[-1]), flush=True)
-    lines = [f"Triton kernels compiled for sm{arch} ({NUM_WARPS} warps), triton {triton.__version__}: "
-             "registers per thread, stack bytes per thread (spills), shared memory per block.\n",
-             "| n | dot dtype | kernel | regs | stack B | shared B | note |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Triton kernels compiled for sm{arch} (at the warps they launch with: tuning.TABLE), triton "
+             f"{triton.__version__}: registers per thread, stack bytes per thread (spills), shared memory per block.\n",
+             "| n | dot dtype | kernel | warps | regs | stack B | shared B | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['dot']} | {r['kernel']} | {r.get('regs', '-')} | {r.get('stack_B', '-')} | "
-                     f"{r.get('shared_B', '-')} | {r['note']} |")
+        lines.append(f"| {r['n']} | {r['dot']} | {r['kernel']} | {r.get('warps', '-')} | {r.get('regs', '-')} | "
+                     f"{r.get('stack_B', '-')} | {r.get('shared_B', '-')} | {r['note']} |")
     path = out / f"triton-sm{arch}-resources.md"
     replace_table(path, lines[0].split(" (")[0], lines)
     print(f"wrote {path}")

@@ -135,3 +135,10 @@ def test_measuring_a_real_call_leaves_its_result_right(monkeypatch, launched):
         assert launched[-1] == {"num_warps": 8}
         out2, _ = _call(256, 100)  # cached: one launch, no timing (the fake timer has no values left)
     assert torch.equal(out, out2) and len(launched) == 6 and len(tuning.TIMED) == 1
+
+
+def test_frames_keep_4_warps_with_fp32_dots_at_2048():
+    assert tuning.table_entry("fused_frames", 2048, torch.float32) == (4, None)
+    assert tuning.table_entry("fused_frames", 2048, torch.float16) == (8, None)
+    assert tuning.table_entry("fused_frames", 1024, torch.float16) == (4, None)
+    assert tuning.table_entry("fused_twok", 2048, torch.float16) == (4, None)  # compiled at 4 without spills

@@ -345,5 +345,5 @@ def _launch(r: CallPlan, u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tenso
                                             nf, a, o, o + b - a, FRAMES=True, **shape, **flags, **opts)
         return out
 
-    key = (plan.n1, plan.n2, r.width, r.half_in, r.half_out, f is not None)
-    return fused(tuning.options("fused", r.m, plan.dot_dtype, u.device, key, run=fused))
+    key = (plan.n1, plan.n2, r.width, r.half_in, r.half_out)
+    return fused(tuning.options("fused" if f is None else "fused_frames", r.m, plan.dot_dtype, u.device, key, run=fused))

@@ -47,6 +47,9 @@ from convfuse import config
 TABLE: dict[tuple[str, int], dict[str, tuple[int, int | None]]] = {
     **{("fused", n): {"*": (4, None)} for n in (256, 512, 1024)},
     ("fused", 2048): {"*": (8, None)},
+    # overlap-save frames at 2048: 8 warps take fewer registers with half dots (150 vs 164) but
+    # spill more with fp32 dots (1048 B vs 560 B, 36 KB of shared memory vs 32 KB): 4 there
+    ("fused_frames", 2048): {"float32": (4, None), "*": (8, None)},
     **{("inner", m): {"*": (4, None)} for m in (256, 512, 1024)},
 }
 DEFAULT = (4, None)  # kernels and sizes the table does not name: what every launch used before it
