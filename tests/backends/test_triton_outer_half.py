@@ -87,6 +87,7 @@ def test_fp16_buffer_against_the_reference(n, L, buffers, monkeypatch):
     assert e_half <= 2 * e_full + 1e-3, (e_half, e_full)
 
 
+@pytest.mark.slow  # ~60 s under the interpreter: the two-level cases above stay in CI
 def test_fp16_buffer_through_the_middle_level(buffers, monkeypatch):
     monkeypatch.setitem(plan_mod.OUTER, 65536, (16, 16, 256))
     plan_mod._plan_cached.cache_clear()
