@@ -73,6 +73,14 @@ def op_calls(c: Compiled, op) -> int:
     return sum(node.target is op for gm in c.graphs for node in gm.graph.nodes)
 
 
+def assert_rewritten_once(c: Compiled, op):
+    """The first site was rewritten into exactly one call of ``op``, no FFT left; its report."""
+    site = c.report.sites[0]
+    assert site.rewritten, site.reason
+    assert op_calls(c, op) == 1 and c.fft_calls() == 0
+    return site
+
+
 def assert_module_matches_eager(module, x, rtol=1e-5, dynamic=None) -> Compiled:
     """Compile ``module`` with convfuse; its output, the input's gradient and every parameter's
     gradient (complex ones compared as complex) must equal eager's to ``rtol`` of their scale."""

@@ -300,6 +300,7 @@ def _match_conv(inverse: Node, args: dict, einsum: EinsumForm, factors: list, no
 
     equation, a, b = einsum.equation, einsum.left, einsum.right
     c = channel_contraction(equation, 2)
+    einsum_letters = c.left
     left, right = spectrum_operand(a), spectrum_operand(b)
     if right.spectrum is not None and left.spectrum is None:
         return _match_modes_full(inverse, args, einsum, factors, nodes, c, left, right)
@@ -325,12 +326,13 @@ def _match_conv(inverse: Node, args: dict, einsum: EinsumForm, factors: list, no
         raise Refusal(f"einsum {equation!r} conjugates the spectrum that takes the input's role: not rewritten",
                       family=FAMILY)
     batch, channel, group = _roles(c, f)
-    _same_channels(c, *((a, b) if c.left == channel_contraction(equation, 2).left else (b, a)), group)
+    a_is_left = c.left == einsum_letters  # the swaps above may have exchanged the roles
+    left_node, right_node = (a, b) if a_is_left else (b, a)
+    _same_channels(c, left_node, right_node, group)
     if len(c.right) != len(f) + 2 + len(group):
         raise Refusal(f"einsum {equation!r}: the kernel has axes besides its group, two channels and frequency",
                       family=FAMILY)
-    groups = example_value(b if c.left == channel_contraction(equation, 2).left else a).shape[c.right.index(group)] \
-        if group else 1
+    groups = example_value(right_node).shape[c.right.index(group)] if group else 1
     if not isinstance(groups, int):
         raise Refusal(f"einsum {equation!r}: a symbolic number of groups", family=FAMILY)
     sizes = left.sizes

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="the Triton kernels (interpreted on CPU) need triton")
 
 from convfuse import config, ops  # noqa: E402
 from convfuse.backends import cpu_cache  # noqa: E402

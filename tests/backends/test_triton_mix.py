@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+triton = pytest.importorskip("triton", reason="the Triton kernels (interpreted on CPU) need triton")
 
 from convfuse import config  # noqa: E402
 from convfuse.backends import cpu_cache  # noqa: E402

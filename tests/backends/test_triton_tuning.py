@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="the Triton kernels (interpreted on CPU) need triton")
 
 from triton.runtime.errors import OutOfResources  # noqa: E402
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="the Triton kernels (interpreted on CPU) need triton")
 
 from convfuse import config  # noqa: E402
 from convfuse.backends.reference import fft_conv_reference  # noqa: E402
