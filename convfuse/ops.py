@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convfuse import config
+from convfuse import config, ops_autograd
 from convfuse.backends import cpu_plan
 from convfuse.backends.common import check_epilogue_operand, compute_dtype, output_shape
 from convfuse.backends.cpu import CpuCall
@@ -215,8 +215,8 @@ def fft_conv_grad(
                                constant_kernel, spectrum_bins)
 
 
-def _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h,
-                        constant_kernel, spectrum_bins):
+def _fft_conv_grad_impl(g, ue, k, n, start, scale, n_power, conj_kernel, kernel, need_u, need_k, need_h=False,
+                        constant_kernel=False, spectrum_bins=0):
     p = ConvParams(n, start, g.shape[-1], scale, n_power, conj_kernel, g.dtype, constant_kernel, spectrum_bins)
     p.validate()
     with exact_precision(g):
@@ -290,4 +290,6 @@ def _backward(ctx, grad):
     return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None, None
 
 
-fft_conv.register_autograd(_backward, setup_context=_setup_context)
+ops_autograd.register(fft_conv, _backward, _setup_context, cpu_kernel=_fft_conv_cpu_kernel)
+_CPU_LIBRARY.impl("fft_conv_grad", _fft_conv_grad_impl, "CPU")
+ops_autograd.register(fft_conv_grad, None, None, cpu_kernel=_fft_conv_grad_impl)

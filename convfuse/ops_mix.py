@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from convfuse import ops_autograd
 from convfuse.backends.common import compute_dtype
 
 NAME = "convfuse.fft_conv_mix"
@@ -282,4 +283,4 @@ def _backward(ctx, grad):
     return du, dw, db, None, None, None, None, None, None, None, None, None
 
 
-fft_conv_mix.register_autograd(_backward, setup_context=_setup)
+ops_autograd.register(fft_conv_mix, _backward, _setup, cpu_kernel=_impl)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convfuse import config
+from convfuse import config, ops_autograd
 from convfuse.backends.common import broadcast_shapes, compute_dtype
 from convfuse.backends.cpu_nd import fft_convnd_cpu, window_nd
 
@@ -217,4 +217,4 @@ def _spectrum_grad(u: Tensor, g: Tensor, n: list[int], start: list[int], total: 
     return U * dZ.conj() if conj else U.conj() * dZ
 
 
-fft_convnd.register_autograd(_backward, setup_context=_setup)
+ops_autograd.register(fft_convnd, _backward, _setup, cpu_kernel=_fft_convnd_cpu_kernel)

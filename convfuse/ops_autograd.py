@@ -1,0 +1,105 @@
+"""The operators' Autograd-key kernel: custom_op's autograd, without its per-call Python cost.
+
+``torch.library.custom_op`` puts a Python kernel on the Autograd key of every operator it
+defines; ``register_autograd`` only gives that kernel a formula.  Its wrapper flattens the
+arguments, builds guards and redispatches on every call, gradients wanted or not: measured on
+this project's 2-core machine, one thread, an operator with an empty kernel (bench/fixed_cost.py):
+
+    a CPU Python kernel alone, through the dispatcher       ~5 us
+    + custom_op's autograd wrapper                          ~30-50 us
+    + the thin kernel below                                 ~6-8 us
+
+so at small sizes the wrapper was most of a call.  ``register`` overrides that kernel with one
+that does what custom_op's does, and no more:
+
+- a gradient is wanted (grad mode on and a tensor argument requires grad): an ``autograd.Function`` whose forward runs the operator below autograd and whose
+  ``setup_context`` / ``backward`` are the operator's formula, as custom_op's generated Function;
+- otherwise, redispatch below autograd; and when every tensor argument is a plain CPU tensor and
+  no dispatch mode or tracer is active (nothing below autograd but the CPU kernel could run), call
+  the CPU kernel itself, which is what that redispatch reaches.
+
+An operator without a formula (``backward=None``) raises at backward, as custom_op's does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+_LIBRARY = torch.library.Library("convfuse", "IMPL")
+_STRIDED = torch.strided
+_len_dispatch_stack = torch._C._len_torch_dispatch_stack
+_is_tracing = torch._C._is_tracing
+_functorch_active = torch._C._are_functorch_transforms_active
+_grad_enabled = torch._C.is_grad_enabled
+_any_requires_grad = torch._C._any_requires_grad
+
+
+def _plain_cpu(args) -> bool:
+    """Nothing between the Autograd key and the CPU kernel would act on this call: no dispatch
+    mode (fake, proxy), tracer or functorch transform, and every tensor a plain strided CPU
+    tensor or Parameter (a subclass may dispatch in Python).  ~1 us: attribute checks only."""
+    if _len_dispatch_stack() or _is_tracing() or _functorch_active():
+        return False
+    for a in args:
+        t = type(a)
+        if t is Tensor or t is Parameter:
+            if not a.is_cpu or a.layout is not _STRIDED:
+                return False
+        elif isinstance(a, Tensor):
+            return False
+    return True
+
+
+def register(op, backward: Optional[Callable], setup_context: Optional[Callable],
+             cpu_kernel: Optional[Callable] = None) -> None:
+    """Install the thin Autograd kernel on ``op`` (a ``custom_op`` with no tensor-list argument or
+    result), with custom_op's formula signatures: ``setup_context(ctx, inputs, output)`` and
+    ``backward(ctx, *grads)``.  As custom_op's, the kernel gets the arguments the dispatcher
+    passes, which omit trailing ones equal to their defaults: the formula must accept that.
+    ``cpu_kernel``: the function registered on the op's CPU key, called directly when the
+    redispatch could reach nothing else."""
+    overload = getattr(torch.ops.convfuse, op._name.split("::")[-1]).default
+    name = op._name
+    schema = overload._schema
+    defaults = tuple(a.default_value if a.has_default_value() else None for a in schema.arguments)
+    if any(str(a.type) in ("List[Tensor]", "List[Optional[Tensor]]") for a in (*schema.arguments, *schema.returns)):
+        raise TypeError(f"{name}: tensor-list arguments need custom_op's own register_autograd")
+
+    class _Formula(torch.autograd.Function):
+        @staticmethod
+        def forward(*args):
+            with torch._C._AutoDispatchBelowAutograd():
+                return overload(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            # the dispatcher drops trailing arguments equal to their defaults; the formula sees them all
+            if setup_context is not None:
+                setup_context(ctx, (*inputs, *defaults[len(inputs):]), output)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            if backward is None:
+                raise RuntimeError(f"{name} has no autograd formula (it is a backward's operator): "
+                                   "differentiate the operator whose backward called it instead")
+            return backward(ctx, *grads)
+
+    _Formula.__name__ = _Formula.__qualname__ = f"{name.split('::')[-1]}_autograd"
+
+    def kernel(*args):
+        if _grad_enabled() and _any_requires_grad(*args):
+            return _Formula.apply(*args)
+        if cpu_kernel is not None and _plain_cpu(args):
+            return cpu_kernel(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return overload(*args)
+
+    with warnings.catch_warnings():
+        # torch warns (once) that a kernel replaces custom_op's own on the same key: that is the point
+        warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+        _LIBRARY.impl(name.split("::")[-1], kernel, "Autograd")
