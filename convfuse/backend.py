@@ -13,6 +13,7 @@ import math
 
 from torch.fx import GraphModule
 
+from convfuse import config
 from convfuse.backends.cpu import cpu_kernel_name
 from convfuse.backends.cpu_cost import no_gain_reason
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
@@ -144,7 +145,8 @@ def _kernel_description(name: str, m, spec, policy) -> str:
     if isinstance(m, MixMatch):
         return f"{name}: {m.kernel_name()}"  # a channel-mixing operator (its implementation per device)
     if m.multi_axis:
-        return "torch.fft-nd"  # fft_convnd has one implementation
+        # fft_convnd: the tiled CPU path (cpu_nd.py) on CPU; torch.fft (the reference) elsewhere
+        return "cpu-fft-nd" if name == "cpu" and config.nd_cpu else "torch.fft-nd"
     K = spec.K
     if isinstance(policy, PartialKernel) and isinstance(policy.length, int) and isinstance(K, int):
         K = min(K, policy.length)

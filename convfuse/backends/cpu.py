@@ -26,7 +26,7 @@ from torch import Tensor
 from convfuse import config
 from convfuse.backends import cpu_cache, cpu_plan
 from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
-from convfuse.backends.cpu_algos import Plan, fft_tile, linear_tile, prepare
+from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, prepare, rfft_rows
 from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
     Layout, box_rows, empty_output, grid_view, largest_box, layout_from, layout_geometry, run_tiles, tiles,
@@ -180,7 +180,7 @@ class CpuCall:
         ue = u if u.dtype == dtype else u.to(dtype)
         if pre_gate is not None:
             ue = ue * pre_gate
-        U = torch.fft.rfft(ue, n=plan.fft_n)  # pads (and truncates a signal longer than n) itself
+        U = rfft_rows(ue, plan.fft_n)  # pads (and truncates a signal longer than n) itself
         K = self.kernel_spectrum(k)
         if plan.bins and self.ue_full:
             # the kept bins' product in place over a zeroed tail: an M-bin spectrum handed to
@@ -190,7 +190,7 @@ class CpuCall:
         else:
             U = U[..., : plan.bins] if plan.bins else U
             U = U.mul_(K) if self.ue_full else U * K
-        y = window(torch.fft.irfft(U, n=plan.fft_n), plan.start, plan.length)
+        y = window(irfft_rows(U, plan.fft_n), plan.start, plan.length)
         epilogue_into(out, y, ue, D, post_gate)
         return out
 

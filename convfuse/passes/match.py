@@ -94,7 +94,9 @@ class Match(LastAxis):
     @property
     def constant_kernel(self) -> bool:
         if self.multi_axis:
-            return False
+            # a multi-axis kernel is cached only as a given spectrum, which the matcher admits
+            # only as module state read through views (spectra.given_spectrum)
+            return self.k.spectrum is not None
         return not self.k.built and self.k.align is None and not self.k.layout and is_module_state(self.k.signal)
 
     def spec(self) -> ConvSpec:

@@ -109,7 +109,7 @@ def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
             torch.ops.convfuse.fft_convnd.default,
             (u, k, n, *([_materialize(graph, x.arg) for x in xs] for xs in m.nd_window()), m.scale, float(m.power),
              m.conj_kernel, m.out_dtype),
-            {"constant_kernel": True, "kernel_is_spectrum": True} if spectrum else {},
+            {"constant_kernel": m.constant_kernel, "kernel_is_spectrum": True} if spectrum else {},
         )
         out = graph.call_function(torch.movedim, (out, last, m.axes))
         out = replay(graph, out, m.out_steps)

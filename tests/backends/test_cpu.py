@@ -294,3 +294,27 @@ def test_tiles_cover_every_row_once_in_balanced_units(Ko, Hk, row_bytes, kernel_
         assert all(h1 - h0 >= want // 2 for h0, h1 in blocks)
         assert all((h1 - h0) * row_bytes <= max(KERNEL_BLOCK_BYTES, row_bytes * rows) for h0, h1 in blocks)
         assert sorted(h for h0, h1 in blocks for h in range(h0, h1)) == list(range(Hk))
+
+
+@pytest.mark.parametrize("n", [16384, 32768])
+@pytest.mark.parametrize("shape", [(1, 1, 700), (1, 20000), (20000,)])
+def test_a_lone_row_transformed_beside_a_zero_row_is_the_library_transform(n, shape):
+    """MKL transforms one row of n = 16K..128K in ~1.8x the time of two (cpu_algos.PAIRED_LONE_ROW):
+    the pair's first row must be exactly what torch.fft gives, truncating and padding alike."""
+    from convfuse.backends.cpu_algos import irfft_rows, rfft_rows
+
+    x = torch.randn(*shape)
+    X = rfft_rows(x, n)
+    torch.testing.assert_close(X, torch.fft.rfft(x, n=n), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(irfft_rows(X, n), torch.fft.irfft(X, n=n), rtol=1e-5, atol=1e-6)
+    assert irfft_rows(X, n).shape == (*shape[:-1], n)
+
+
+@pytest.mark.parametrize("constant", [False, True])
+def test_a_lone_long_row_through_the_operator(constant):
+    g = torch.Generator().manual_seed(3)
+    u, k, D = torch.randn(1, 1, 9000, generator=g), torch.randn(1, 9000, generator=g), torch.randn(1, 1, generator=g)
+    p = ConvParams(16384, 0, 9000, 0.5, 0.0, False, torch.float32, constant)
+    got = torch.ops.convfuse.fft_conv(u, k, D, None, None, 16384, 0, 9000, 0.5, 0.0, False, torch.float32, "cpu",
+                                      constant)
+    torch.testing.assert_close(got, fft_conv_reference(u, k, D, None, None, p), rtol=1e-4, atol=1e-4)
