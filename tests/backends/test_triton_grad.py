@@ -1,4 +1,5 @@
-"""The Triton backward of fft_conv (triton_monarch/grad.py, kernels_grad.py) under the interpreter.
+"""The Triton backward of fft_conv (triton_monarch/grad.py, kernels_grad.py; grad3.py,
+kernels_grad3.py at the three-level sizes, 4K..32K) under the interpreter.
 
 Every gradient (u, k, D, pre-gate, post-gate) of ``convfuse.ops.fft_conv`` with kernel="triton"
 against torch.autograd through the plain-torch reference (fft_reference.py, fp64): fp32 and fp16
@@ -6,7 +7,7 @@ inputs, linear (padded) and cyclic windows, correlations, kernels broadcast over
 and without gates and D, and signals longer than n.  Each case checks that the fused Triton
 backward is what ran (its launch counted, the composed path made to fail) or, where it does not
 apply, that the composed path ran and said why.  The new kernels also compile for sm90 and sm80
-without a GPU.
+without a GPU.  32K and the three-level compile check are marked slow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ pytest.importorskip("triton", reason="the Triton kernels (interpreted on CPU) ne
 
 from convfuse import config, ops  # noqa: E402
 from convfuse.backends import cpu_cache  # noqa: E402
-from convfuse.backends.triton_monarch import grad as grad_mod, launch, plan as plan_mod, spectrum  # noqa: E402
+from convfuse.backends.triton_monarch import (  # noqa: E402
+    fused3, grad as grad_mod, grad3, launch, plan as plan_mod, spectrum,
+)
 from convfuse.spec import ConvParams  # noqa: E402
 from fft_reference import reference  # noqa: E402
 
@@ -117,12 +120,15 @@ def test_composed_where_the_fused_backward_does_not_apply():
                        fused=False)
     _compare(got, want, 2e-5)
     assert any("frequency-sparse" in r for r in grad_mod.COMPOSED)
-    # a three-level size: the forward's one kernel, the backward composed from forward calls
-    got, want = _grads(((1, 2048), (1, 2048), None, None, None), ConvParams(4096, 0, 2048), torch.float32,
-                       [True, True], 4, fused=False)
-    _compare(got, want, 2e-5)
-    assert any("two-radix sizes" in r for r in grad_mod.COMPOSED)
-    assert sum(grad_mod.COMPOSED.values()) == before + 2
+    assert sum(grad_mod.COMPOSED.values()) == before + 1
+    # decided from the call plan (nothing launched here): fp64 at a three-level size (the forward
+    # runs the outer passes), and the outer plans above 32K
+    t = torch.zeros(1, 2048, dtype=torch.float64)
+    why = grad_mod._reason(t, t, t, ConvParams(4096, 0, 2048))
+    assert isinstance(why, str) and "three-level backward is built for fp32" in why
+    t = torch.zeros(1, 40000)
+    why = grad_mod._reason(t, t, t, ConvParams(65536, 0, 40000))
+    assert isinstance(why, str) and "n=65536" in why and "32K" in why
 
 
 def test_a_device_without_the_shared_memory_composes(monkeypatch):
@@ -151,6 +157,101 @@ def test_constant_kernel_backward_reuses_the_forwards_spectrum(monkeypatch):
     reference(ref_u, ref_k, None, None, None, p).sum().backward()
     _compare([u.grad, k.grad], [ref_u.grad, ref_k.grad], 2e-5)
     cpu_cache.clear()
+
+
+# ---- the three-level sizes, 4K..32K (grad3.py, kernels_grad3.py)
+
+CASES3 = [
+    # (u, k, D, pre, post), params; 16^3 cannot skip halves (N1/2 < 16), the others can
+    (((2, 3, 2048), (3, 2048), (3, 1), None, (2, 3, 2048)), ConvParams(4096, 0, 2048)),  # linear, D, post
+    (((2, 4096), (2, 4096), None, None, None), ConvParams(4096, 100, 4096, conj_kernel=True)),  # cyclic corr.
+    (((3, 4096), (1, 4096), None, (3, 4096), None), ConvParams(8192, 0, 4096, scale=0.25)),  # causal skips
+    (((2, 6000), (2, 5000), None, None, None), ConvParams(8192, 7000, 3000)),  # cyclic, window wraps at n
+    (((1, 3, 3000), (2, 1, 3000), None, None, (2, 3, 3000)), ConvParams(6000, 0, 3000, n_power=-1.0)),  # padded
+    (((3, 8000), (8000,), (8000,), (3, 8000), (3, 8000)), ConvParams(16384, 0, 8000)),
+]
+SLOW3 = [
+    (((2, 2, 16384), (2, 16384), (2, 1), None, (2, 2, 16384)), ConvParams(32768, 0, 16384)),
+    (((2, 32768), (2, 32768), None, None, None), ConvParams(32768, 3, 32768, conj_kernel=True)),
+    (((3, 16384), (16384,), None, None, None), ConvParams(16384, 50, 16000)),  # cyclic, the full 32x32x16
+]
+
+
+def _three_level(shapes, p, dtype, seed, monkeypatch):
+    composed, launches = sum(grad_mod.COMPOSED.values()), launch.LAUNCHES.copy()
+    got, want = _grads(shapes, p, dtype, [s is not None for s in shapes], seed, monkeypatch=monkeypatch)
+    assert sum(grad_mod.COMPOSED.values()) == composed
+    ran = [key for key in launch.LAUNCHES - launches if key.endswith("backward")]
+    assert len(ran) == 1 and any(f"n={m} {'x'.join(map(str, r))} " in ran[0] for m, r in fused3.FACTORS3.items()), ran
+    _compare(got, want, 2e-2 if dtype == torch.float16 else 2e-5)
+
+
+# fp16 on every other case keeps CI short: the backward computes in fp32 either way
+@pytest.mark.parametrize("case,dtype", [(c, torch.float32) for c in range(len(CASES3))]
+                         + [(c, torch.float16) for c in range(0, len(CASES3), 2)],
+                         ids=lambda v: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else str(v))
+def test_three_level_gradients_match_autograd_through_the_reference(case, dtype, monkeypatch):
+    _three_level(*CASES3[case], dtype, 10 + case, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(SLOW3)))
+def test_three_level_gradients_at_32k(case, monkeypatch):
+    _three_level(*SLOW3[case], torch.float32, 20 + case, monkeypatch)
+
+
+@pytest.mark.parametrize("regs,stash", [(True, False), (False, True)], ids=["sum-in-registers", "Zg-stashed"])
+def test_three_level_d_k_summed_over_chunks_of_batch_rows(regs, stash, monkeypatch):
+    # 3 row pairs per kernel row in 2 chunks (one chunk sums two pairs); the d k sum in registers
+    # with Zg held, or both in memory (each branch of the pass, between the two)
+    monkeypatch.setattr(grad_mod, "CHUNKS", 2)
+    monkeypatch.setitem(grad3.GRAD3_DK_REGS, 4096, regs)
+    monkeypatch.setitem(grad3.GRAD3_STASH, 4096, stash)
+    shapes = ((5, 2, 1500), (2, 1500), None, None, None)
+    got, want = _grads(shapes, ConvParams(4096, 0, 1500), torch.float32, [True, True], 7, monkeypatch=monkeypatch)
+    _compare(got, want, 2e-5)
+
+
+def test_three_level_constant_kernel_reuses_the_forwards_spectrum():
+    cpu_cache.clear()
+    g = torch.Generator().manual_seed(8)
+    u = torch.randn(2, 2, 3000, generator=g, requires_grad=True)
+    k = torch.nn.Parameter(torch.randn(2, 3000, generator=g) / 50)
+    p = ConvParams(8192, 0, 3000, constant_kernel=True)
+    built = lambda: sum(c for key, c in spectrum.SPECTRA.items() if key.startswith("triton n=8192"))  # noqa: E731
+    with plan_mod.cache_kernel_spectra():
+        for _ in range(2):  # the first sighting, then the stored entry
+            _op(u, k, None, None, None, p, torch.float32).sum().backward()
+        before, backwards = built(), _backwards()
+        u.grad = k.grad = None
+        _op(u, k, None, None, None, p, torch.float32).sum().backward()
+        assert built() == before and _backwards() == backwards + 1  # one entry for forward and backward
+    ref_u, ref_k = u.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    reference(ref_u, ref_k, None, None, None, p).sum().backward()
+    _compare([u.grad, k.grad], [ref_u.grad, ref_k.grad], 2e-5)
+    cpu_cache.clear()
+
+
+def test_three_level_backward_composes_on_a_device_without_the_shared_memory(monkeypatch):
+    monkeypatch.setattr(grad3, "device_smem", lambda device: 8 * 1024)  # less than 4K's pass needs
+    t = torch.zeros(1, 2048)
+    why = grad_mod._reason(t, t, t, ConvParams(4096, 0, 2048))
+    assert isinstance(why, str) and "n=4096" in why and "shared memory" in why
+
+
+def test_three_level_size_is_the_forwards():
+    # the backward runs where select.py runs the forward's one kernel (fused3.resolve's size)
+    from convfuse.backends.triton_monarch import select
+
+    for n, L in ((4096, 4096), (8192, 3000), (6000, 3000), (32768, 3000), (65536, 10000), (16384, 2000)):
+        u, k = torch.zeros(1, L), torch.zeros(1, L)
+        p = ConvParams(n, 0, L)
+        fwd = select.resolve(u, k, None, None, None, p)
+        bwd = grad_mod._reason(u, u, k, p)
+        if isinstance(fwd, fused3.Call3):
+            assert isinstance(bwd, grad3.Call3) and bwd.m == fwd.m, (n, L)
+        else:
+            assert not isinstance(bwd, grad3.Call3), (n, L)
 
 
 # ---- compiled for NVIDIA targets without a GPU (as test_triton_compile.py)
@@ -190,11 +291,26 @@ def test_backward_and_spectrum_kernels_compile(arch):
     assert k.asm.get("cubin")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [90, 80])
+def test_three_level_backward_kernels_compile(arch):
+    from convfuse.backends.triton_monarch import kernels_grad3 as kg3
+
+    n = 8192
+    k = _compile(kg3.GRAD3[False], dict(N1=32, N2=16, N3=16, G_HALF=True, U_HALF=True, DU_HALF=True, H_HALF=True,
+                                        NEED_U=True, NEED_K=True, NEED_H=True, DK_REGS=grad3.GRAD3_DK_REGS[n],
+                                        STASH=grad3.GRAD3_STASH[n], PREC="tf32x3"), arch, grad3.GRAD3_WARPS[n])
+    assert k.asm.get("cubin") and k.metadata.shared <= grad3.GRAD3_SMEM[n]
+    k = _compile(kg3.GRAD3_DK[False], dict(N1=32, N2=16, N3=16, DK_HALF=True, CONJ=True, PREC="tf32x3"), arch,
+                 grad3.GRAD3_DK_WARPS[n])
+    assert k.asm.get("cubin")
+
+
 # ---- on a GPU (skipped here): the compiled kernels at realistic shapes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled Triton kernels need a GPU")
-@pytest.mark.parametrize("n,L", [(512, 256), (2048, 1024), (1024, 1024)])
+@pytest.mark.parametrize("n,L", [(512, 256), (2048, 1024), (1024, 1024), (4096, 2048), (8192, 4096)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_backward_on_the_gpu(n, L, dtype, monkeypatch):
     monkeypatch.setattr(config, "triton_interpret", False)

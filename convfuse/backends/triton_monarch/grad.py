@@ -4,11 +4,17 @@
 ``run_grad`` is dispatch.run_fft_conv_grad's Triton branch.  It runs where the forward's call
 plan at these shapes is a fused two-radix plan (n, or the padded size m, <= 2048) with a dense
 spectrum: the forward's window at m is the same function of (ue, k) as at n, with the same
-gradients, so every formula runs at m (as cpu_grad runs at its fft_n).  Elsewhere it returns
+gradients, so every formula runs at m (as cpu_grad runs at its fft_n).  Where the call plan is an
+outer plan that the three-level forward replaces (4K..32K, fp32 compute), grad3.py runs the same
+two launches on the three-level factorization, at the forward's size.  Elsewhere it returns
 (None, None, None) and ops.py composes the gradients from ``fft_conv`` calls, which run the
-Triton forward plans (three-level, outer passes, frequency-sparse columns); why is counted in
-``COMPOSED``.  Shapes: g (*batch, length) at the output's batch shape, ue broadcasting into it,
-k (*kb, Lk) with kb broadcasting into batch; d ue (*batch, Lu), d k k's shape, h (*batch, length).
+Triton forward plans; why is counted in ``COMPOSED``: a frequency-sparse spectrum (the forward's
+column skips), fp64 compute at 4K..32K (the three-level plans are fp32), and the outer plans above
+32K (64K..4M, or no three-level size for the call), which have no fused backward yet: it would
+run the outer passes' three to five launches through GPU memory for g and ue with the d k sum
+kept between them, and was out of reach in the time this one was written.  Shapes: g
+(*batch, length) at the output's batch shape, ue broadcasting into it, k (*kb, Lk) with kb
+broadcasting into batch; d ue (*batch, Lu), d k k's shape, h (*batch, length).
 The kernel spectrum is the forward's (plan.kernel_spectrum: the same cache entry for a constant
 kernel), d ue multiplying by its conjugate.  The backward computes in the compute dtype
 (fp32 or fp64: ops.py casts g and ue), with compute-dtype dots.
@@ -25,7 +31,7 @@ from torch import Tensor, broadcast_shapes
 
 from convfuse import config
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.triton_monarch import launch, tuning
+from convfuse.backends.triton_monarch import grad3, launch, tuning
 from convfuse.backends.triton_monarch.plan import (
     MonarchPlan, call_plan, check_dot_shape, device_smem, kernel_spectrum,
 )
@@ -54,12 +60,15 @@ def _reason(g: Tensor, ue: Tensor, k: Tensor, p: ConvParams):
     r = call_plan(p.n, ue.shape[-1], k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dtype, g.device, 0)
     if isinstance(r, str):
         return r
-    if not isinstance(r.plan, MonarchPlan):
-        return f"n={r.m}: the fused backward covers the two-radix sizes (<= 2048)"
-    need = GRAD_SMEM[r.m] * (2 if dtype == torch.float64 else 1)
-    if need > device_smem(g.device):
-        return f"n={r.m}: the backward kernel needs ~{need // 1024} KB of shared memory, the device has " \
-               f"{device_smem(g.device) // 1024} KB"
+    if not isinstance(r.plan, MonarchPlan):  # an outer plan: the three-level backward where it covers it
+        r = grad3.resolve(g, ue, k, p, dtype, r.m)
+        if isinstance(r, str):
+            return r
+    else:
+        need = GRAD_SMEM[r.m] * (2 if dtype == torch.float64 else 1)
+        if need > device_smem(g.device):
+            return f"n={r.m}: the backward kernel needs ~{need // 1024} KB of shared memory, the device has " \
+                   f"{device_smem(g.device) // 1024} KB"
     if (r.m, dtype, g.device) in _REFUSED:
         return f"n={r.m}: the backward kernels did not fit this device"
     return r
@@ -96,6 +105,8 @@ def run_grad(g: Tensor, ue: Tensor, k: Tensor, p: ConvParams, need_u: bool, need
         COMPOSED[r] += 1
         return None, None, None
     try:
+        if isinstance(r, grad3.Call3):
+            return grad3.run(r, g, ue, k, p, need_u, need_k, need_h)
         return _launch(r, g, ue, k, p, need_u, need_k, need_h)
     except Exception as e:  # noqa: BLE001  (only the compiler's resource check is caught)
         from triton.runtime.errors import OutOfResources
