@@ -368,13 +368,14 @@ def _resources(fn, sig, consts, arch: int, warps: int) -> dict:
 
 
 def backward_report(sizes, out: Path, archs=(90, 80)) -> Path:
-    """The backward pass (kernels_grad.GRAD2, causal and cyclic), its d k inverse (GRAD_DK) and the
-    kernel-spectrum builders (kernels_spectrum.SPECTRUM2 per fused size, SPECTRUM3 per three-level
-    size below 32K) for each target, at the warps their launchers use, fp32 operands with the
+    """The backward pass (kernels_grad.GRAD2, causal and cyclic; kernels_grad3.GRAD3 at the
+    three-level sizes), its d k inverse (GRAD_DK, GRAD3_DK) and the kernel-spectrum builders
+    (kernels_spectrum.SPECTRUM2 per fused size, SPECTRUM3 per three-level size below 32K) for each target, at the warps their launchers use, fp32 operands with the
     configured fp32 dot precision (the backward and the spectra always run in the compute dtype);
     the table replaces the one in triton-sm90-resources.md's backward section."""
     from convfuse import config
-    from convfuse.backends.triton_monarch import fused3, grad, kernels_grad as kg, kernels_spectrum as ks
+    from convfuse.backends.triton_monarch import fused3, grad, grad3, kernels_grad as kg, kernels_grad3 as kg3
+    from convfuse.backends.triton_monarch import kernels_spectrum as ks
     from convfuse.backends.triton_monarch.plan import FACTORS
 
     prec = config.triton_fp32_dot
@@ -397,11 +398,25 @@ def backward_report(sizes, out: Path, archs=(90, 80)) -> Path:
             launches.append((n, f"spectrum2 {n1}x{n2}", ks.SPECTRUM2[False],
                              dict(N1=n1, N2=n2, W=n2, RIN=n1 // 2 if half else n1, CONJ=False, PREC=prec),
                              config.triton_warps))
-        elif n in fused3.FACTORS3 and n < 32768:  # 32K three-level spectra are torch's (spectrum.py)
+        elif n in fused3.FACTORS3:
             n1, n2, n3 = fused3.FACTORS3[n]
-            w = fused3.WARPS3[n]
-            launches.append((n, f"spectrum3 {n1}x{n2}x{n3} ({w} warps)", ks.SPECTRUM3[False],
-                             dict(N1=n1, N2=n2, N3=n3, RIN=n1 // 2 if n1 // 2 >= 16 else n1, CONJ=False, PREC=prec), w))
+            half = n1 // 2 >= 16
+            w = grad3.GRAD3_WARPS[n]
+            how3 = f"{w} warps, d k sum in {'registers' if grad3.GRAD3_DK_REGS[n] else 'memory'}" + \
+                (", Zg stashed" if grad3.GRAD3_STASH[n] else "")
+            for how, cut in (("causal", half), ("cyclic", False)):
+                if how == "cyclic" or half:  # the three-level plans always run tf32x3 fp32 dots
+                    consts = dict(N1=n1, N2=n2, N3=n3, G_HALF=cut, U_HALF=cut, DU_HALF=cut, H_HALF=cut,
+                                  NEED_U=True, NEED_K=True, NEED_H=True, DK_REGS=grad3.GRAD3_DK_REGS[n],
+                                  STASH=grad3.GRAD3_STASH[n], PREC="tf32x3")
+                    launches.append((n, f"grad3 {n1}x{n2}x{n3} {how} ({how3})", kg3.GRAD3[False], consts, w))
+            launches.append((n, f"grad3_dk {n1}x{n2}x{n3} ({grad3.GRAD3_DK_WARPS[n]} warps)", kg3.GRAD3_DK[False],
+                             dict(N1=n1, N2=n2, N3=n3, DK_HALF=half, CONJ=True, PREC="tf32x3"),
+                             grad3.GRAD3_DK_WARPS[n]))
+            if n < 32768:  # 32K three-level spectra are torch's (spectrum.py)
+                w = fused3.WARPS3[n]
+                launches.append((n, f"spectrum3 {n1}x{n2}x{n3} ({w} warps)", ks.SPECTRUM3[False],
+                                 dict(N1=n1, N2=n2, N3=n3, RIN=n1 // 2 if half else n1, CONJ=False, PREC=prec), w))
     head = "| n | kernel | " + " | ".join(f"sm{a} regs | sm{a} stack B | sm{a} shared B" for a in archs)
     lines = [head + f" | sm{archs[0]} matrix instructions |", "|" + "---|" * (3 + 3 * len(archs))]
     for n, name, fn, consts, warps in launches:
