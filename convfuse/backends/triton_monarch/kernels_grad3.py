@@ -145,6 +145,7 @@ def _monarch_grad3(
         _, s_at = _spec_offsets(0, N1, N2, N3)
         tl.store(acc_ptr + own + s_at, accr)
         tl.store(acc_ptr + own + NN + s_at, acci)
+        tl.debug_barrier()  # the zeros stored before the first pair's loads, whichever threads hold them
     lo = tl.load(grp_ptr + hk)
     hi = tl.load(grp_ptr + hk + 1)
     i = lo + chunk
