@@ -14,7 +14,9 @@ Gated causal convolution, fp16 inputs and output, n = 2L, B = 64, H = 768 on an 
   copy of its input, slice, skip term, post-gate, cast), about 136 B, plus two more passes of each
   transform through memory above 64K (cuFFT's large sizes run in several passes).
 - dot FLOPs: 2 * 4 real dots per complex matmul over every stage the plan runs (causal halves
-  skipped where N1 / 2 >= 16), per pair of rows, divided by the pair's 2 L output samples.
+  skipped: as N1/2-row dots where N1 / 2 >= 16, with the real and imaginary planes stacked into
+  one dot dimension at N1 = 16, i.e. 256 and 4096, plan.stacked_skip; the outer plans' passes
+  skip where N0 / 2 >= 16), per pair of rows, divided by the pair's 2 L output samples.
 - predicted ratio: eager's bytes / BW over max(convfuse bytes / BW, FLOPs / peak): an upper bound
   (no latency, no launch overhead, perfect overlap, tensor cores at their dense peak; the kernels
   compile to mma.sync, which reaches a fraction of it on Hopper).
@@ -47,26 +49,26 @@ def eager_bytes(n: int) -> float:
 
 def plan_row(n: int) -> dict:
     from convfuse.backends.triton_monarch import fused3, select
-    from convfuse.backends.triton_monarch.plan import FACTORS, OUTER
+    from convfuse.backends.triton_monarch.plan import FACTORS, OUTER, stacked_skip
 
     L = n // 2
     io = 8.0 + 8.0 * n / (L * B)  # fp16 u, gates, out + the spectrum, shared through L2 by B rows
     if n in FACTORS:
         n1, n2 = FACTORS[n]
-        half = n1 // 2 >= 16
+        half, stacked = n1 // 2 >= 16 or stacked_skip(n1), stacked_skip(n1)
         rin = rout = n1 // 2 if half else n1
         macs = 4 * n * (rin + 2 * n2 + rout)
         kind, radices, launches, buffer, buffer32 = "fused (one kernel)", f"{n1}x{n2}", 1, 0.0, 0.0
     elif n in select.THREE_LEVEL_SIZES:
         n1, n2, n3 = fused3.FACTORS3[n]
-        half = n1 // 2 >= 16
+        half, stacked = n1 // 2 >= 16 or stacked_skip(n1), stacked_skip(n1)
         rin = rout = n1 // 2 if half else n1
         macs = 4 * n * (rin + 2 * n2 + 2 * n3 + rout)
         kind, radices, launches, buffer, buffer32 = "three-level (one kernel)", f"{n1}x{n2}x{n3}", 1, 0.0, 0.0
     else:
         n0, n0b, m = OUTER[n]
         i1, i2 = FACTORS[m]
-        half = n0 // 2 >= 16
+        half, stacked = n0 // 2 >= 16, False
         # outer forward (N0 rows, half the inputs), middle levels, inner fused (complex, no skip), outer inverse
         macs = 4 * n * ((n0 // 2 if half else n0) + (2 * n0b if n0b > 1 else 0) + (i1 + 2 * i2 + i1)
                         + (n0 // 2 if half else n0))
@@ -83,7 +85,7 @@ def plan_row(n: int) -> dict:
     conv_bytes = io + buffer
     t_conv = max(conv_bytes / BW, flops / PEAK)
     ratio = eager_bytes(n) / BW / t_conv
-    return {"n": n, "plan": kind, "radices": radices, "causal skip": "yes" if half else "no (N1/2 < 16)",
+    return {"n": n, "plan": kind, "radices": radices, "causal skip": ("yes (planes stacked: N1/2 = 8)" if stacked else "yes") if half else "no (N0/2 < 16)",
             "HBM B/sample": conv_bytes, "fp32-buffer B/sample": io + buffer32, "saved B/sample": buffer32 - buffer,
             "eager B/sample": eager_bytes(n), "dot FLOP/sample": flops,
             "bound": "memory" if conv_bytes / BW >= flops / PEAK else "compute",

@@ -22,7 +22,10 @@ from fft_reference import reference
 
 CASES = [
     # (u, k, D, pre, post, params, expected (m, half_in, half_out))
-    ((2, 3, 2048), (3, 2048), (3, 1), (2, 3, 2048), (2, 3, 2048), ConvParams(4096, 0, 2048), (4096, False, False)),
+    # 4096 = 16^3: halves of 8 rows, skipped with the planes stacked in one dot dimension
+    ((2, 3, 2048), (3, 2048), (3, 1), (2, 3, 2048), (2, 3, 2048), ConvParams(4096, 0, 2048), (4096, True, True)),
+    ((2, 2000), (2, 1000), None, None, None, ConvParams(4096, 0, 3000), (4096, True, False)),  # input half only
+    ((2, 3000), (2, 1000), None, None, (2, 2048), ConvParams(4096, 0, 2048), (4096, False, True)),  # output half only
     ((2, 4096), (2, 4096), None, None, (2, 4096), ConvParams(8192, 0, 4096), (8192, True, True)),  # causal skips
     ((3, 3000), (3000,), (3, 3000), None, None, ConvParams(6000, 0, 3000, scale=0.25), (8192, True, True)),  # padded
     ((2, 8000), (1, 8000), None, (2, 8000), None, ConvParams(16384, 0, 8000), (16384, True, True)),
@@ -55,6 +58,21 @@ def test_half_output_runs_half_dots():
     out = fused3.run(u, k, None, None, post, p)
     assert out.dtype == torch.float16
     ref = reference(u, k, None, None, post, p)
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 5e-3
+
+
+def test_4k_stacked_halves_fp16_and_shapes():
+    # the first stage's K and the last stage's M are 2 x 8 = 16 (plan.stacked_skip); fp16 dots
+    from convfuse.backends.triton_monarch.plan import stacked_skip
+
+    g = torch.Generator().manual_seed(5)
+    u, pre = (torch.randn(1, 3, 2048, generator=g).half() for _ in range(2))
+    k = torch.randn(3, 2048, generator=g) / 2048
+    p = ConvParams(4096, 0, 2048, out_dtype=torch.float16)
+    r = fused3.resolve(u, k, None, pre, None, p)
+    assert r.half_in and r.half_out and stacked_skip(r.plan.radices[0]) and not r.plan.can_skip_half
+    out = fused3.run(u, k, None, pre, None, p)
+    ref = reference(u, k, None, pre, None, p)
     assert (out.double() - ref).abs().max() / ref.abs().max() < 5e-3
 
 

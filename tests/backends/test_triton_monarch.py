@@ -234,6 +234,69 @@ def test_dot_limits_asserted():
     assert not cp.half_in and not cp.half_out
 
 
+def test_causal_halves_of_8_rows_run_as_stacked_dots():
+    # 256 = 16 x 16: the causal halves are 8 rows, below tl.dot's 16 on GPUs; the forward kernels
+    # stack the real and imaginary planes into K (first stage) and M (last stage) instead
+    from convfuse.backends.triton_monarch import launch
+
+    u, k = torch.randn(2, 3, 100), torch.randn(3, 100)
+    r = launch.resolve(u, k, None, None, None, ConvParams(256, 0, 100))
+    assert r.half_in and r.half_out and plan_mod.stacked_skip(r.plan.n1)
+    assert r.plan.dot_shapes(True, True) == [(16, 16, 16)] * 4  # 2 dots of K = 16, 2 of M = 16
+    assert plan_mod.dot_work(256, 16, 16, True, True, 0) == 3 * plan_mod.dot_work(256, 16, 16, False, False, 0) // 4
+    assert "skips causal input and causal output" in tm.explain(u, k, p=ConvParams(256, 0, 100))
+    for dtype, rtol in ((torch.float32, 2e-5), (torch.float16, 1e-2)):
+        q = ConvParams(256, 0, 100, out_dtype=dtype)
+        _check((2, 3, 100), (3, 100), q, dtype, D=(3, 1), post=(2, 3, 100), rtol=rtol)  # rows sharing a kernel
+        _check((1, 3, 100), (3, 100), q, dtype, pre=(1, 3, 100), rtol=rtol)  # two kernels a pair (kernels_twok)
+    assert "causal input (loads only)" in tm.explain(torch.randn(1, 3, 100), k, p=ConvParams(256, 0, 100))
+    for ushape, kshape, p in (((2, 128), (2, 60), ConvParams(256, 0, 180)),  # input half only
+                              ((2, 200), (2, 50), ConvParams(256, 0, 128)),  # output half only
+                              ((2, 100), (2, 100), ConvParams(256, 0, 100, spectrum_bins=20))):  # sparse, 16x16
+        r = _check(ushape, kshape, p, torch.float32)
+        assert (r.half_in, r.half_out) == (ushape[-1] <= 128, p.length <= 128)
+    # the plain rule (backward, channel mixing: their kernels do not stack) is unchanged
+    assert not plan_mod.call_plan(256, 100, 100, 0, 100, False, torch.float32, torch.float32,
+                                  torch.device("cpu")).half_in
+
+
+def test_stacked_halves_compile_without_spills():
+    # sm90 without a GPU: the 256 kernel with both halves skipped runs 12 complex-plane dots (24
+    # mma.sync m16n8k16 in the PTX; 32 without the skips), no spills (bench/results/triton-sm90-resources.md)
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    from convfuse.backends.triton_monarch import kernels
+
+    fn = kernels.MONARCH_CONV2[False]
+    consts = dict(N1=16, N2=16, W=16, HALF_IN=True, HALF_OUT=True, FRAMES=False, PREC="ieee", HAS_PRE=True,
+                  HAS_D=True, HAS_POST=True)
+    sig = {a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") or a == "pair_ptr" else
+           "*fp32" if a in ("k_ptr", "tw_ptr") else "*fp16" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+    try:
+        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    except (RuntimeError, FileNotFoundError) as e:
+        pytest.skip(f"cannot compile for sm90 here: {e}")
+    assert len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", compiled.asm["ptx"])) == 24
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("no cuobjdump in this Triton")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    assert re.search(r"STACK:0\b", usage), usage
+
+
 def test_kernel_spectrum_cached_until_kernel_changes():
     k = torch.randn(3, 50)
     spectrum = lambda: plan_mod.kernel_spectrum(k, 256, 256, False, 1.0, torch.float32, (16, 16))  # noqa: E731
@@ -275,6 +338,8 @@ def _op(u, k, D, pre, post, p, kernel):
         ((2, 90), (2, 40), ConvParams(256, 0, 90, conj_kernel=True, scale=2.0), None, None, (2, 90)),
         ((2, 300), (2, 300), ConvParams(512, 100, 300, n_power=-0.5), (2, 300), None, None),  # wraps
         ((1, 2, 1500), (2, 1500), ConvParams(4096, 0, 1500), (2, 1), (1, 2, 1500), (1, 2, 1500)),  # outer passes
+        # sparse: the backward is composed from forward calls, here with stacked causal halves (16 x 16)
+        ((2, 100), (2, 100), ConvParams(256, 0, 100, spectrum_bins=20), None, None, (2, 100)),
     ],
 )
 def test_gradients_through_op(ushape, kshape, p, D, pre, post):

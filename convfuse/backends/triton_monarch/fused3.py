@@ -1,11 +1,13 @@
 """Plans and the launcher of the three-level fused kernel (kernels3.py): 4K..32K in one launch.
 
-``FACTORS3`` follows FlashFFTConv's factorizations where the causal skip allows: N1 = 32 first,
-because skipping the zero input half (and the discarded output half) halves the first and last
-contractions to N1/2 = 16, the smallest tl.dot a GPU takes; 4096 = 16^3 cannot skip (N1/2 = 8),
-so its zero half only saves loads.  ``resolve`` gives the call's plan or why not; ``run`` has the
-implementation signature; ``select.py`` runs it where launch.py would run the outer passes.
-``tests/backends/test_triton_fused3.py`` checks it under the interpreter.
+``FACTORS3`` follows FlashFFTConv's factorizations: N1 = 32 where it can, so skipping the zero
+input half (and the discarded output half) halves the first and last contractions to N1/2 = 16,
+the smallest tl.dot a GPU takes.  4096 = 16^3 skips them too: its halves of 8 rows run with the
+real and imaginary planes stacked into the dot's K (first stage) or M (last) dimension
+(plan.stacked_skip; ``Plan3.can_skip_half`` stays the plain-dot rule the backward reads), except
+for the output half below sm90 (see ``resolve``).  ``resolve`` gives the call's plan or why not;
+``run`` has the implementation signature; ``select.py`` runs it where launch.py would run the
+outer passes.  ``tests/backends/test_triton_fused3.py`` checks it under the interpreter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.common import compute_dtype, output_shape
-from convfuse.backends.triton_monarch.plan import _dft, check_dot_shape, device_smem, dot_dtype_for, kernel_spectrum
+from convfuse.backends.triton_monarch.plan import (
+    _dft, check_dot_shape, device_smem, dot_dtype_for, kernel_spectrum, stacked_skip,
+)
 from convfuse.spec import ConvParams, is_linear
 
 FACTORS3: dict[int, tuple[int, int, int]] = {
@@ -104,8 +108,18 @@ def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> Call
         return (f"n={m}: the three-level kernel needs ~{need // 1024} KB of shared memory, the device has "
                 f"{device_smem(device) // 1024} KB")
     plan = plan3(m, dtype, dot, device)
-    half = plan.can_skip_half
-    return Call3(plan, m, half and Lue <= m // 2, half and p.start + p.length <= m // 2)
+    n1 = plan.radices[0]
+    half = plan.can_skip_half or stacked_skip(n1)
+    half_in, half_out = half and Lue <= m // 2, half and p.start + p.length <= m // 2
+    if stacked_skip(n1) and device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0):
+        # sm80's ptxas puts the 4K kernel with the stacked last stage at 32 registers and 5.8 KB of
+        # spills (1.5 KB with the full stage; bench/results/triton-sm90-resources.md): compute the
+        # discarded half there
+        half_out = False
+    # the halved stages as the kernel runs them (kernels_common._first_stage, _last_stage)
+    check_dot_shape(n1, m // n1, n1 // 2 if half_in and not stacked_skip(n1) else n1)
+    check_dot_shape(n1 // 2 if half_out and not stacked_skip(n1) else n1, m // n1, n1)
+    return Call3(plan, m, half_in, half_out)
 
 
 def run(u: Tensor, k: Tensor, D: Tensor | None, pre_gate: Tensor | None, post_gate: Tensor | None,

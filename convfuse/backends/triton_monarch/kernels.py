@@ -15,6 +15,11 @@ transform, real/imag planes, all on-chip:
     Y = conj(F1) @ D    (R, N2)    4 dots; R = N1/2 rows when the window lies in the first half;
                                    Re Y is row a, Im Y is row b
 
+At N1 = 16 (256 = 16 x 16) the halves are 8 rows, below tl.dot's 16: the first stage stacks X's
+real and imaginary planes in K and the last stage stacks Y's in M (kernels_common._first_stage,
+_last_stage: 2 dots of 16 each, the same multiply-adds as 4 dots of 8), so the zero input half and
+the discarded output half are skipped at every fused size.
+
 W = N2 unless the kernel spectrum is frequency-sparse: then only the W columns k2 that hold
 nonzero bins are computed and contracted over (kernels_common._spectral_middle).
 
@@ -36,7 +41,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from convfuse.backends.triton_monarch.kernels_common import (
-    _cdot, _epilogue, _first_stage, _pair, _spectral_middle, _twiddle, builds,
+    _epilogue, _first_stage, _last_stage, _pair, _spectral_middle, _twiddle, builds,
 )
 
 
@@ -77,12 +82,9 @@ def _monarch_conv2(
         ra = va
         rb = vb
     CT = tw_ptr.dtype.element_ty  # compute dtype (fp32 / fp64)
-    DT = f1_ptr.dtype.element_ty  # dot operand dtype (fp16 / bf16 / fp32 / fp64)
 
-    a1 = tl.arange(0, N1)
     a2 = tl.arange(0, N2)
     rin = tl.arange(0, RIN)
-    rout = tl.arange(0, ROUT)
 
     # ---- load Xa, Xb (RIN, N2) with the pre-gate fused; rows >= RIN are zero by causal padding
     j = rin[:, None] * N2 + a2[None, :]
@@ -107,23 +109,18 @@ def _monarch_conv2(
         xb = xb * tl.load(pb + jb * pre_s, mask=jmb, other=0.0).to(CT)
 
     # ---- stage 1 and twiddle: B = (F1[:, :RIN] @ (Xa + i Xb)) * TW   (N1, RIN) @ (RIN, N2): 4 dots
+    # (2 with the planes stacked in K where RIN = 8: kernels_common._first_stage)
     br, bi = _first_stage(f1_ptr, tw_ptr, xa, xb, N1, RIN, N2, PREC)
 
     # ---- stage 2, kernel spectrum (Monarch order, scale folded in; a and b share it), inverse stage 2
     dr, di = _spectral_middle(br, bi, f2_ptr, k_ptr + tl.load(k_off_ptr + ra), col0, N1, N2, W, N1 * W, PREC)
     dr, di = _twiddle(tw_ptr, dr, di, N1, N2, True)
 
-    # ---- inverse stage 1: Y = conj(F1)[:ROUT] @ D   (ROUT, N1) @ (N1, N2): 4 dots
-    g1_idx = rout[:, None] * N1 + a1[None, :]
-    g1r = tl.load(f1_ptr + g1_idx)
-    g1i = tl.load(f1_ptr + N1 * N1 + g1_idx)
-    yr, yi = _cdot(g1r, g1i, dr.to(DT), di.to(DT), True, False, PREC)
+    # ---- inverse stage 1: Y = conj(F1)[:ROUT] @ D   (ROUT, N1) @ (N1, N2): 4 dots (2 stacked ones at ROUT = 8)
+    y, sel, jo = _last_stage(f1_ptr, dr, di, N1, ROUT, N2, PREC)
 
-    # ---- window + epilogue on (ROUT, N2, 2): [..., 0] is row a, [..., 1] row b.
+    # ---- window + epilogue on (ROUT, N2, 2): [..., 0] (sel 0) is row a, [..., 1] row b.
     # Sample jo of the cyclic result is window sample t = (jo - start) mod n, output sample o.
-    y = tl.join(yr.to(CT), yi.to(CT))
-    sel = tl.arange(0, 2)[None, None, :]
-    jo = rout[:, None, None] * N2 + a2[None, :, None]
     t = (jo + (NN - start)) % NN
     if FRAMES:
         o = t + tl.where(sel == 0, oa, ob)

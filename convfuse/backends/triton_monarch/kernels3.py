@@ -5,7 +5,7 @@ A row is x[M*j1 + N3*j2 + j3], M = N2*N3, its frequencies f = k1 + N1*(k2 + N2*k
 sharing a real kernel are one complex signal (kernels.py).  Real/imaginary planes throughout:
 
     B = F1[:, :RIN] @ X / N1 * TW1       (N1, M)        TW1[k1, j'] = W_n^(k1 j'); RIN = N1/2 rows
-                                                        when the input is causal-padded (N1 = 32)
+                                                        when the input is causal-padded
     B -> (N2, N1*N3)                     permute [k1, j2, j3] -> [j2, k1, j3]
     C = F2 @ B / N2 * T2                 (N2, N1*N3)    T2[k2, j3] = W_M^(k2 j3)
     S = C @ F3 / N3                      (N2*N1, N3)    S[k2, k1, k3]: the spectrum / n
@@ -15,15 +15,20 @@ sharing a real kernel are one complex signal (kernels.py).  Real/imaginary plane
     E = conj(F2) @ D                     (N2, N1*N3)  -> permute back to (N1, M)
     Y = conj(F1)[:ROUT] @ (E * conj(TW1))  (ROUT, M)    ROUT = N1/2 when the window is in the first half
 
-then the window and the epilogue, as kernels.py.  Every forward stage divides by its radix, so the
-inverse needs no 1/n and half-precision dot operands stay in range.  16 complex dots per pair.
+At 4K (N1 = 16) the halves are 8 rows: stage 1 stacks X's planes in K and the last stage Y's in M
+(kernels_common._first_stage, _last_stage), 2 dots of 16 each instead of 4 over the zero or
+discarded half.  Then the window and the epilogue, as kernels.py.  Every forward stage divides by
+its radix, so the inverse needs no 1/n and half-precision dot operands stay in range.  16 complex
+dots per pair (the stacked first and last stages at 4K take 2 real dots each, not 4).
 """
 
 from __future__ import annotations
 
 import triton.language as tl
 
-from convfuse.backends.triton_monarch.kernels_common import _cdot, _cmul, _epilogue, _first_stage, _pair, builds
+from convfuse.backends.triton_monarch.kernels_common import (
+    _cdot, _cmul, _epilogue, _first_stage, _last_stage, _pair, builds,
+)
 
 
 def _monarch_conv3(
@@ -57,7 +62,6 @@ def _monarch_conv3(
     a2 = tl.arange(0, N2)
     a3 = tl.arange(0, N3)
     rin = tl.arange(0, RIN)
-    rout = tl.arange(0, ROUT)
 
     # ---- load Xa + i Xb (RIN, M), pre-gate fused; rows >= RIN are causal zero padding
     j = rin[:, None] * M + am[None, :]
@@ -112,13 +116,9 @@ def _monarch_conv3(
     er, ei = _cmul(er, ei, tl.load(tw1_ptr + tw), tl.load(tw1_ptr + N1 * M + tw), True)
 
     # ---- inverse stage 1: conj(F1)[:ROUT] @ E   (ROUT, N1) @ (N1, M)
-    g1 = rout[:, None] * N1 + a1[None, :]
-    yr, yi = _cdot(tl.load(f1_ptr + g1), tl.load(f1_ptr + N1 * N1 + g1), er.to(DT), ei.to(DT), True, False, PREC)
+    y, sel, jo = _last_stage(f1_ptr, er, ei, N1, ROUT, M, PREC)
 
     # ---- window + epilogue on (ROUT, M, 2): [..., 0] row a, [..., 1] row b
-    y = tl.join(yr.to(CT), yi.to(CT))
-    sel = tl.arange(0, 2)[None, None, :]
-    jo = rout[:, None, None] * M + am[None, :, None]
     t = (jo + (NN - start)) % NN
     tm = (t < length) & (sel < nrows)
     _epilogue(y, t, tm, tl.where(sel == 0, ra, rb), u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,

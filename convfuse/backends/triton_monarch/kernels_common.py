@@ -120,9 +120,54 @@ def _first_stage(f1_ptr, tw_ptr, xr, xi, R: tl.constexpr, RIN: tl.constexpr, N2:
     CT = tw_ptr.dtype.element_ty
     DT = f1_ptr.dtype.element_ty
     a1 = tl.arange(0, R)
-    f1_idx = a1[:, None] * R + tl.arange(0, RIN)[None, :]
-    br, bi = _cdot(tl.load(f1_ptr + f1_idx), tl.load(f1_ptr + R * R + f1_idx), xr.to(DT), xi.to(DT), False, False, PREC)
+    if RIN < 16:
+        # RIN = R/2 = 8 (R = 16, causal input) is below tl.dot's K >= 16 on GPUs: stack X's planes in K,
+        #   Re B = [F1r | -F1i] @ [Xr; Xi],  Im B = [F1i | F1r] @ [Xr; Xi]   (R, 2 RIN) @ (2 RIN, N2): 2 dots
+        # the same multiply-adds as 4 dots of K = RIN, none on the zero half (plan.stacked_skip)
+        xs = tl.reshape(tl.permute(tl.join(xr, xi), (2, 0, 1)), (2 * RIN, N2))
+        c = tl.arange(0, 2 * RIN)
+        f1_idx = a1[:, None] * R + (c % RIN)[None, :]
+        im = (c >= RIN)[None, :]
+        fr = tl.load(f1_ptr + f1_idx)
+        fi = tl.load(f1_ptr + R * R + f1_idx)
+        br = tl.dot(tl.where(im, -fi, fr), xs.to(DT), input_precision=PREC)
+        bi = tl.dot(tl.where(im, fr, fi), xs.to(DT), input_precision=PREC)
+    else:
+        f1_idx = a1[:, None] * R + tl.arange(0, RIN)[None, :]
+        br, bi = _cdot(tl.load(f1_ptr + f1_idx), tl.load(f1_ptr + R * R + f1_idx), xr.to(DT), xi.to(DT),
+                       False, False, PREC)
     return _twiddle(tw_ptr, br.to(CT) * (1.0 / R), bi.to(CT) * (1.0 / R), R, N2, False)
+
+
+@device
+def _last_stage(f1_ptr, dr, di, R: tl.constexpr, ROUT: tl.constexpr, N2: tl.constexpr, PREC: tl.constexpr):
+    # Y = conj(F1)[:ROUT] @ D   (ROUT, R) @ (R, N2), in D's (compute) dtype, as (y, sel, jo): the
+    # epilogue's tile, its plane (sel 0: Re Y, row a; 1: Im Y, row b) and each entry's sample
+    # jo = N2*j1 + j2 of the cyclic result, broadcast to y's shape
+    CT = dr.dtype
+    DT = f1_ptr.dtype.element_ty
+    a1 = tl.arange(0, R)
+    a2 = tl.arange(0, N2)
+    rout = tl.arange(0, ROUT)
+    if ROUT < 16:
+        # ROUT = R/2 = 8 (R = 16, window in the first half) is below tl.dot's M >= 16: stack Y's
+        # planes in M instead of computing the discarded rows, then split them back into the
+        # (ROUT, N2, 2) tile (sm90: 174 registers at 4K against 216 with the epilogue run on the
+        # stacked (2 ROUT, N2) tile itself)
+        #   [Re Y; Im Y] = [F1r; -F1i] @ Dr + [F1i; F1r] @ Di     (2 ROUT, R) @ (R, N2): 2 dots
+        c = tl.arange(0, 2 * ROUT)
+        g1 = (c % ROUT)[:, None] * R + a1[None, :]
+        im = (c >= ROUT)[:, None]
+        fr = tl.load(f1_ptr + g1)
+        fi = tl.load(f1_ptr + R * R + g1)
+        ys = tl.dot(tl.where(im, -fi, fr), dr.to(DT), input_precision=PREC)
+        ys = tl.dot(tl.where(im, fr, fi), di.to(DT), ys, input_precision=PREC)
+        y = tl.permute(tl.reshape(ys.to(CT), (2, ROUT, N2)), (1, 2, 0))
+    else:  # one return below: the compiler type-checks every return of a function together
+        g1 = rout[:, None] * R + a1[None, :]
+        yr, yi = _cdot(tl.load(f1_ptr + g1), tl.load(f1_ptr + R * R + g1), dr.to(DT), di.to(DT), True, False, PREC)
+        y = tl.join(yr.to(CT), yi.to(CT))
+    return y, tl.arange(0, 2)[None, None, :], rout[:, None, None] * N2 + a2[None, :, None]
 
 
 @device

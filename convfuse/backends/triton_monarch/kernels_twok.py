@@ -15,13 +15,23 @@ has a program (and half its complex lanes) to itself.  The pair's S and T are bu
 torch from the kernel spectra (launch.py; one elementwise pass over (pairs, 2, 2, N1, N2), not
 cached itself: the kernel spectra underneath are, under plan.py's rule).  Dense,
 non-frames plans only (W = N2): sparse columns and overlap-save keep kernels.py's pairing.
+
+At N1 = 16 (256) the discarded output half is skipped as in kernels.py (Y's planes stacked in M,
+kernels_common._last_stage), the zero input half only in the loads: stage 1 here is four real
+products F1r@a, F1i@a, F1r@b, F1i@b of K = 8, and stacking in K does not pair them the way a
+complex product pairs its planes (X and Y would be four K = 16 dots, the work of the four
+zero-padded K = 16 ones), so stage 1 keeps K = N1 = 16 with the upper rows loaded as zeros (masked,
+no memory read).  A multiply-and-sum of K = 8 on CUDA cores would do only the needed products, but
+trades four 16x16x16 tensor-core dots for 8K scalar FMAs a program: not done unmeasured.
 """
 
 from __future__ import annotations
 
 import triton.language as tl
 
-from convfuse.backends.triton_monarch.kernels_common import _cdot, _cmul, _epilogue, _pair, _twiddle, builds
+from convfuse.backends.triton_monarch.kernels_common import (
+    _cdot, _cmul, _epilogue, _last_stage, _pair, _twiddle, builds,
+)
 
 
 def _monarch_conv2_twok(
@@ -36,7 +46,7 @@ def _monarch_conv2_twok(
     HAS_PRE: tl.constexpr, HAS_D: tl.constexpr, HAS_POST: tl.constexpr, PREC: tl.constexpr,
 ):
     NN: tl.constexpr = N1 * N2
-    RIN: tl.constexpr = N1 // 2 if HALF_IN else N1
+    RIN: tl.constexpr = N1 // 2 if HALF_IN and N1 >= 32 else N1  # K >= 16 for stage 1's real dots
     ROUT: tl.constexpr = N1 // 2 if HALF_OUT else N1
     pid = tl.program_id(0).to(tl.int64)
     ra, rb, has_b = _pair(pair_ptr)
@@ -46,7 +56,6 @@ def _monarch_conv2_twok(
     a1 = tl.arange(0, N1)
     a2 = tl.arange(0, N2)
     rin = tl.arange(0, RIN)
-    rout = tl.arange(0, ROUT)
 
     # ---- Xa, Xb (RIN, N2), pre-gate fused; rows >= RIN are zero (causal padding)
     j = rin[:, None] * N2 + a2[None, :]
@@ -85,13 +94,8 @@ def _monarch_conv2_twok(
     dr, di = _cdot((zr + tr).to(DT), (zi + ti).to(DT), f2r, f2i, False, True, PREC)
     dr, di = _twiddle(tw_ptr, dr.to(CT), di.to(CT), N1, N2, True)
 
-    # ---- inverse stage 1: conj(F1)[:ROUT] @ D   (ROUT, N1) @ (N1, N2): 4 dots; Re row a, Im row b
-    g1_idx = rout[:, None] * N1 + a1[None, :]
-    yr, yi = _cdot(tl.load(f1_ptr + g1_idx), tl.load(f1_ptr + N1 * N1 + g1_idx), dr.to(DT), di.to(DT),
-                   True, False, PREC)
-    y = tl.join(yr.to(CT), yi.to(CT))
-    sel = tl.arange(0, 2)[None, None, :]
-    jo = rout[:, None, None] * N2 + a2[None, :, None]
+    # ---- inverse stage 1: conj(F1)[:ROUT] @ D   (ROUT, N1) @ (N1, N2): 4 dots (2 at ROUT = 8); Re row a, Im row b
+    y, sel, jo = _last_stage(f1_ptr, dr, di, N1, ROUT, N2, PREC)
     t = (jo + (NN - start)) % NN
     tm = (t < length) & (sel < nrows)
     _epilogue(y, t, tm, tl.where(sel == 0, ra, rb), u_ptr, u_off_ptr, u_s, pre_ptr, pre_off_ptr, pre_s,

@@ -149,7 +149,8 @@ def resolve(u: Tensor, k: Tensor, D, pre_gate, post_gate, p: ConvParams) -> Call
     if dot == torch.bfloat16 and (u.device.type == "cpu" or _interpret_enabled()):
         dot = torch.float32  # the interpreter's bf16 tl.dot is wrong (errors ~1e9 measured): fp32 dots there
     bins = p.kept_bins if p.sparse_spectrum else 0
-    full = call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device, bins)
+    full = call_plan(p.n, Lue, k.shape[-1], p.start, p.length, p.conj_kernel, dtype, dot, u.device, bins,
+                     stacked=True)
     if bins:
         return full  # the masked kernel is dense in time: no overlap-save
     out_size = torch.empty((), dtype=p.out_dtype or dtype).element_size()
@@ -166,11 +167,14 @@ def explain(u, k, D=None, pre_gate=None, post_gate=None, p: ConvParams | None = 
     dots = f", dots in {str(pl.dot_dtype).removeprefix('torch.')}"
     if r.frames is not None:
         return f"{head} for n={p.n}, {blocks.describe(r)}" + dots
-    skips = [s for s, on in (("causal input", r.half_in), ("causal output", r.half_out)) if on]
+    two_k = _pairs_two_kernels(r, u, k, pre_gate, p)
+    # kernels_twok.py's stage 1 keeps K = N1 = 16 at 256: its zero input half saves loads only
+    cut_in = "causal input" + (" (loads only)" if two_k and isinstance(pl, MonarchPlan) and pl.n1 < 32 else "")
+    skips = [s for s, on in ((cut_in, r.half_in), ("causal output", r.half_out)) if on]
     return (head + (f" (outer radix-{pl.n0}{f' and middle radix-{pl.n0b}' if pl.n0b > 1 else ''} passes through GPU memory)"
                     if isinstance(pl, OuterPlan) else "") + (f" (padded from {p.n})" if r.m != p.n else "")
             + dots + (f", skips {' and '.join(skips)}" if skips else "") + _explain_sparse(r, p)
-            + (", rows with different kernels paired in one transform" if _pairs_two_kernels(r, u, k, pre_gate, p) else ""))
+            + (", rows with different kernels paired in one transform" if two_k else ""))
 
 
 def _pairs_two_kernels(r: CallPlan, u: Tensor, k: Tensor, pre_gate: Tensor | None, p: ConvParams) -> bool:

@@ -18,6 +18,12 @@ permuted, once, into Monarch order (see ``kernel_spectrum``).
 GPU limits asserted here because the interpreter does not enforce them: every
 tl.dot operand dimension must be >= 16, block dimensions are powers of two.
 
+Causal skips at N1 = 16 (256 and the three-level 4096, ``stacked_skip``): the halved stages have
+K (first) or M (last) = 8 < 16, so the forward kernels stack the real and imaginary planes into
+that dimension (kernels_common._first_stage, _last_stage: 2 dots of 16 instead of 4 of 8).  Only
+the forward kernels do this, so only callers that run them ask ``call_plan`` for it (``stacked``);
+``can_skip_half`` keeps meaning "halved stages are plain dots" for the other kernels (backward, mix).
+
 Frequency-sparse kernels (ConvParams.spectrum_bins = M): the kernel spectrum at n keeps one-sided
 bins [0, M), i.e. two-sided frequencies f < M and f > n - M.  Column k2 of the Monarch order holds
 frequencies [k2 * n/N2, (k2 + 1) * n/N2), so the nonzero ones form a cyclic run of columns; the
@@ -84,6 +90,11 @@ def check_dot_shape(m: int, n: int, k: int) -> None:
             raise AssertionError(f"tl.dot {name}={v}: GPUs need a power of two >= {MIN_DOT} (shape {m}x{k} @ {k}x{n})")
 
 
+def stacked_skip(n1: int) -> bool:
+    """Whether a causal half of N1 rows runs as planes stacked into one dot dimension: N1/2 < 16 <= N1."""
+    return n1 // 2 < MIN_DOT <= n1
+
+
 @dataclass(frozen=True)
 class MonarchPlan:
     n: int
@@ -114,6 +125,8 @@ class MonarchPlan:
         """(M, N, K) of every tl.dot; ``cols``: spectrum columns kept (0: all N2)."""
         rows_in = self.n1 // 2 if half_in else self.n1
         rows_out = self.n1 // 2 if half_out else self.n1
+        # a half below 16 rows runs with the planes stacked in K (first stage) or M (last)
+        rows_in, rows_out = (r if r >= MIN_DOT else 2 * r for r in (rows_in, rows_out))
         w = cols or self.n2
         return [(self.n1, self.n2, rows_in), (self.n1, w, self.n2), (self.n1, self.n2, w), (rows_out, self.n2, self.n1)]
 
@@ -314,9 +327,12 @@ def padded_size(n: int, L: int, K: int, start: int, length: int, conj_kernel: bo
 
 
 def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool,
-              compute: torch.dtype, dot: torch.dtype, device: torch.device, bins: int = 0) -> CallPlan | str:
+              compute: torch.dtype, dot: torch.dtype, device: torch.device, bins: int = 0,
+              stacked: bool = False) -> CallPlan | str:
     """Pick the size (n itself, or a padded one), the causal skips and, for a frequency-sparse
     kernel (``bins`` one-sided bins kept), the spectrum columns for one call, or say why not.
+    ``stacked``: the caller runs the forward fused kernels, which skip halves of 8 rows too
+    (``stacked_skip``; the outer plans' passes do not).
 
     Sparse calls never pad: the bins are defined at size n, and the kernel they leave is dense
     in time, so the convolution is not linear at a larger size.
@@ -333,7 +349,9 @@ def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool
                      f"{', correlation' if conj_kernel else ''}), so it cannot be padded to a fused size")
         return plan
     Le = min(L, n)
-    half = lambda p, cond: p.can_skip_half and cond  # noqa: E731
+    plain = lambda p, cond: p.can_skip_half and cond  # noqa: E731
+    half = lambda p, cond: cond and (p.can_skip_half or stacked and isinstance(p, MonarchPlan)  # noqa: E731
+                                     and stacked_skip(p.n1))
     if sparse and isinstance(plan, MonarchPlan):
         best = None  # (dot work, plan, col0, W): the default factorization wins ties
         for factors in sparse_factors(m):
@@ -341,7 +359,8 @@ def call_plan(n: int, L: int, K: int, start: int, length: int, conj_kernel: bool
             if isinstance(cand, str):
                 continue
             col0, w = spectrum_columns(m, cand.n2, bins)
-            work = dot_work(m, cand.n1, cand.n2, half(cand, Le <= m // 2), half(cand, start + length <= m // 2), w)
+            # ranked by the plain-dot skips: N1 = 16 factorizations were not compiled with the stacked ones
+            work = dot_work(m, cand.n1, cand.n2, plain(cand, Le <= m // 2), plain(cand, start + length <= m // 2), w)
             if best is None or work < best[0]:
                 best = (work, cand, col0, w)
         _, plan, col0, w = best
