@@ -244,7 +244,9 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
 
     from convfuse import config
     from convfuse.backends.triton_monarch import kernels, kernels_outer as ko
-    from convfuse.backends.triton_monarch.plan import OUTER_BJ, OUTER_KB, OuterPlan, plan_for, sparse_factors
+    from convfuse.backends.triton_monarch.plan import (
+        OUTER_BJ, OUTER_KB, OuterPlan, plan_for, sparse_factors, stacked_skip,
+    )
 
     from convfuse.backends.triton_monarch import tuning
 
@@ -266,7 +268,8 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                 rows.append({"n": n, "dot": dot, "kernel": "-", "note": plan})
                 continue
             prec = plan.input_precision
-            half = plan.can_skip_half  # a causal call: L = n/2, window [0, n/2)
+            # a causal call: L = n/2, window [0, n/2); the fused kernels skip halves of 8 rows too
+            half = plan.can_skip_half or not isinstance(plan, OuterPlan) and stacked_skip(plan.n1)
             if isinstance(plan, OuterPlan):
                 i, m = plan.inner, plan.n2
                 launches = [("outer_fwd", ko.OUTER_FWD, dict(N0=plan.n0, M=m, BJ=OUTER_BJ, KB=OUTER_KB, HALF_IN=half,
@@ -289,7 +292,7 @@ def compile_report(sizes, out: Path, arch: int = 90) -> Path:
                                                                          "FRAMES": True}))]
                 for n1, n2 in sparse_factors(n):  # frequency-sparse: 16 kept columns, every factorization
                     if n2 > 16:
-                        h = half and n1 // 2 >= 16
+                        h = half and (n1 // 2 >= 16 or stacked_skip(n1))
                         launches.append((f"fused sparse {n1}x{n2} W=16", kernels.MONARCH_CONV2,
                                          dict(N1=n1, N2=n2, W=16, **{**fused, "HALF_IN": h, "HALF_OUT": h})))
             for name, builds, consts in launches:
@@ -343,7 +346,7 @@ def replace_table(path: Path, head: str, lines: list[str]) -> None:
     path.write_text("\n".join(old[:at] + lines + old[end:]) + "\n")
 
 
-def _resources(fn, sig, consts, arch: int, warps: int) -> dict:
+def _resources(fn, sig, consts, arch: int, warps: int, stages: int | None = None) -> dict:
     """Registers, stack (spills) and shared memory of one kernel compiled for sm<arch>, and its PTX's
     matrix instructions, from Triton's bundled ptxas and cuobjdump (no GPU needed)."""
     import re
@@ -354,7 +357,8 @@ def _resources(fn, sig, consts, arch: int, warps: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    opts = {"num_warps": warps, **({"num_stages": stages} if stages is not None else {})}
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
@@ -430,6 +434,39 @@ def backward_report(sizes, out: Path, archs=(90, 80)) -> Path:
     return path
 
 
+def spectrum_report(out: Path, archs=(90, 80)) -> Path:
+    """The outer plans' kernel-spectrum builder (kernels_spectrum.SPECTRUM_OUTER) per (N0, M1, M2)
+    order it serves, dense and with 16 kept columns where the last radix is 32, fp32 with the
+    configured fp32 dot precision, at tuning.TABLE's warps and stages; its own table in
+    triton-sm90-resources.md."""
+    from convfuse import config
+    from convfuse.backends.triton_monarch import kernels_spectrum as ks, tuning
+    from convfuse.backends.triton_monarch.plan import OUTER, FACTORS
+
+    fn = ks.SPECTRUM_OUTER[False]
+    head = "| n | spectrum_outer | warps, stages | " + " | ".join(f"sm{a} regs | sm{a} stack B | sm{a} shared B" for a in archs)
+    lines = [head + f" | sm{archs[0]} matrix instructions |", "|" + "---|" * (4 + 3 * len(archs))]
+    for n, (n0, n0b, m) in sorted(OUTER.items()):
+        if n0b > 1:
+            continue  # four-radix orders: torch builds them (spectrum.py says why)
+        m1, m2 = FACTORS[m]
+        warps, stages = tuning.table_entry("spectrum_outer", n, torch.float32)
+        for w in (m2, 16) if m2 > 16 else (m2,):
+            consts = dict(N0=n0, M1=m1, M2=m2, W=w, RIN0=n0 // 2 if n0 >= 32 else n0, KB0=16, BJ=min(256, m),
+                          G=max(1, min(16, 4096 // m)), CONJ=False, PREC=config.triton_fp32_dot)
+            sig = {a: "constexpr" if a in consts else "*i64" if a.endswith("off_ptr") else
+                   "*fp32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+            res = [_resources(fn, sig, consts, a, warps, stages) for a in archs]
+            cells = [c for r in res for c in (r["regs"], r["stack_B"], r["shared_B"])]
+            lines.append(f"| {n} | {n0}x{m1}x{m2}{f' W={w}' if w < m2 else ''} | {warps}, {stages} | "
+                         + " | ".join(map(str, cells)) + f" | {res[0]['mma']} |")
+            print(lines[-1], flush=True)
+    path = out / "triton-sm90-resources.md"
+    replace_table(path, "| n | spectrum_outer |", lines)
+    print(f"wrote {path}")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test under TRITON_INTERPRET=1 with tiny sizes")
@@ -441,9 +478,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="timing repetitions on CPU (CUDA uses do_bench)")
     ap.add_argument("--compile-report", action="store_true",
                     help="no timing: compile every plan's kernels for sm90 (no GPU needed) and write their resources")
-    ap.add_argument("--kernels", choices=("forward", "backward", "all"), default="forward",
+    ap.add_argument("--kernels", choices=("forward", "backward", "spectrum", "all"), default="forward",
                     help="with --compile-report: the forward plans' table, the backward/spectrum table "
-                         "(sm90 and sm80), or both; each replaces only its own table in the file")
+                         "(sm90 and sm80), the outer plans' spectrum table (sm90 and sm80), or all; each "
+                         "replaces only its own table in the file")
     ap.add_argument("--policy-L", type=int, nargs="*",
                     help="signal lengths L of the policy section (n = 2L; default 4096 16384 131072, or 512 dry; "
                          "none: skip the section)")
@@ -457,6 +495,8 @@ def main(argv=None) -> int:
             compile_report(a.sizes or list(PLAN_SIZES), a.out)
         if a.kernels in ("backward", "all"):
             backward_report(a.sizes or list(PLAN_SIZES), a.out)
+        if a.kernels in ("spectrum", "all"):
+            spectrum_report(a.out)
         return 0
 
     if a.dry_run:

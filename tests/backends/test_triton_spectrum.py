@@ -3,7 +3,8 @@
 Under the Triton interpreter, against the torch-built spectrum (plan.torch_kernel_spectrum: a
 full complex torch.fft, then the permuting copies), for every plan family the interpreter runs
 in seconds: the fused two-radix sizes, their frequency-sparse factorizations with kept columns,
-and the three-level orders (4K; 8K is marked slow).  Then: the spectrum cache keeps the Triton
+the three-level orders (4K; 8K is marked slow), and the outer plans' (N0, M1, M2) orders with and
+without kept columns (32K, 64K; 128K is marked slow).  Then: the spectrum cache keeps the Triton
 spectrum of a constant kernel under the sound rule, and forwards that use it match the plain
 torch reference.
 """
@@ -80,12 +81,66 @@ def test_8k_three_level_order():
     assert ((got - want).abs().max() / want.abs().max()).item() < 2e-6
 
 
+def _outer(n, radices, bins, col0, cols, conj, Lk, dtype=torch.float32, rows=1):
+    k = torch.randn(rows, Lk, dtype=dtype, generator=torch.Generator().manual_seed(n + bins))
+    before = spectrum.SPECTRA.copy()
+    got = spectrum.triton_spectrum(k, n, n, conj, 0.37, dtype, radices, bins, col0, cols)
+    assert got is not None
+    made = [key for key in spectrum.SPECTRA if spectrum.SPECTRA[key] > before.get(key, 0)]
+    assert len(made) == 1 and f"({radices[0] // 16} programs a row)" in made[0], made
+    want = plan_mod.torch_kernel_spectrum(k, n, n, conj, 0.37, dtype, radices, bins, col0, cols)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def test_outer_plan_orders_in_one_launch():
+    # 64K = 64 x (32 x 32): 4 programs a row, each the outer pass of 16 frequencies k0, then their
+    # inner stages; causal (the zero half of the outer pass skipped).  32K: 16 kept columns of 32
+    # (a frequency-sparse call runs the outer passes there), a correlation's conjugate
+    assert _outer(65536, (64, 32, 32), 0, 0, 0, False, 30000) < 2e-6
+    col0, w = plan_mod.spectrum_columns(32768, 32, 2000)
+    assert w == 16 and _outer(32768, (32, 32, 32), 2000, col0, w, True, 20000) < 2e-6
+    # fp64 three-radix orders (SPECTRUM3 is fp32-only): 4K and 8K, fp64-accurate
+    assert _outer(4096, (16, 16, 16), 0, 0, 0, True, 4096, torch.float64, rows=2) < 1e-13
+    assert _outer(8192, (32, 16, 16), 100, 0, 0, False, 3000, torch.float64) < 1e-13
+
+
+@pytest.mark.slow
+def test_64k_kept_columns_and_128k_outer_orders():
+    col0, w = plan_mod.spectrum_columns(65536, 32, 3000)
+    assert w == 16 and _outer(65536, (64, 32, 32), 3000, col0, w, True, 65536) < 2e-6
+    assert _outer(131072, (128, 32, 32), 0, 0, 0, False, 131072) < 2e-6
+    col0, w = plan_mod.spectrum_columns(131072, 32, 2000)
+    assert _outer(131072, (128, 32, 32), 2000, col0, w, False, 60000) < 2e-6
+
+
+def test_a_three_level_launch_that_does_not_fit_falls_to_the_outer_order_builder(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from convfuse.backends.triton_monarch import kernels_spectrum as ks
+
+    class Refused:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(270336, 232448, "shared memory")
+            return launch
+
+    monkeypatch.setitem(ks.SPECTRUM3, True, Refused())
+    monkeypatch.setattr(spectrum, "_REFUSED", set())
+    k = torch.randn(2, 3000)
+    for _ in range(2):  # refused once, remembered: the second call goes straight to the outer builder
+        got = spectrum.triton_spectrum(k, 4096, 4096, False, 1.0, torch.float32, (16, 16, 16))
+        want = plan_mod.torch_kernel_spectrum(k, 4096, 4096, False, 1.0, torch.float32, (16, 16, 16))
+        assert got is not None and ((got - want).abs().max() / want.abs().max()).item() < 2e-6
+    assert spectrum._REFUSED == {(4096, (16, 16, 16), torch.float32, k.device)}
+
+
 def test_orders_not_built_here_are_torch_with_a_reason(monkeypatch):
     k = torch.randn(2, 100)
-    assert spectrum.triton_spectrum(k, 65536, 65536, False, 1.0, torch.float32, (64, 32, 32)) is None
     assert spectrum.triton_spectrum(k, 4096, 4096, False, 1.0, torch.float32, (16, 16, 16), 10, 0, 8) is None
     assert spectrum.triton_spectrum(k, 1 << 20, 1 << 20, False, 1.0, torch.float32, (32, 32, 32, 32)) is None
-    assert any("not a three-level plan" in key for key in spectrum.SPECTRA)
+    assert spectrum.triton_spectrum(k, 4096, 4096, False, 1.0, torch.float32, (16, 256)) is None  # no such plan
+    assert any("8 kept columns" in key for key in spectrum.SPECTRA)
     assert any("4 radices" in key for key in spectrum.SPECTRA)
     # kernel_spectrum still answers, with torch's value
     got = plan_mod.kernel_spectrum(k, 4096, 4096, False, 1.0, torch.float32, (16, 16, 16), 10, 0, 8)
@@ -96,22 +151,22 @@ def test_orders_not_built_here_are_torch_with_a_reason(monkeypatch):
     assert spectrum.triton_spectrum(k, 256, 256, False, 1.0, torch.float32, (16, 16)) is None
 
 
-def test_constant_kernel_keeps_its_triton_spectrum_under_the_sound_cache():
-    k = torch.randn(3, 256)
-    make = lambda: plan_mod.kernel_spectrum(k, 512, 512, False, 0.5, torch.float32, (32, 16))  # noqa: E731
+@pytest.mark.parametrize("n,radices,dtype", [(512, (32, 16), torch.float32),
+                                              (4096, (16, 16, 16), torch.float64)])  # the outer plans' builder
+def test_constant_kernel_keeps_its_triton_spectrum_under_the_sound_cache(n, radices, dtype):
+    k = torch.randn(3, 256, dtype=dtype)
+    make = lambda: plan_mod.kernel_spectrum(k, n, n, False, 0.5, dtype, radices)  # noqa: E731
     cpu_cache.clear()
     with plan_mod.cache_kernel_spectra():
         before = _triton_count()
         first, second, third = make(), make(), make()  # computed, stored (second sighting), hit
         assert _triton_count() == before + 2
         assert third is second
-        torch.testing.assert_close(third, plan_mod.torch_kernel_spectrum(k, 512, 512, False, 0.5, torch.float32,
-                                                                         (32, 16)))
+        torch.testing.assert_close(third, plan_mod.torch_kernel_spectrum(k, n, n, False, 0.5, dtype, radices))
         k.data[0, 3] += 1.0  # a write no version counter sees
         fresh = make()
         assert _triton_count() == before + 3 and fresh is not third
-        torch.testing.assert_close(fresh, plan_mod.torch_kernel_spectrum(k, 512, 512, False, 0.5, torch.float32,
-                                                                         (32, 16)))
+        torch.testing.assert_close(fresh, plan_mod.torch_kernel_spectrum(k, n, n, False, 0.5, dtype, radices))
     cpu_cache.clear()
 
 
@@ -122,6 +177,7 @@ FORWARDS = [
     ((2, 1000), (1000,), ConvParams(2048, 0, 1000, scale=0.25), torch.float32),
     ((2, 600), (2, 600), ConvParams(1024, 0, 600, spectrum_bins=60), torch.float32),
     ((1, 2048), (1, 2048), ConvParams(4096, 0, 2048), torch.float32),  # three-level, one kernel
+    ((2, 1000), (2, 1000), ConvParams(4096, 0, 1000, scale=0.5), torch.float64),  # outer passes, their spectrum
 ]
 
 

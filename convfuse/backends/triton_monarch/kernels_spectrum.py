@@ -13,6 +13,19 @@ permutation of the tile registers cannot do.
 
     2 radices: X (RIN, N2) -> C = (F1[:, :RIN] @ X / N1 * TW) @ F2[:, cols] / N2   (N1, W)
     3 radices: X (RIN, M)  -> S[k2, k1, k3], stored at [k1, k2, k3]               (N1, N2, N3)
+
+The outer plans' orders (N0, M1, M2), n = N0 * m (``_spectrum_outer``): a row is too long for one
+program, so KB0 = 16 programs' worth of first-radix frequencies k0 go to each program, the
+row's N0 / 16 programs in one launch.  Each runs the outer pass for its block, as a dot, into a
+scratch slice of its own (no other program reads it, so no grid-wide barrier is needed), then
+the inner forward stages G = 4096/m sequences at a time (a tile of 4096 complex samples):
+
+    Z[kb, j'] = F0[kb, :RIN0] @ X / N0        (16, RIN0) @ (RIN0, m), in column chunks of BJ
+    per G k0: Zt = (Z[k0] * W_n^(k0 j')) as [g, j2, j1]          (G*M2, M1)
+              B = Zt @ F1 / M1 * TW, permuted to [g, k1, j2]     (G*M1, M2)
+              C = B @ F2[:, cols] / M2                           (G*M1, W)
+
+stored at [k0, k1, c]: frequency k0 + N0*(k1 + M1*cols[c]), kept columns and mask as above.
 """
 
 from __future__ import annotations
@@ -146,5 +159,79 @@ def _spectrum3(
     tl.store(o + N1 * M, si.to(out_ptr.dtype.element_ty))
 
 
+def _spectrum_outer(
+    k_ptr, k_off_ptr, k_s,
+    out_ptr,  # (rows, 2, N0, M1, W) compute dtype, Monarch order, kept columns only
+    z_ptr,  # (rows * N0 / KB0, 2, KB0, M1*M2) compute dtype: each program's outer-pass scratch
+    f0_ptr, f1_ptr, f2_ptr, tw_ptr, otw_ptr,  # (2, N0, N0), (2, M1, M1), (2, M2, M2), (2, M1, M2), (2, N0, M)
+    mult_ptr, Lk, bins, col0,
+    N0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, W: tl.constexpr, RIN0: tl.constexpr,
+    KB0: tl.constexpr, BJ: tl.constexpr, G: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr,
+):
+    M: tl.constexpr = M1 * M2
+    KC: tl.constexpr = 16  # K chunk of the outer dot (RIN0 >= 16: a causal half of N0 = 16 keeps all 16)
+    row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    CT = otw_ptr.dtype.element_ty
+    DT = f0_ptr.dtype.element_ty
+    ACC: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32
+    kb = tl.arange(0, KB0)
+    kc = tl.arange(0, KC)
+    bj = tl.arange(0, BJ)
+    k_row = k_ptr + tl.load(k_off_ptr + row)
+    z_base = z_ptr + (row * (N0 // KB0) + blk) * (2 * KB0 * M)
+    # ---- outer pass for k0 in [blk*KB0, blk*KB0 + KB0): a real row, so 2 dots per K chunk
+    for jc in range(0, M, BJ):
+        acc_r = tl.full((KB0, BJ), 0.0, ACC)
+        acc_i = tl.full((KB0, BJ), 0.0, ACC)
+        for c in range(0, RIN0, KC):
+            j = (c + kc)[:, None] * M + (jc + bj)[None, :]  # (KC, BJ) samples m*j0 + j'
+            x = tl.load(k_row + j * k_s, mask=j < Lk, other=0.0).to(DT)
+            f = (blk * KB0 + kb)[:, None] * N0 + (c + kc)[None, :]
+            acc_r += tl.dot(tl.load(f0_ptr + f), x, input_precision=PREC).to(ACC)
+            acc_i += tl.dot(tl.load(f0_ptr + N0 * N0 + f), x, input_precision=PREC).to(ACC)
+        zo = z_base + kb[:, None] * M + (jc + bj)[None, :]
+        tl.store(zo, (acc_r * (1.0 / N0)).to(CT))
+        tl.store(zo + KB0 * M, (acc_i * (1.0 / N0)).to(CT))
+    tl.debug_barrier()  # this program's scratch stores before its loads below (other threads' values)
+    # ---- inner forward stages, G sequences k0 at a time (G*M <= 4096 complex samples a tile).
+    # z is read transposed, Zt[g, j2, j1] = z_k0[M2*j1 + j2], so stage 1 (over j1) is one right
+    # product for all G (F1 is symmetric); a permute then puts j2 last for stage 2.
+    r2 = tl.arange(0, G * M2)  # r2 = g*M2 + j2
+    a1 = tl.arange(0, M1)
+    jt = a1[None, :] * M2 + (r2 % M2)[:, None]  # (G*M2, M1) sample j' of Zt
+    f1 = a1[:, None] * M1 + a1[None, :]
+    f1r = tl.load(f1_ptr + f1)
+    f1i = tl.load(f1_ptr + M1 * M1 + f1)
+    twt = a1[None, :] * M2 + (r2 % M2)[:, None]  # TW[k1, j2] at [j2, k1]
+    aw = tl.arange(0, W)
+    if W == M2:
+        cols = aw
+    else:
+        cols = (col0 + aw) % M2
+    fwd = tl.arange(0, M2)[:, None] * M2 + cols[None, :]  # F2[:, cols]  (M2, W)
+    f2r = tl.load(f2_ptr + fwd)
+    f2i = tl.load(f2_ptr + M2 * M2 + fwd)
+    r1 = tl.arange(0, G * M1)  # r1 = g*M1 + k1
+    for i0 in range(0, KB0, G):
+        k0t = blk * KB0 + i0 + r2 // M2  # (G*M2,) the sequence of each row of Zt
+        zt = z_base + (i0 + r2 // M2)[:, None] * M + jt
+        ot = otw_ptr + k0t[:, None] * M + jt
+        zr, zi = _cmul(tl.load(zt), tl.load(zt + KB0 * M), tl.load(ot), tl.load(ot + N0 * M), False)  # * W_n^(k0 j')
+        br, bi = _cdot(zr.to(DT), zi.to(DT), f1r, f1i, False, False, PREC)  # (G*M2, M1) @ (M1, M1)
+        br, bi = _cmul(br.to(CT) * (1.0 / M1), bi.to(CT) * (1.0 / M1), tl.load(tw_ptr + twt),
+                       tl.load(tw_ptr + M1 * M2 + twt), False)
+        br = tl.reshape(tl.permute(tl.reshape(br, (G, M2, M1)), (0, 2, 1)), (G * M1, M2))
+        bi = tl.reshape(tl.permute(tl.reshape(bi, (G, M2, M1)), (0, 2, 1)), (G * M1, M2))
+        cr, ci = _cdot(br.to(DT), bi.to(DT), f2r, f2i, False, False, PREC)  # (G*M1, M2) @ (M2, W)
+        k0 = blk * KB0 + i0 + r1 // M1
+        f = (k0 + N0 * (r1 % M1))[:, None] + (N0 * M1) * cols[None, :]  # frequency k0 + N0*(k1 + M1*col)
+        cr, ci = _masked(cr.to(CT) * (1.0 / M2), ci.to(CT) * (1.0 / M2), f, mult_ptr, bins, N0 * M, CONJ)
+        o = out_ptr + row * (2 * N0 * M1 * W) + (blk * KB0 + i0) * (M1 * W) + r1[:, None] * W + aw[None, :]
+        tl.store(o, cr.to(out_ptr.dtype.element_ty))
+        tl.store(o + N0 * M1 * W, ci.to(out_ptr.dtype.element_ty))
+
+
 SPECTRUM2 = builds(_spectrum2)
+SPECTRUM_OUTER = builds(_spectrum_outer)
 SPECTRUM3 = builds(_spectrum3)

@@ -44,6 +44,10 @@ from convfuse import config
 #     (outer_fwd, 72 B), kept at 4; their stages are Triton's default (the shared memory in
 #     plan.SMEM_SM90 was compiled at it).
 #   grad2: the warps grad.py chose from its compiles (grad.GRAD_WARPS).
+#   spectrum_outer (kernel spectra of the outer plans' orders, kernels_spectrum.py): with Triton's
+#     default stages the outer-pass loop was pipelined into 217-245 KB of shared memory at m = 1024;
+#     one stage takes 48 KB, and 8 warps hold the tiles without spills on sm90 (194 registers at
+#     64K, 146 at 4K; 4 warps: 255 and 112-344 B of spills).
 TABLE: dict[tuple[str, int], dict[str, tuple[int, int | None]]] = {
     **{("fused", n): {"*": (4, None)} for n in (256, 512, 1024)},
     ("fused", 2048): {"*": (8, None)},
@@ -51,6 +55,7 @@ TABLE: dict[tuple[str, int], dict[str, tuple[int, int | None]]] = {
     # spill more with fp32 dots (1048 B vs 560 B, 36 KB of shared memory vs 32 KB): 4 there
     ("fused_frames", 2048): {"float32": (4, None), "*": (8, None)},
     **{("inner", m): {"*": (4, None)} for m in (256, 512, 1024)},
+    **{("spectrum_outer", n): {"*": (8, 1)} for n in (4096, 8192, 16384, 32768, 65536, 131072)},
 }
 DEFAULT = (4, None)  # kernels and sizes the table does not name: what every launch used before it
 CANDIDATES: tuple[tuple[int, int | None], ...] = ((4, None), (8, None), (8, 2), (16, None))
