@@ -207,3 +207,17 @@ def test_triton_spectrum_on_the_gpu(case, monkeypatch):
     assert got is not None, dict(spectrum.SPECTRA)
     want = plan_mod.torch_kernel_spectrum(k, n, m, conj, 0.37, torch.float32, radices, bins, col0, cols)
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5  # tf32x3 dots
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled Triton kernels need a GPU")
+@pytest.mark.parametrize("n,radices,bins,Lk", [(32768, (32, 32, 32), 0, 16384), (32768, (32, 32, 32), 2000, 32768),
+                                               (65536, (64, 32, 32), 0, 30000), (131072, (128, 32, 32), 3000, 131072)])
+def test_outer_order_spectrum_on_the_gpu(n, radices, bins, Lk, monkeypatch):
+    # 32K fp32: SPECTRUM3's stages need more shared memory than any GPU has, so the outer builder runs
+    monkeypatch.setattr(config, "triton_interpret", False)
+    col0, cols = plan_mod.spectrum_columns(n, radices[-1], bins) if bins else (0, 0)
+    k = torch.randn(64, Lk, device="cuda")
+    got = spectrum.triton_spectrum(k, n, n, bins > 0, 0.37, torch.float32, radices, bins, col0, cols)
+    assert got is not None, dict(spectrum.SPECTRA)
+    want = plan_mod.torch_kernel_spectrum(k, n, n, bins > 0, 0.37, torch.float32, radices, bins, col0, cols)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5  # tf32x3 dots
