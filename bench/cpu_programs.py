@@ -37,17 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import convfuse  # noqa: E402,F401
 from cpu import _rounds  # noqa: E402  (bench/cpu.py: the interleaved blocked_autorange rounds)
+from cpu import fftconv as hyena  # noqa: E402  (a Hyena-style causal convolution with a skip term)
 
 RESULTS = ROOT / "bench" / "results"
-
-
-def hyena(u, k, D):
-    L = u.shape[-1]
-    n = 2 * L
-    k_f = torch.fft.rfft(k, n=n) / n
-    u_f = torch.fft.rfft(u, n=n)
-    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
-    return y + u * D.unsqueeze(-1)
 
 
 def signal(x, k):

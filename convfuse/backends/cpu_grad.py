@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from convfuse.backends.common import output_shape, window
-from convfuse.backends.cpu import plan_for, prepared_kernel_rows, prologue_into
+from convfuse.backends.cpu import FAST_BYTES, plan_for, prepared_kernel_rows, prologue_into
 from convfuse.backends.cpu_cost import use_pool
 from convfuse.backends.cpu_exec import (
     box_rows, empty_output, grid_view, largest_box, make_layout, run_tiles, tiles,
@@ -79,6 +79,24 @@ def fft_conv_grad_cpu(
     dk_lock = threading.Lock()
     dk_start = p.start if p.conj_kernel else back
     pool = use_pool(plan, lay.Ko * lay.Hk, transforms=2.0)
+    if not pool and lay.Ko * lay.Hk * plan.row_bytes(dtype) * 2 <= FAST_BYTES:
+        # Small calls (G and UE of every row within the forward's FAST_BYTES): the formulas on
+        # the whole call at once, the library transforms padding the signals themselves; no row
+        # buffers, tiles or threads (as the forward's CpuCall._fast).
+        prepared = kernel_rows.for_unit([(0, lay.Ko, 0, lay.Hk)])(0, lay.Hk) if kernel_rows is not None else None
+        G = torch.fft.rfft(g3, n=n)[..., :bins]  # (Ko, Hk, bins)
+        if need_k or need_h:
+            UE = torch.fft.rfft(ue3[..., :du_len], n=n)[..., :bins]
+        if need_h:
+            h3.copy_(window(torch.fft.irfft(UE * prepared, n=n), p.start, p.length))
+        if need_k:
+            S = UE.conj_physical_().mul_(G).sum(0)  # G * conj(UE) summed over the rows sharing k
+            if p.conj_kernel:
+                S = S.conj_physical_()
+            dk[:, :dk_len] = window(torch.fft.irfft(S.mul_(s), n=n), dk_start, dk_len)
+        if need_u:
+            du3[..., :du_len] = window(torch.fft.irfft(G.mul_(prepared.conj()), n=n), back, du_len)
+        return du, (dk.view(k.shape) if dk is not None else None), h
     units = tiles(lay, plan.row_bytes(dtype) * (2 if need_k or need_h else 1),  # G and UE live together
                   kernel_rows is not None and kernel_rows.cached is None, shared=not pool)
     Lg = g.shape[-1]
