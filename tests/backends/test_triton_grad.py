@@ -232,6 +232,15 @@ def test_three_level_constant_kernel_reuses_the_forwards_spectrum():
     cpu_cache.clear()
 
 
+@pytest.mark.parametrize("case", [1, 2])  # a correlation at 4K, a convolution at 8K
+def test_three_level_d_k_inverted_by_torch_where_its_kernel_does_not_fit(case, monkeypatch):
+    m = CASES3[case][1].n
+    monkeypatch.setitem(grad3.GRAD3_DK_SMEM, m, 1 << 31)  # more than any device (the interpreter's too)
+    before = grad3.DK_BY_TORCH[m]
+    _three_level(*CASES3[case], torch.float32, 30 + case, monkeypatch)
+    assert grad3.DK_BY_TORCH[m] == before + 1
+
+
 def test_three_level_backward_composes_on_a_device_without_the_shared_memory(monkeypatch):
     monkeypatch.setattr(grad3, "device_smem", lambda device: 8 * 1024)  # less than 4K's pass needs
     t = torch.zeros(1, 2048)

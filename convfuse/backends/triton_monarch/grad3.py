@@ -12,6 +12,7 @@ per kernel row, as grad.py does for the two-radix sizes (grad._groups, grad._chu
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,12 @@ GRAD3_DK_WARPS: dict[int, int] = {4096: 8, 8192: 8, 16384: 16, 32768: 16}
 # Shared memory per block of the pass kernel at those settings (sm90 compile, the larger of the
 # causal and cyclic variants): a device with less composes (32K's 128 KB: consumer GPUs).
 GRAD3_SMEM: dict[int, int] = {4096: 16384, 8192: 69632, 16384: 65536, 32768: 131072}
+# The d k inverse's (sm90): its first dot stages the whole loaded (N2*N1, N3) sum through shared
+# memory, tf32x3's two halves of it (the pass's inverses take theirs from registers).  Where the
+# device has less (32K everywhere, 16K on consumer GPUs), the sum of the partial spectra is
+# inverted by torch.fft instead: still one inverse per kernel row.
+GRAD3_DK_SMEM: dict[int, int] = {4096: 36864, 8192: 69632, 16384: 135168, 32768: 278528}
+DK_BY_TORCH: Counter[int] = Counter()  # m -> d k inverses made by torch.fft (the Triton one did not fit)
 
 
 @dataclass(frozen=True)
@@ -129,9 +136,24 @@ def run(c: Call3, g: Tensor, ue: Tensor, k: Tensor, p: ConvParams, need_u: bool,
         acc, stash, *mats, C, 0, NEED_U=need_u, NEED_K=need_k, NEED_H=need_h, DK_REGS=GRAD3_DK_REGS[m],
         STASH=GRAD3_STASH[m], **cuts, **common,
         num_warps=GRAD3_WARPS[m])
-    if need_k:
+    if need_k and GRAD3_DK_SMEM[m] > device_smem(g.device):
+        _dk_by_torch(acc, dk, dk_start, dk_len, m * p.total_scale, plan.radices, p.conj_kernel)
+    elif need_k:
         mult = torch.full((1,), m * p.total_scale, dtype=dtype, device=g.device)
         kg3.GRAD3_DK[interpret][(rows_k,)](acc, dk, Lk, dk_start, dk_len, mult, *mats, C, DK_HALF=dk_half,
                                            CONJ=p.conj_kernel, **common, num_warps=GRAD3_DK_WARPS[m])
     launch.LAUNCHES[f"n={m} {n1}x{n2}x{n3} {str(dtype).removeprefix('torch.')} backward"] += 1
     return du, (dk.view(k.shape) if dk is not None else None), h
+
+
+def _dk_by_torch(acc: Tensor, dk: Tensor, start: int, length: int, mult: float, radices, conj: bool) -> None:
+    """GRAD3_DK's result from torch: the C partial sums (S order [k2, k1, k3], spectrum / m each
+    side) summed, put in frequency order f = k1 + N1*(k2 + N2*k3), inverted unnormalised, times
+    m * s, and d k's window of the real part written."""
+    n1, n2, n3 = radices
+    m = n1 * n2 * n3
+    s = acc.sum(0)  # (rows_k, 2, N2*N1, N3)
+    z = torch.complex(s[:, 0], s[:, 1]).view(-1, n2, n1, n3).permute(0, 3, 1, 2).reshape(-1, m)  # [k3, k2, k1]
+    y = torch.fft.ifft(z.conj() if conj else z, dim=-1).real * (m * mult)
+    dk[:, :length] = y[:, (torch.arange(length, device=y.device) + start) % m]
+    DK_BY_TORCH[m] += 1
