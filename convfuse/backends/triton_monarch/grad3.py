@@ -24,14 +24,15 @@ from convfuse.spec import ConvParams, is_linear
 
 # Launch settings of the pass kernel per size, from the sm90 compiles (bench/results/
 # triton-sm90-resources.md, backward section: stack bytes per thread below).  The pass holds more
-# than the forward: each pair's Zg is needed by
-# d ue's inverse and by the d k product after Zu's forward.  Parking Zg in memory meanwhile
-# (STASH) and keeping the d k sum there (DK_REGS False) leaves one spectrum live at a time: at 4K,
-# 8 warps, 864 B of spills became 200 B (the sum in registers: 696 B; 16 warps: 416 B); at 8K the
-# 2.2-2.7 KB at 8 warps (8.9 KB cyclic with the sum in registers) became 1.2 (causal) - 1.6 KB at
-# 16 warps; 16K spills 3.7-4.4 KB and 32K ~9 KB at 16 warps (128 registers: the most 512 threads
-# may have), as the three-level forward spills 3.8 KB at 16K in fp32.  Not measured on a GPU yet:
-# at 16K/32K the composed backward (the outer passes) may be the faster one.
+# than the forward: each pair's Zg is needed by d ue's inverse and by the d k product after Zu's
+# forward.  Parking Zg in memory meanwhile (STASH) and keeping the d k sum there (DK_REGS False) leaves one spectrum live at a time, and
+# the index tiles are recomputed per pair rather than hoisted out of the loop: at 4K, 8 warps,
+# 864 B of spills with Zg held became 200 B (16 warps: 416 B); at 8K, 16 warps, 2.0 KB causal /
+# 3.7 KB cyclic with Zg and the sum both held became 1.2 / 1.6 KB (8 warps: 2.5 / 3.0 KB, and
+# 2.7 / 9.0 KB with both held); 16K spills 3.7-4.4 KB and 32K 8.4-9.0 KB at 16 warps (128
+# registers: the most 512 threads may have), as the three-level forward spills 3.8 KB at 16K in
+# fp32.  Not measured on a GPU yet: at 16K/32K the composed backward (the outer passes) may be
+# the faster one.
 GRAD3_WARPS: dict[int, int] = {4096: 8, 8192: 16, 16384: 16, 32768: 16}
 GRAD3_DK_REGS: dict[int, bool] = {4096: False, 8192: False, 16384: False, 32768: False}
 GRAD3_STASH: dict[int, bool] = {4096: True, 8192: True, 16384: True, 32768: True}
