@@ -325,8 +325,10 @@ def test_three_level_backward_kernels_compile(arch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled Triton kernels need a GPU")
-@pytest.mark.parametrize("n,L", [(512, 256), (2048, 1024), (1024, 1024), (4096, 2048), (8192, 4096)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,L,dtype", [(n, L, d) for n, L in ((512, 256), (2048, 1024), (1024, 1024))
+                                       for d in (torch.float32, torch.float16, torch.bfloat16)]
+                         # three-level (grad3.py): one case, its kernels take ~15 s each to compile
+                         + [(8192, 4096, torch.float32)])
 def test_backward_on_the_gpu(n, L, dtype, monkeypatch):
     monkeypatch.setattr(config, "triton_interpret", False)
     g = torch.Generator(device="cuda").manual_seed(n)
