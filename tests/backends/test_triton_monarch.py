@@ -284,8 +284,10 @@ def test_stacked_halves_compile_without_spills():
            "*fp32" if a in ("k_ptr", "tw_ptr") else "*fp16" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
     try:
         compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-    except (RuntimeError, FileNotFoundError) as e:
-        pytest.skip(f"cannot compile for sm90 here: {e}")
+    except (RuntimeError, FileNotFoundError) as e:  # no ptxas / LLVM for this target in this install
+        if "ptxas" in str(e).lower() or "not found" in str(e).lower():
+            pytest.skip(f"cannot compile for sm90 here: {e}")
+        raise  # anything else is the kernel's failure, not the toolchain's
     assert len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", compiled.asm["ptx"])) == 24
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not cuobjdump.exists():

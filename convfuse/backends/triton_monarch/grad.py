@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, broadcast_shapes
@@ -118,34 +119,59 @@ def run_grad(g: Tensor, ue: Tensor, k: Tensor, p: ConvParams, need_u: bool, need
         return None, None, None
 
 
-def _launch(r, g, ue, k, p, need_u, need_k, need_h):
-    plan, m = r.plan, r.m
-    n1, n2 = plan.n1, plan.n2
-    dtype = plan.compute_dtype
-    batch = tuple(g.shape[:-1])
-    kb = tuple(k.shape[:-1])
+@dataclass
+class GradCall:
+    """What both fused backwards (two-radix here, three-level in grad3.py) derive from a call
+    before launching: geometry, windows, the causal cuts, the outputs, the row tables."""
+
+    batch: tuple
+    kb: tuple
+    rows_k: int
+    Lue: int
+    Lk: int
+    du_len: int
+    dk_len: int
+    back: int
+    dk_start: int
+    du: Tensor | None
+    h: Tensor | None
+    dk: Tensor | None
+    cuts: dict
+    dk_half: bool
+    done: bool  # nothing to launch: du, dk, h are the result
+
+
+def grad_call(half: bool, m: int, dtype, g, ue, k, p: ConvParams, need_u, need_k, need_h) -> GradCall:
+    batch, kb = tuple(g.shape[:-1]), tuple(k.shape[:-1])
     rows_k = math.prod(kb)
     Lue, Lk = ue.shape[-1], k.shape[-1]
     du_len, dk_len = min(Lue, p.n), min(Lk, p.n)  # a tail beyond n was truncated: zero gradient
     back = (m - p.start) % m
     dk_start = p.start if p.conj_kernel else back
-    du = h = dk = None
-    if need_u:
-        du = torch.empty((*batch, Lue), dtype=dtype, device=g.device) if du_len == Lue else \
-            torch.zeros((*batch, Lue), dtype=dtype, device=g.device)
-    if need_h:
-        h = torch.empty((*batch, p.length), dtype=dtype, device=g.device)
-    if need_k:
-        dk = torch.empty((rows_k, Lk), dtype=dtype, device=g.device) if dk_len == Lk else \
-            torch.zeros((rows_k, Lk), dtype=dtype, device=g.device)
-    if torch.Size(batch).numel() == 0 or not (need_u or need_k or need_h):
-        return du, (dk.zero_().view(k.shape) if dk is not None else None), h
-
-    half = plan.can_skip_half
-    Lg = p.length
-    cuts = dict(G_HALF=half and Lg <= m // 2, U_HALF=half and du_len <= m // 2,
+    new = lambda shape, full: (torch.empty if full else torch.zeros)(shape, dtype=dtype, device=g.device)  # noqa: E731
+    du = new((*batch, Lue), du_len == Lue) if need_u else None
+    h = new((*batch, p.length), True) if need_h else None
+    dk = new((rows_k, Lk), dk_len == Lk) if need_k else None
+    done = torch.Size(batch).numel() == 0 or not (need_u or need_k or need_h)
+    if done and dk is not None:
+        dk.zero_()
+    cuts = dict(G_HALF=half and p.length <= m // 2, U_HALF=half and du_len <= m // 2,
                 DU_HALF=half and back + du_len <= m // 2, H_HALF=half and p.start + p.length <= m // 2)
-    dk_half = half and dk_start + dk_len <= m // 2
+    return GradCall(batch, kb, rows_k, Lue, Lk, du_len, dk_len, back, dk_start, du, h, dk, cuts,
+                    half and dk_start + dk_len <= m // 2, done)
+
+
+def _launch(r, g, ue, k, p, need_u, need_k, need_h):
+    plan, m = r.plan, r.m
+    n1, n2 = plan.n1, plan.n2
+    dtype = plan.compute_dtype
+    c = grad_call(plan.can_skip_half, m, dtype, g, ue, k, p, need_u, need_k, need_h)
+    batch, kb, rows_k, Lue, Lk = c.batch, c.kb, c.rows_k, c.Lue, c.Lk
+    du_len, dk_len, back, dk_start, du, h, dk = c.du_len, c.dk_len, c.back, c.dk_start, c.du, c.h, c.dk
+    if c.done:
+        return du, (dk.view(k.shape) if dk is not None else None), h
+
+    cuts, dk_half, Lg = c.cuts, c.dk_half, p.length
     check_dot_shape(n1, n2, n1 // 2 if cuts["G_HALF"] else n1)
     if need_k or need_h:
         check_dot_shape(n1, n2, n1 // 2 if cuts["U_HALF"] else n1)

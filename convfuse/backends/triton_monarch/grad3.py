@@ -93,24 +93,13 @@ def run(c: Call3, g: Tensor, ue: Tensor, k: Tensor, p: ConvParams, need_u: bool,
     plan, m = c.plan, c.m
     n1, n2, n3 = plan.radices
     dtype = plan.compute_dtype
-    batch = tuple(g.shape[:-1])
-    kb = tuple(k.shape[:-1])
-    rows_k = math.prod(kb)
-    Lue, Lk = ue.shape[-1], k.shape[-1]
-    du_len, dk_len = min(Lue, p.n), min(Lk, p.n)  # a tail beyond n was truncated: zero gradient
-    back = (m - p.start) % m
-    dk_start = p.start if p.conj_kernel else back
-    new = lambda shape, full: (torch.empty if full else torch.zeros)(shape, dtype=dtype, device=g.device)  # noqa: E731
-    du = new((*batch, Lue), du_len == Lue) if need_u else None
-    h = new((*batch, p.length), True) if need_h else None
-    dk = new((rows_k, Lk), dk_len == Lk) if need_k else None
-    if torch.Size(batch).numel() == 0 or not (need_u or need_k or need_h):
-        return du, (dk.zero_().view(k.shape) if dk is not None else None), h
+    gc = grad.grad_call(plan.can_skip_half, m, dtype, g, ue, k, p, need_u, need_k, need_h)
+    batch, kb, rows_k, Lue, Lk = gc.batch, gc.kb, gc.rows_k, gc.Lue, gc.Lk
+    du_len, dk_len, back, dk_start, du, h, dk = gc.du_len, gc.dk_len, gc.back, gc.dk_start, gc.du, gc.h, gc.dk
+    if gc.done:
+        return du, (dk.view(k.shape) if dk is not None else None), h
 
-    half = plan.can_skip_half
-    cuts = dict(G_HALF=half and p.length <= m // 2, U_HALF=half and du_len <= m // 2,
-                DU_HALF=half and back + du_len <= m // 2, H_HALF=half and p.start + p.length <= m // 2)
-    dk_half = half and dk_start + dk_len <= m // 2
+    cuts, dk_half = gc.cuts, gc.dk_half
     M, Q = n2 * n3, n1 * n3
     forward = lambda cut: [(n1, M, n1 // 2 if cut else n1), (n2, Q, n2), (n2 * n1, n3, n3)]  # noqa: E731
     inverse = lambda cut: [(n2 * n1, n3, n3), (n2, Q, n2), (n1 // 2 if cut else n1, M, n1)]  # noqa: E731
