@@ -90,6 +90,12 @@ def _megabytes(value: Any) -> float:
     raise ValueError("expected a finite number of MiB >= 0")
 
 
+def _microseconds(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError("expected a finite number of microseconds >= 0")
+
+
 def _setting(env: str, default: Any, check: Callable[[Any], Any], doc: str,
              parse: Callable[[str], Any] = lambda text: text) -> Any:
     """A field of ``Settings``: its environment variable, how its text is read, how values are checked."""
@@ -109,6 +115,11 @@ class Settings:
     cpu_cache_mb: float = _setting(
         "CONVFUSE_CPU_CACHE_MB", 256.0, _megabytes,
         "MiB of constant-kernel spectra the CPU path may cache", parse=float)
+    cpu_cache_min_us: float = _setting(
+        "CONVFUSE_CPU_CACHE_MIN_US", 30.0, _microseconds,
+        "a constant kernel's spectrum is cached only where the cost model predicts its transform takes at "
+        "least this long (a cache lookup compares the kernel's bits: ~25-35 us at small sizes); 0: always",
+        parse=float)
     cpu_no_gain_refusal: bool = _setting(
         "CONVFUSE_CPU_NO_GAIN_REFUSAL", True, _bool,
         "with kernel='auto', a static-shape CPU site the cost model predicts no faster fused stays eager code "
@@ -225,6 +236,7 @@ globals().update(from_environ().as_dict())
 kernel: str
 cpu_algo: str | None
 cpu_cache_mb: float
+cpu_cache_min_us: float
 cpu_no_gain_refusal: bool
 nd_cpu: bool
 triton_interpret: bool

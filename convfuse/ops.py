@@ -78,6 +78,7 @@ def _fft_conv_cpu_kernel(u, k, D, pre_gate, post_gate, n, start, length, scale, 
         return _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
                               kernel, constant_kernel, spectrum_bins)
     key = (n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel, spectrum_bins, config.cpu_algo,
+           config.cpu_cache_min_us,
            u.shape, u.stride(), u.dtype, k.shape, k.stride(), k.dtype,
            None if D is None else (D.shape, D.stride(), D.dtype),
            None if pre_gate is None else (pre_gate.shape, pre_gate.stride(), pre_gate.dtype),

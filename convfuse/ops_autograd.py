@@ -39,13 +39,18 @@ _grad_enabled = torch._C.is_grad_enabled
 _any_requires_grad = torch._C._any_requires_grad
 
 
-def _plain_cpu(args) -> bool:
+def _plain_cpu(args, tensor_positions: tuple[int, ...]) -> bool:
     """Nothing between the Autograd key and the CPU kernel would act on this call: no dispatch
     mode (fake, proxy), tracer or functorch transform, and every tensor a plain strided CPU
-    tensor or Parameter (a subclass may dispatch in Python).  ~1 us: attribute checks only."""
+    tensor or Parameter (a subclass may dispatch in Python).  ~1 us: attribute checks only, of
+    the arguments the schema types as tensors (``tensor_positions``; the dispatcher passes no
+    tensor anywhere else)."""
     if _len_dispatch_stack() or _is_tracing() or _functorch_active():
         return False
-    for a in args:
+    for i in tensor_positions:
+        if i >= len(args):
+            break
+        a = args[i]
         t = type(a)
         if t is Tensor or t is Parameter:
             if not a.is_cpu or a.layout is not _STRIDED:
@@ -67,6 +72,7 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
     name = op._name
     schema = overload._schema
     defaults = tuple(a.default_value if a.has_default_value() else None for a in schema.arguments)
+    tensor_positions = tuple(i for i, a in enumerate(schema.arguments) if str(a.type) in ("Tensor", "Optional[Tensor]"))
     if any(str(a.type) in ("List[Tensor]", "List[Optional[Tensor]]") for a in (*schema.arguments, *schema.returns)):
         raise TypeError(f"{name}: tensor-list arguments need custom_op's own register_autograd")
 
@@ -94,7 +100,7 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
     def kernel(*args):
         if _grad_enabled() and _any_requires_grad(*args):
             return _Formula.apply(*args)
-        if cpu_kernel is not None and _plain_cpu(args):
+        if cpu_kernel is not None and _plain_cpu(args, tensor_positions):
             return cpu_kernel(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return overload(*args)

@@ -8,6 +8,10 @@ import os
 # at this size", kernel="auto"): off for every test and the subprocesses they start; the refusal's
 # own tests (tests/backends/test_cpu_plan.py) turn it on with config.patch.
 os.environ.setdefault("CONVFUSE_CPU_NO_GAIN_REFUSAL", "0")
+# Likewise the cache's own threshold: constant kernels at test sizes transform faster than a
+# lookup compares them (convfuse.backends.cpu_cost.cache_pays), so the suite, which checks the
+# cache's soundness on those sizes, caches every constant kernel; test_cpu_plan tests the threshold.
+os.environ.setdefault("CONVFUSE_CPU_CACHE_MIN_US", "0")
 
 import torch
 import pytest

@@ -26,8 +26,8 @@ from torch import Tensor
 from convfuse import config
 from convfuse.backends import cpu_cache, cpu_plan
 from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
-from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, prepare, rfft_rows
-from convfuse.backends.cpu_cost import choose_plan, describe, use_pool
+from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, lone_row_size as _lone_row_size, prepare, rfft_rows
+from convfuse.backends.cpu_cost import cache_pays, choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
     Layout, box_rows, empty_output, grid_view, largest_box, layout_from, layout_geometry, run_tiles, tiles,
 )
@@ -69,11 +69,13 @@ def prepared_kernel_rows(plan: Plan, lay: Layout, dtype: torch.dtype, constant: 
     """The kernel rows in the form ``plan`` multiplies by, for every thread.
 
     A constant kernel (only the compiler can prove one: module state read as is) is
-    prepared once for all its rows and cached across calls until it changes; otherwise,
-    or on its first sighting, each thread prepares the block of rows of the unit it works
-    on (``cpu_exec.tiles`` makes units of whole kernel blocks for this).
+    prepared once for all its rows and cached across calls until it changes, where a lookup
+    costs less than preparing it (``cpu_cost.cache_pays``); otherwise, or on its first
+    sighting, each thread prepares the block of rows of the unit it works on
+    (``cpu_exec.tiles`` makes units of whole kernel blocks for this).
     """
-    cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype)) if constant else None
+    use_cache = constant and cache_pays(plan, lay.k2.shape[0])
+    cached = cpu_cache.lookup(lay.k2, plan.variant(dtype), lambda: prepare(plan, lay.k2, dtype)) if use_cache else None
     return KernelRows(plan, lay.k2, dtype, cached)
 
 
@@ -105,7 +107,8 @@ def fft_conv_cpu(
     """The forward on CPU tensors: the call's per-shape plan (``cpu_plan``), run.  Called directly
     (tests, benchmarks) it also works on inputs that require grad: the result is a plain tensor
     (the operator's autograd owns gradients)."""
-    call = cpu_plan.call_for(("params", p, force or config.cpu_algo, cpu_plan.signature(u, k, D, pre_gate, post_gate)),
+    call = cpu_plan.call_for(("params", p, force or config.cpu_algo, config.cpu_cache_min_us,
+                              cpu_plan.signature(u, k, D, pre_gate, post_gate)),
                              u, k, D, pre_gate, post_gate, p, force)
     with torch.no_grad():
         return call(u, k, D, pre_gate, post_gate)
@@ -149,12 +152,27 @@ class CpuCall:
         ue_batch = broadcast_shapes(u.shape, pre_gate.shape)[:-1] if pre_gate is not None else u.shape[:-1]
         self.spectrum_bytes = self.rows * self.row_bytes if plan.algo == "fft" and not self.empty else -1
         self.ue_full = tuple(ue_batch) == tuple(self.batch)  # the signal's spectrum has the output's shape
+        # The commonest small call (dense kernel, a window inside one period, the signal's rows
+        # the output's, no scalar operand to lift, rows that MKL takes as they are) runs
+        # ``_small``: eager's library calls in a straight line, every branch decided here.
+        # At (1, 8, 16) the general path's Python was ~13 us of a ~50 us call (bench/fixed_cost.py).
+        self.straight = (self.fast and not plan.bins and self.ue_full and not any(self.lift)
+                         and plan.start + plan.length <= plan.fft_n
+                         and not (_lone_row_size(plan.fft_n) and (self.rows == 1 or k.numel() == self.Lk)))
+        self.cast_u = u.dtype != dtype
+        self.epilogue = (D is not None, post_gate is not None)
+        self.cache_kernel = p.constant_kernel and cache_pays(plan, k.numel() // max(self.Lk, 1))
+        # the kernel's spectrum is its plain rfft: no cast, scale or conjugate to fold in
+        self.plain_kernel = (plan.algo == "fft" and not plan.bins and not plan.conj and plan.scale == 1.0
+                             and k.dtype == dtype)
 
     @property
     def fast(self) -> bool:
         return 0 <= self.spectrum_bytes <= FAST_BYTES
 
     def __call__(self, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
+        if self.straight:
+            return self._small(u, k, D, pre_gate, post_gate)
         if self.lift[0] or self.lift[1] or self.lift[2]:
             D, pre_gate, post_gate = (at_least_1d(t, self.dtype) for t in (D, pre_gate, post_gate))
         out = empty_output(self.shape, self.out_dtype)
@@ -169,11 +187,38 @@ class CpuCall:
         plan, dtype = self.plan, self.dtype
         k2 = k.reshape(-1, self.Lk)
         prepared = None
-        if self.p.constant_kernel:
+        if self.cache_kernel:
             prepared = cpu_cache.lookup(k2, plan.variant(dtype), lambda: prepare(plan, k2, dtype))
         if prepared is None:
             prepared = prepare(plan, k2, dtype)
         return prepared.view(self.kernel_batch)
+
+    def _small(self, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
+        """``_fast`` for the call ``straight`` describes, in a straight line (the same library
+        calls on the same operands, so the same result)."""
+        plan, n = self.plan, self.plan.fft_n
+        ue = u.to(self.dtype) if self.cast_u else u
+        if pre_gate is not None:
+            ue = ue * pre_gate
+        U = torch.fft.rfft(ue, n=n)
+        if self.cache_kernel:
+            K = self.kernel_spectrum(k)
+        elif self.plain_kernel:
+            K = torch.fft.rfft(k, n=n)  # prepare's result, without its checks
+        else:
+            K = prepare(plan, k.reshape(-1, self.Lk), self.dtype).view(self.kernel_batch)
+        y = torch.fft.irfft(U.mul_(K), n=n).narrow(-1, plan.start, plan.length)
+        out = torch.empty(self.shape, dtype=self.out_dtype)
+        skip, post = self.epilogue
+        if skip and post:
+            torch.mul(y.addcmul_(ue, D), post_gate, out=out)
+        elif skip:
+            torch.addcmul(y, ue, D, out=out)
+        elif post:
+            torch.mul(y, post_gate, out=out)
+        else:
+            out.copy_(y)
+        return out
 
     def _fast(self, out: Tensor, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
         plan, dtype = self.plan, self.dtype

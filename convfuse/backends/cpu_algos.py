@@ -42,8 +42,13 @@ from convfuse.spec import linear_segments
 PAIRED_LONE_ROW = (16384, 131072)
 
 
+def lone_row_size(n: int) -> bool:
+    """Whether a lone row of size n is transformed beside a zero row (PAIRED_LONE_ROW)."""
+    return PAIRED_LONE_ROW[0] <= n <= PAIRED_LONE_ROW[1]
+
+
 def _lone_row(t: Tensor, n: int) -> bool:
-    return PAIRED_LONE_ROW[0] <= n <= PAIRED_LONE_ROW[1] and t.numel() == t.shape[-1]
+    return lone_row_size(n) and t.numel() == t.shape[-1]
 
 
 def rfft_rows(x: Tensor, n: int) -> Tensor:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import math
 
+from convfuse import config
 from convfuse.backends.cpu_algos import Plan
 from convfuse.spec import is_linear
 
@@ -200,6 +201,19 @@ def use_pool(plan: Plan, rows: int, transforms: float = 1.0) -> bool:
     op: 5.5 ms against 8.2 ms on the pool, medians of 31).  ``transforms``: the call's
     transforms per row against a forward's (the fused backward runs about 2)."""
     return rows * row_seconds(plan) * transforms >= POOL_MIN_SECONDS
+
+
+def cache_pays(plan: Plan, kernel_rows: int) -> bool:
+    """Whether looking a constant kernel's prepared form up in the cache is predicted cheaper than
+    preparing it again: its transform (one rfft per kernel row; overlap-save's of N samples; the
+    direct algorithm's flip and copy count as nothing) against ``config.cpu_cache_min_us``.  A
+    lookup finds the entry by storage and compares the kernel's bits with those it was computed
+    from (cpu_cache.lookup): measured ~25-35 us a call with (8, 16..256) kernels, 1 thread
+    (bench/cpu.py, "k const" against "k input" at L = 16..256, 2026-12-02), more than the
+    ~7 us their 8 transforms take."""
+    size = plan.fft_n if plan.algo == "fft" else plan.N if plan.algo == "ols" else 0
+    seconds = kernel_rows * fft_cost(size) / 2 if size else 0.0
+    return seconds * 1e6 >= config.cpu_cache_min_us
 
 
 def describe(plan: Plan) -> str:

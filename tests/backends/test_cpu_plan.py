@@ -126,6 +126,66 @@ def test_constant_kernel_follows_its_values(path):
     torch.testing.assert_close(op(), fft_conv_reference(u, k, None, None, None, p))
 
 
+STRAIGHT_CASES = [  # (u dtype, D, pre_gate, post_gate, scale, conj, constant, out dtype)
+    (torch.float32, True, False, False, 1.0, False, False, None),
+    (torch.float32, False, False, False, 1.0, False, True, None),
+    (torch.float32, True, True, True, 0.5, False, False, torch.float16),
+    (torch.float16, False, True, False, 1.0, True, True, torch.float32),
+    (F64, False, False, True, 2.0, True, False, None),
+]
+
+
+@pytest.mark.parametrize("case", STRAIGHT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_straight_small_path_equals_the_general_one(case, monkeypatch):
+    """CpuCall._small (branches decided once per shape) runs the same library calls as _fast:
+    bit-identical results, every epilogue, cast, scale, conjugate and a cached constant kernel."""
+    dtype, skip, pre, post, scale, conj, constant, out_dtype = case
+    monkeypatch.setattr(config, "cpu_cache_min_us", 0.0)  # the constant kernel cached at this size
+    cpu_plan.clear()
+    cpu_cache.clear()
+    gen = torch.Generator().manual_seed(7)
+    B, H, L = 2, 3, 40
+    u = torch.randn(B, H, L, generator=gen).to(dtype)
+    k = torch.randn(H, L, generator=gen)
+    D = torch.randn(H, 1, generator=gen) if skip else None
+    pg = torch.randn(B, H, L, generator=gen) if pre else None
+    qg = torch.randn(1, H, L, generator=gen) if post else None
+    p = ConvParams(2 * L, 0, L, scale, 0.0, conj, out_dtype, constant_kernel=constant)
+    for _ in range(3):  # built, cached (a constant kernel's second sighting stores), hit
+        got = _op(u, k, D, pg, qg, p)
+    (call,) = cpu_plan._calls.values()
+    assert call.straight
+    call.straight = False
+    try:
+        general = _op(u, k, D, pg, qg, p)
+    finally:
+        call.straight = True
+    assert torch.equal(got, general)
+    want = fft_conv_reference(u.double(), k.double(), *(t.double() if t is not None else None for t in (D, pg, qg)),
+                              ConvParams(2 * L, 0, L, scale, 0.0, conj, F64))
+    tol = 2e-2 if torch.float16 in (dtype, out_dtype) else 1e-4
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    if constant:
+        assert cpu_cache.stats["hits"] >= 1
+
+
+def test_the_cache_serves_only_kernels_dearer_than_a_lookup(monkeypatch):
+    """At the default threshold a small constant kernel is transformed every call (a lookup that
+    compares its bits costs more), a large one is cached; both give the reference's values."""
+    monkeypatch.setattr(config, "cpu_cache_min_us", 30.0)
+    for (H, L), cached in (((8, 16), False), ((8, 256), False), ((64, 2048), True)):
+        cpu_plan.clear()
+        cpu_cache.clear()
+        u, k = torch.randn(1, H, L, dtype=F64), torch.randn(H, L, dtype=F64)
+        p = ConvParams(2 * L, 0, L, 1.0, 0.0, False, F64, constant_kernel=True)
+        for _ in range(3):
+            torch.testing.assert_close(_op(u, k, None, None, None, p), fft_conv_reference(u, k, None, None, None, p))
+        assert (cpu_cache.stats["hits"] > 0) == cached, (H, L)
+        with torch.no_grad():
+            k.mul_(-1.5)  # new values in the same storage: never a stale spectrum, cached or not
+        torch.testing.assert_close(_op(u, k, None, None, None, p), fft_conv_reference(u, k, None, None, None, p))
+
+
 def test_autocast_does_not_lower_precision(path):
     u, k = torch.randn(2, 4, 32), torch.randn(4, 32)
     p = ConvParams(64, 0, 32, 1.0, 0.0, False, torch.float32)
