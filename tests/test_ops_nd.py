@@ -224,9 +224,9 @@ def test_gfnet_compiled_at_inference_follows_weight_updates(mode):
                 assert_close_rel(compiled(x), model(x), 1e-5)
         with torch.no_grad():
             model.weight.mul_(-0.5).add_(0.01)  # between calls, as a training step would
-    # the parameter spectrum goes to the operator as a constant kernel (tests/test_gfnet_spectrum.py):
-    # reused within a step, recomputed after each update
-    assert cpu_cache.stats["hits"] >= 3 and cpu_cache.stats["stale"] >= 2
+    # the parameter spectrum goes to the operator itself (tests/test_gfnet_spectrum.py), read every
+    # call: preparing it is one copy, cheaper than comparing it with a cached one
+    assert cpu_cache.stats["hits"] == 0 and cpu_cache.stats["stores"] == 0
 
 
 def test_constant_kernel_gradients_with_cache():

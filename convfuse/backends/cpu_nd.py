@@ -18,6 +18,10 @@ whole into a contiguous buffer, because ATen transposes a full 2-D matrix in blo
 4x faster than the strided gather a channel slice needs); the transforms, the product and
 the window then run per tile of about ``TILE_BYTES`` of spectrum, so their internal copies
 stay in L2.  The output is the operator's contiguous (..., *length), as the reference's.
+A call whose spectra fit ``FAST_BYTES`` is one tile anyway: it runs inline on the caller's
+intra-op threads, as eager's transforms do, with a channels-last input copied contiguous first.
+A given spectrum (GFNet's parameter) is prepared every call, not cached: one copy is cheaper
+than comparing it with a stored one (48.6 us against 63.3 us for a (64, 32, 17) spectrum).
 """
 
 from __future__ import annotations
@@ -146,10 +150,10 @@ def _boxes(Ko: int, Hk: int, rows: int, threads: int) -> list[tuple[int, int, in
 def fft_convnd_cpu(*args, **kwargs) -> Tensor:
     """The operator on CPU tensors (arguments checked by the caller; dtype is the compute dtype).
 
-    This thread runs torch with one intra-op thread for the whole call, as the pool threads
-    do: the kernel transform and an inline call then never wait on a core someone else holds."""
-    with intra_op_threads(1) as threads:
-        return _fft_convnd(threads, *args, **kwargs)
+    A call small enough to run inline (one tile) runs on this thread's intra-op threads, as
+    eager's transforms do; a tiled call runs its tiles on the convfuse pool with one intra-op
+    thread each, this thread included."""
+    return _fft_convnd(torch.get_num_threads(), *args, **kwargs)
 
 
 def _fft_convnd(
@@ -182,8 +186,9 @@ def _fft_convnd(
 
     # On one thread a call whose spectra fit FAST_BYTES is one tile anyway: the tiles' row
     # transposes and output copy would be extra passes.
-    inline = u3.numel() * u3.element_size() < INLINE_BYTES or (
-        threads == 1 and lay.Ko * lay.Hk * row_bytes <= FAST_BYTES)
+    # Two threads do not pay there either: GFNet's (4, 32, 32, 64) filter took 1.46-1.60 ms inline
+    # against 1.77-2.10 ms in tiles on both cores (bench/cpu_programs.py's program, 2026-12-02).
+    inline = u3.numel() * u3.element_size() < INLINE_BYTES or lay.Ko * lay.Hk * row_bytes <= FAST_BYTES
     if inline:
         threads = 1  # waking the pool costs more than it saves
 
@@ -197,10 +202,13 @@ def _fft_convnd(
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     if kernel_is_spectrum and total == 1.0 and not conj_kernel and lay.k2.dtype == cdtype and lay.k2.is_contiguous():
         K = lay.k2.view(lay.Hk, *spec)  # W is already what the tiles multiply by: no copy, nothing to cache
+    elif kernel_is_spectrum:
+        # constant or not: preparing W (a copy, scale and conjugate folded in) is one pass over
+        # it, as comparing it with a stored copy would be, without the lookup (GFNet's (32, 17, 64)
+        # spectrum: a cached lookup took ~0.2 ms of profiled time a call, the copy less)
+        pass
     elif constant_kernel:
         K = cpu_cache.lookup(_memory_order(lay.k2), variant, prep)
-    elif kernel_is_spectrum:
-        pass  # preparing W is one pass over it, as comparing it with a stored copy would be
     elif (lay.Ko > 1 or k.dim() < u.dim()) and not (torch.is_grad_enabled() or k.requires_grad):
         # A weight-like kernel (shared by batch rows) at inference: GFNet's graph rebuilds it
         # from the parameter spectrum every call, equal each time; recognised by value.
@@ -220,7 +228,10 @@ def _fft_convnd(
         dst.view(*y.shape[:-d], *length).copy_(window_nd(y, start, length))
 
     if inline:  # one tile, on this thread: as few Python-level calls as the reference makes
-        y = cyclic(u3.unflatten(-1, Lu), K)
+        x = u3.unflatten(-1, Lu)
+        # channels-last rows copied into contiguous ones first: MKL's multi-axis transforms of
+        # strided rows cost more than the copy (GFNet's filter: 1.89 ms strided, 1.60 ms copied)
+        y = cyclic(x if x.is_contiguous() else x.contiguous(), K)
         if out_dtype == dtype and list(length) == list(n) and not any(start):
             return y.view(*batch, *length)  # the whole period: the inverse's fresh result is the output
         out = torch.empty((*batch, *length), dtype=out_dtype)
@@ -269,5 +280,6 @@ def _fft_convnd(
 
             return work
 
-    run_tiles(units, make_worker, threads)
+    with intra_op_threads(1):  # this thread works through tiles too: one intra-op thread, as the pool's
+        run_tiles(units, make_worker, threads)
     return out
