@@ -15,7 +15,7 @@ from torch.fx import GraphModule
 
 from convfuse import config
 from convfuse.backends.cpu import cpu_kernel_name
-from convfuse.backends.cpu_cost import no_gain_reason
+from convfuse.backends.cpu_cost import nd_no_gain_reason, no_gain_reason
 from convfuse.backends.dispatch import KernelUnavailable, choose_kernel
 from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, internal_error, match_or_refuse, rewrite_site, still_valid
@@ -121,7 +121,12 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
     if isinstance(m, MixMatch):
         return mixing_no_gain(m)
     if m.multi_axis:
-        return None
+        out = example_value(m.result).shape
+        sizes = [s.value for s in m.sizes]
+        if not all(isinstance(v, int) for v in (*out, *sizes)):
+            return None  # symbolic sizes: never refused
+        window = math.prod(out[a] for a in m.axes)
+        return nd_no_gain_reason(math.prod(out) // max(1, window) * math.prod(sizes))
     u_shape = example_value(m.u.signal).shape
     out_shape = example_value(m.result).shape
     sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)

@@ -252,6 +252,25 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     return eager, convfuse
 
 
+# fft_convnd on CPU (cpu_nd.py) against eager's rfftn / product / irfftn: bench/nd.py --quick,
+# 2026-12-02, convfuse compiled vs eager, 1 and 2 threads: GFNet's (4, 32, 32, 64) filter (262K
+# transformed samples) 0.83x / 0.59x, (1, 14, 14, 384) (75K) 0.95x / 0.76x, (8, 14, 14, 384)
+# (602K) 1.07x / 0.91x; from 2.4M samples up 1.3-2.0x (bench/results/nd.md).  Eager's program is
+# three library calls, so below about a million samples the operator's copies and fixed cost are
+# not recovered: the conservative line.
+MIN_ND_SAMPLES = 1 << 20
+
+
+def nd_no_gain_reason(samples: int) -> str | None:
+    """Why a multi-axis (fft_convnd) site stays eager code on CPU at ``samples`` transformed
+    samples per call (rows x the product of the FFT sizes), or None."""
+    if samples >= MIN_ND_SAMPLES:
+        return None
+    return (f"no gain at this size: {samples} transformed samples per call, below the {MIN_ND_SAMPLES} from which "
+            "the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn (bench/nd.py); kernel='cpu' rewrites "
+            "it anyway")
+
+
 def no_gain_reason(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,
                    constant: bool, epilogue_ops: int = 0, bins: int = 0) -> str | None:
     """The report's reason when the model predicts the fused operator is no faster than eager's

@@ -245,6 +245,42 @@ def test_tiny_site_stays_eager_unless_kernel_cpu():
         assert off.report.sites[0].status == "rewritten"
 
 
+def _global_filter(weight):
+    def f(x):  # GFNet's filter: channels last, a parameter spectrum, norm="ortho"
+        H, W = x.shape[1], x.shape[2]
+        X = torch.fft.rfft2(x, dim=(1, 2), norm="ortho") * torch.view_as_complex(weight)
+        return torch.fft.irfft2(X, s=(H, W), dim=(1, 2), norm="ortho")
+    return f
+
+
+def test_small_multi_axis_site_stays_eager_unless_kernel_cpu():
+    """fft_convnd sites below MIN_ND_SAMPLES transformed samples are refused with kernel='auto'
+    (the measured line in cpu_cost); kernel='cpu' rewrites them; a large one is rewritten."""
+    from convfuse.backends.cpu_cost import MIN_ND_SAMPLES
+    from tests.conftest import op_calls
+
+    ND = torch.ops.convfuse.fft_convnd.default
+    with config.patch(cpu_no_gain_refusal=True):
+        for shape, refused in (((2, 16, 16, 32), True), ((4, 32, 32, 64), True), ((2, 32, 32, 512), False)):
+            B, H, W, C = shape
+            assert (B * C * H * W < MIN_ND_SAMPLES) == refused
+            weight = torch.nn.Parameter(torch.randn(H, W // 2 + 1, C, 2) * 0.02)
+            f, x = _global_filter(weight), torch.randn(*shape)
+            auto = Compiled(f, dynamic=False)  # one code object, new shapes: no automatic dynamic
+            with torch.no_grad():
+                torch.testing.assert_close(auto(x), f(x), rtol=1e-5, atol=1e-5)
+            (site,) = auto.report.sites
+            if refused:
+                assert site.status == "skipped" and op_calls(auto, ND) == 0
+                assert site.reason.startswith("no gain at this size") and str(MIN_ND_SAMPLES) in site.reason
+                forced = Compiled(f, kernel="cpu", dynamic=False)
+                with torch.no_grad():
+                    torch.testing.assert_close(forced(x), f(x), rtol=1e-5, atol=1e-5)
+                assert forced.report.sites[0].status == "rewritten" and op_calls(forced, ND) == 1
+            else:
+                assert site.status == "rewritten" and op_calls(auto, ND) == 1
+
+
 def test_dynamic_shapes_are_never_refused():
     u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
     with config.patch(cpu_no_gain_refusal=True):
