@@ -184,10 +184,10 @@ def _fft_convnd(
     row_bytes = math.prod(spec) * (16 if dtype == torch.float64 else 8)
     rows_per_tile = max(1, TILE_BYTES // row_bytes)
 
-    # On one thread a call whose spectra fit FAST_BYTES is one tile anyway: the tiles' row
-    # transposes and output copy would be extra passes.
-    # Two threads do not pay there either: GFNet's (4, 32, 32, 64) filter took 1.46-1.60 ms inline
-    # against 1.77-2.10 ms in tiles on both cores (bench/cpu_programs.py's program, 2026-12-02).
+    # A call whose spectra fit FAST_BYTES is one tile anyway: the tiles' row transposes and
+    # output copy would be extra passes, and two threads did not pay there either (bench/nd.py
+    # --quick, 2026-12-02, tiled -> inline on 2 threads: (4, 32, 32, 64) 0.40x -> 0.59x eager,
+    # (1, 14, 14, 384) 0.30x -> 0.76x).
     inline = u3.numel() * u3.element_size() < INLINE_BYTES or lay.Ko * lay.Hk * row_bytes <= FAST_BYTES
     if inline:
         threads = 1  # waking the pool costs more than it saves
@@ -204,8 +204,8 @@ def _fft_convnd(
         K = lay.k2.view(lay.Hk, *spec)  # W is already what the tiles multiply by: no copy, nothing to cache
     elif kernel_is_spectrum:
         # constant or not: preparing W (a copy, scale and conjugate folded in) is one pass over
-        # it, as comparing it with a stored copy would be, without the lookup (GFNet's (32, 17, 64)
-        # spectrum: a cached lookup took ~0.2 ms of profiled time a call, the copy less)
+        # it, as comparing it with a stored copy would be, without the lookup (GFNet's (64, 32, 17)
+        # spectrum: 48.6 us to prepare, 63.3 us to find and compare, 1 thread)
         pass
     elif constant_kernel:
         K = cpu_cache.lookup(_memory_order(lay.k2), variant, prep)
@@ -230,7 +230,8 @@ def _fft_convnd(
     if inline:  # one tile, on this thread: as few Python-level calls as the reference makes
         x = u3.unflatten(-1, Lu)
         # channels-last rows copied into contiguous ones first: MKL's multi-axis transforms of
-        # strided rows cost more than the copy (GFNet's filter: 1.89 ms strided, 1.60 ms copied)
+        # strided rows cost more than the copy (GFNet's (4, 32, 32, 64) filter, 1 thread: the
+        # operator inline on the strided rows 1.87-1.89 ms; the transforms after a copy 1.56-1.60)
         y = cyclic(x if x.is_contiguous() else x.contiguous(), K)
         if out_dtype == dtype and list(length) == list(n) and not any(start):
             return y.view(*batch, *length)  # the whole period: the inverse's fresh result is the output
