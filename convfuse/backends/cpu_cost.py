@@ -254,8 +254,8 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
 
 # fft_convnd on CPU (cpu_nd.py) against eager's rfftn / product / irfftn: bench/nd.py --quick,
 # 2026-12-02, convfuse compiled vs eager, 1 and 2 threads: GFNet's (4, 32, 32, 64) filter (262K
-# transformed samples) 0.83x / 0.59x, (1, 14, 14, 384) (75K) 0.95x / 0.76x, (8, 14, 14, 384)
-# (602K) 1.07x / 0.91x; from 2.4M samples up 1.3-2.0x (bench/results/nd.md).  Eager's program is
+# transformed samples) 0.87x / 0.77x, (1, 14, 14, 384) (75K) 0.87x / 0.87x, (8, 14, 14, 384)
+# (602K) 1.09x / 0.94x; from 2.4M samples up 1.3-2.0x (bench/results/nd.md).  Eager's program is
 # three library calls, so below about a million samples the operator's copies and fixed cost are
 # not recovered: the conservative line.
 MIN_ND_SAMPLES = 1 << 20

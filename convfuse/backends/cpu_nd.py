@@ -19,7 +19,7 @@ whole into a contiguous buffer, because ATen transposes a full 2-D matrix in blo
 the window then run per tile of about ``TILE_BYTES`` of spectrum, so their internal copies
 stay in L2.  The output is the operator's contiguous (..., *length), as the reference's.
 A call whose spectra fit ``FAST_BYTES`` is one tile anyway: it runs inline on the caller's
-intra-op threads, as eager's transforms do, with a channels-last input copied contiguous first.
+thread, with a channels-last input copied contiguous first.
 A given spectrum (GFNet's parameter) is prepared every call, not cached: one copy is cheaper
 than comparing it with a stored one (48.6 us against 63.3 us for a (64, 32, 17) spectrum).
 """
@@ -150,10 +150,12 @@ def _boxes(Ko: int, Hk: int, rows: int, threads: int) -> list[tuple[int, int, in
 def fft_convnd_cpu(*args, **kwargs) -> Tensor:
     """The operator on CPU tensors (arguments checked by the caller; dtype is the compute dtype).
 
-    A call small enough to run inline (one tile) runs on this thread's intra-op threads, as
-    eager's transforms do; a tiled call runs its tiles on the convfuse pool with one intra-op
-    thread each, this thread included."""
-    return _fft_convnd(torch.get_num_threads(), *args, **kwargs)
+    This thread runs torch with one intra-op thread for the whole call, as the pool threads
+    do: the kernel transform and an inline call then never wait on a core someone else holds
+    (with two, the suite's fp64 gradchecks of tiny calls took 38-41 s beside another job,
+    against under 9 s with one)."""
+    with intra_op_threads(1) as threads:
+        return _fft_convnd(threads, *args, **kwargs)
 
 
 def _fft_convnd(
@@ -185,9 +187,8 @@ def _fft_convnd(
     rows_per_tile = max(1, TILE_BYTES // row_bytes)
 
     # A call whose spectra fit FAST_BYTES is one tile anyway: the tiles' row transposes and
-    # output copy would be extra passes, and two threads did not pay there either (bench/nd.py
-    # --quick, 2026-12-02, tiled -> inline on 2 threads: (4, 32, 32, 64) 0.40x -> 0.59x eager,
-    # (1, 14, 14, 384) 0.30x -> 0.76x).
+    # output copy would be extra passes (bench/nd.py --quick, 2026-12-02, torch on 2 threads,
+    # tiled -> inline: (4, 32, 32, 64) 0.40x -> 0.77x eager, (1, 14, 14, 384) 0.30x -> 0.87x).
     inline = u3.numel() * u3.element_size() < INLINE_BYTES or lay.Ko * lay.Hk * row_bytes <= FAST_BYTES
     if inline:
         threads = 1  # waking the pool costs more than it saves
@@ -281,6 +282,5 @@ def _fft_convnd(
 
             return work
 
-    with intra_op_threads(1):  # this thread works through tiles too: one intra-op thread, as the pool's
-        run_tiles(units, make_worker, threads)
+    run_tiles(units, make_worker, threads)
     return out
