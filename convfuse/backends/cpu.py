@@ -26,7 +26,7 @@ from torch import Tensor
 from convfuse import config
 from convfuse.backends import cpu_cache, cpu_plan
 from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
-from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, lone_row_size as _lone_row_size, prepare, rfft_rows
+from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, lone_row_size, prepare, rfft_rows
 from convfuse.backends.cpu_cost import cache_pays, choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
     Layout, box_rows, empty_output, grid_view, largest_box, layout_from, layout_geometry, run_tiles, tiles,
@@ -158,9 +158,8 @@ class CpuCall:
         # At (1, 8, 16) the general path's Python was ~13 us of a ~50 us call (bench/fixed_cost.py).
         self.straight = (self.fast and not plan.bins and self.ue_full and not any(self.lift)
                          and plan.start + plan.length <= plan.fft_n
-                         and not (_lone_row_size(plan.fft_n) and (self.rows == 1 or k.numel() == self.Lk)))
+                         and not (lone_row_size(plan.fft_n) and (self.rows == 1 or k.numel() == self.Lk)))
         self.cast_u = u.dtype != dtype
-        self.epilogue = (D is not None, post_gate is not None)
         self.cache_kernel = p.constant_kernel and cache_pays(plan, k.numel() // max(self.Lk, 1))
         # the kernel's spectrum is its plain rfft: no cast, scale or conjugate to fold in
         self.plain_kernel = (plan.algo == "fft" and not plan.bins and not plan.conj and plan.scale == 1.0
@@ -201,23 +200,11 @@ class CpuCall:
         if pre_gate is not None:
             ue = ue * pre_gate
         U = torch.fft.rfft(ue, n=n)
-        if self.cache_kernel:
-            K = self.kernel_spectrum(k)
-        elif self.plain_kernel:
-            K = torch.fft.rfft(k, n=n)  # prepare's result, without its checks
-        else:
-            K = prepare(plan, k.reshape(-1, self.Lk), self.dtype).view(self.kernel_batch)
+        # prepare's result without its checks where nothing is folded in and nothing cached
+        K = torch.fft.rfft(k, n=n) if self.plain_kernel and not self.cache_kernel else self.kernel_spectrum(k)
         y = torch.fft.irfft(U.mul_(K), n=n).narrow(-1, plan.start, plan.length)
         out = torch.empty(self.shape, dtype=self.out_dtype)
-        skip, post = self.epilogue
-        if skip and post:
-            torch.mul(y.addcmul_(ue, D), post_gate, out=out)
-        elif skip:
-            torch.addcmul(y, ue, D, out=out)
-        elif post:
-            torch.mul(y, post_gate, out=out)
-        else:
-            out.copy_(y)
+        epilogue_into(out, y, ue, D, post_gate)
         return out
 
     def _fast(self, out: Tensor, u: Tensor, k: Tensor, D, pre_gate, post_gate) -> Tensor:
