@@ -124,6 +124,10 @@ class Settings:
         "CONVFUSE_CPU_NO_GAIN_REFUSAL", True, _bool,
         "with kernel='auto', a static-shape CPU site the cost model predicts no faster fused stays eager code "
         "(\"no gain at this size\" in the report; read at compile time)", parse=parse_bool)
+    native_cpu: bool = _setting(
+        "CONVFUSE_NATIVE_CPU", True, _bool,
+        "small CPU calls of `fft_conv` run from C++ (built once per torch version with the system's C++ "
+        "compiler, cached under ~/.cache/convfuse; read at import to build, per call after)", parse=parse_bool)
     nd_cpu: bool = _setting(
         "CONVFUSE_ND_CPU", True, _bool,
         "`fft_convnd` runs its CPU implementation on CPU tensors (false: the torch.fft reference)", parse=parse_bool)
@@ -214,10 +218,26 @@ class patch(contextlib.ContextDecorator):
         module = sys.modules[__name__]
         self._saved.append({name: module.__dict__[name] for name in self.changes})
         module.__dict__.update(self.changes)
+        _changed()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         sys.modules[__name__].__dict__.update(self._saved.pop())
+        _changed()
+
+
+# Called after any setting changes (assignment or patch): state derived from settings that is
+# not keyed by them (the native CPU plan table) is dropped there.
+_listeners: list[Callable[[], None]] = []
+
+
+def on_change(listener: Callable[[], None]) -> None:
+    _listeners.append(listener)
+
+
+def _changed() -> None:
+    for listener in _listeners:
+        listener()
 
 
 class _ConfigModule(types.ModuleType):
@@ -230,6 +250,8 @@ class _ConfigModule(types.ModuleType):
         elif name not in self.__dict__ and not name.startswith("_"):
             _checked(name, value)  # raises: no such setting
         super().__setattr__(name, value)
+        if name in _FIELDS:
+            _changed()
 
 # The settings, from the environment, once.
 globals().update(from_environ().as_dict())
@@ -238,6 +260,7 @@ cpu_algo: str | None
 cpu_cache_mb: float
 cpu_cache_min_us: float
 cpu_no_gain_refusal: bool
+native_cpu: bool
 nd_cpu: bool
 triton_interpret: bool
 triton_warps: int

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convfuse import config, ops_autograd
-from convfuse.backends import cpu_plan
+from convfuse.backends import cpu_native, cpu_plan
 from convfuse.backends.common import check_epilogue_operand, compute_dtype, output_shape
 from convfuse.backends.cpu import CpuCall
 from convfuse.backends.dispatch import run_fft_conv, run_fft_conv_grad
@@ -92,6 +92,9 @@ def _fft_conv_cpu_kernel(u, k, D, pre_gate, post_gate, n, start, length, scale, 
             return _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel,
                                   out_dtype, kernel, constant_kernel, spectrum_bins)
         call = cpu_plan.store(key, CpuCall(u, k, D, pre_gate, post_gate, p))
+        if call.native:
+            cpu_native.add((u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
+                            kernel, constant_kernel, spectrum_bins), call)
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return call(u, k, D, pre_gate, post_gate)
@@ -124,8 +127,15 @@ def _fft_conv_cuda(u, k, D, pre_gate, post_gate, n, start, length, scale, n_powe
 
 # The CPU kernel straight on the dispatcher's CPU key (custom_op's own backend wrapper costs
 # ~8 us a call: a dynamo-disable frame and an aliasing check of a result that is always fresh).
+# With the C++ kernels loaded (cpu_native), they hold fft_conv's CPU and AutogradCPU keys and
+# hand every call they do not run to the twin ``_fft_conv_python``, which has the Python kernels.
 _CPU_LIBRARY = torch.library.Library("convfuse", "IMPL")
-_CPU_LIBRARY.impl("fft_conv", _fft_conv_cpu_kernel, "CPU")
+_TWIN = "_fft_conv_python"
+_TWIN_LIBRARY = torch.library.Library("convfuse", "FRAGMENT")
+_TWIN_LIBRARY.define(str(torch.ops.convfuse.fft_conv.default._schema).replace("convfuse::fft_conv(", f"{_TWIN}(", 1))
+_TWIN_LIBRARY.impl(_TWIN, _fft_conv_cpu_kernel, "CPU")
+if not cpu_native.load():
+    _CPU_LIBRARY.impl("fft_conv", _fft_conv_cpu_kernel, "CPU")
 
 
 def _check_inputs(u, k, D, pre_gate, post_gate, length) -> torch.Size:
@@ -291,6 +301,6 @@ def _backward(ctx, grad):
     return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None, None
 
 
-ops_autograd.register(fft_conv, _backward, _setup_context, cpu_kernel=_fft_conv_cpu_kernel)
+ops_autograd.register(fft_conv, _backward, _setup_context, cpu_kernel=_fft_conv_cpu_kernel, also_on=_TWIN)
 _CPU_LIBRARY.impl("fft_conv_grad", _fft_conv_grad_impl, "CPU")
 ops_autograd.register(fft_conv_grad, None, None, cpu_kernel=_fft_conv_grad_impl)

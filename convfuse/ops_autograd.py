@@ -61,13 +61,15 @@ def _plain_cpu(args, tensor_positions: tuple[int, ...]) -> bool:
 
 
 def register(op, backward: Optional[Callable], setup_context: Optional[Callable],
-             cpu_kernel: Optional[Callable] = None) -> None:
+             cpu_kernel: Optional[Callable] = None, also_on: Optional[str] = None) -> None:
     """Install the thin Autograd kernel on ``op`` (a ``custom_op`` with no tensor-list argument or
     result), with custom_op's formula signatures: ``setup_context(ctx, inputs, output)`` and
     ``backward(ctx, *grads)``.  As custom_op's, the kernel gets the arguments the dispatcher
     passes, which omit trailing ones equal to their defaults: the formula must accept that.
     ``cpu_kernel``: the function registered on the op's CPU key, called directly when the
-    redispatch could reach nothing else."""
+    redispatch could reach nothing else.  ``also_on``: another operator of the same schema that
+    gets the same kernel (fft_conv's twin, which the C++ kernels hand the calls they do not run:
+    cpu_native); the kernel still redispatches and records ``op`` itself."""
     overload = getattr(torch.ops.convfuse, op._name.split("::")[-1]).default
     name = op._name
     schema = overload._schema
@@ -109,3 +111,5 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
         # torch warns (once) that a kernel replaces custom_op's own on the same key: that is the point
         warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
         _LIBRARY.impl(name.split("::")[-1], kernel, "Autograd")
+        if also_on is not None:
+            _LIBRARY.impl(also_on, kernel, "Autograd")

@@ -164,6 +164,8 @@ class CpuCall:
         # the kernel's spectrum is its plain rfft: no cast, scale or conjugate to fold in
         self.plain_kernel = (plan.algo == "fft" and not plan.bins and not plan.conj and plan.scale == 1.0
                              and k.dtype == dtype)
+        # the C++ kernels (cpu_native) may run this shape: ``_small`` with nothing looked up
+        self.native = self.straight and not self.cache_kernel and self.dtype in (torch.float32, torch.float64)
 
     @property
     def fast(self) -> bool:
