@@ -253,6 +253,23 @@ class _ConfigModule(types.ModuleType):
         if name in _FIELDS:
             _changed()
 
+@dataclass(frozen=True)
+class Toolchain:
+    """What the native CPU kernels' build reads from the standard (not convfuse) variables:
+    ``$CXX`` (the compiler asked for; None: ``c++``, ``g++`` or ``clang++`` on PATH) and the cache
+    root (``$XDG_CACHE_HOME``, else ``~/.cache``).  Read once, at import, with the settings."""
+
+    cxx: str | None
+    cache_root: str
+
+
+def _toolchain_from(environ: Mapping[str, str]) -> Toolchain:
+    return Toolchain(cxx=(environ.get("CXX") or "").strip() or None,
+                     cache_root=environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
+
+
+toolchain = _toolchain_from(os.environ)
+
 # The settings, from the environment, once.
 globals().update(from_environ().as_dict())
 kernel: str

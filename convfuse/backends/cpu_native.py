@@ -47,12 +47,11 @@ def loaded() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "convfuse"
+    return Path(config.toolchain.cache_root) / "convfuse"
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    for name in (config.toolchain.cxx, "c++", "g++", "clang++"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None

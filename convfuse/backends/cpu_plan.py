@@ -56,8 +56,12 @@ def call_for(key: Hashable, u, k, D, pre_gate, post_gate, p, force=None):
 
 
 def clear() -> None:
+    """Forget every plan, the C++ table's copies included (they are made from these)."""
+    from convfuse.backends import cpu_native
+
     _calls.clear()
     stats["built"] = 0
+    cpu_native.clear()
 
 
 def size() -> int:
