@@ -128,4 +128,9 @@ def cpu_threading(request, monkeypatch):
     monkeypatch.setattr(cpu_cost, "POOL_MIN_SECONDS", 0.0 if request.param == "pool" else math.inf)
     monkeypatch.setattr(cpu_exec, "TILE_BYTES", 1)
     monkeypatch.setattr(cpu, "FAST_BYTES", -1)  # small calls tiled too (not the small-call path)
-    return request.param
+    # plans (the C++ table's copies too) decide the small-call path when built: build them anew
+    from convfuse.backends import cpu_plan
+
+    cpu_plan.clear()
+    yield request.param
+    cpu_plan.clear()
