@@ -17,6 +17,7 @@ import spellings as sp
 from conftest import Compiled, assert_close_rel
 from convfuse import config
 from convfuse.options import BackendOptions
+from convfuse.report import collecting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +40,24 @@ def test_backend_name_works_in_a_fresh_interpreter_without_importing_convfuse():
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
-def test_hyena_end_to_end_with_inductor_matches_eager_forward_and_grads():
+def _gelu_hyena(u, k, D):
+    return torch.nn.functional.gelu(sp.hyena_fftconv(u, k, D)) * 2  # work left for Inductor
+
+
+@pytest.mark.parametrize("fn, inductor", [(_gelu_hyena, True), (sp.hyena_fftconv, False)], ids=["gelu", "alone"])
+def test_hyena_end_to_end_with_inductor_matches_eager_forward_and_grads(fn, inductor, caplog):
+    """Default options: Inductor compiles what the rewrite leaves, unless that is only views of
+    the fused operator's operands (then the graph runs as captured: nothing to fuse)."""
     torch.manual_seed(0)
     args = [torch.randn(2, 8, 64, requires_grad=True), torch.randn(8, 64, requires_grad=True),
             torch.randn(8, requires_grad=True)]
-    compiled = torch.compile(sp.hyena_fftconv, backend="convfuse")
+    compiled = torch.compile(fn, backend="convfuse")
     eager_args = [a.detach().clone().requires_grad_() for a in args]
-    got, expected = compiled(*args), sp.hyena_fftconv(*eager_args)
+    with caplog.at_level(logging.INFO, logger="convfuse"), collecting() as report:
+        got = compiled(*args)
+    expected = fn(*eager_args)
+    assert report.rewritten, str(report)
+    assert ("run as captured" in caplog.text) != inductor, caplog.text
     assert_close_rel(got, expected, 1e-5)
     g = torch.randn_like(got)
     for a, b in zip(torch.autograd.grad(got, args, g), torch.autograd.grad(expected, eager_args, g)):
@@ -82,6 +94,7 @@ def test_environment_sets_the_settings_at_import():
         import torch, convfuse
         from convfuse import config
         from convfuse.options import BackendOptions
+from convfuse.report import collecting
         s = BackendOptions.parse(None)
         print(s.kernel, config.triton_interpret, config.cpu_algo, config.cpu_cache_mb, config.nd_cpu,
               config.triton_warps, config.triton_fp32_dot)

@@ -42,6 +42,8 @@ from __future__ import annotations
 import functools
 import math
 
+import torch
+
 from convfuse import config
 from convfuse.backends.cpu_algos import Plan
 from convfuse.spec import is_linear
@@ -233,6 +235,11 @@ def describe(plan: Plan) -> str:
 # library calls.  Measured (thread time, 1 intra-op thread, medians of blocked_autorange,
 # load ~4.5): (1, 8, 256) kernel as input: eager 51 us, the operator ~100 us.
 OP_FIXED_SECONDS = 45e-6  # the operator's dispatch, plan lookup and its own library calls
+# A small straight call run by the C++ kernels (cpu_native): the same library calls without a
+# Python frame.  bench/fixed_cost.py, 2026-12-03, (1, 1, 16) .. (4, 8, 256), 1 and 2 threads:
+# the operator 28-91 us against eager's 37-117 us, 1.14-1.33x; eager's fixed part is modelled
+# as 7 calls of EAGER_CALL_SECONDS, the operator's as ~2/3 of that.
+NATIVE_OP_FIXED_SECONDS = 18e-6
 EAGER_CALL_SECONDS = 4e-6  # one eager torch call at small sizes
 ALGO_FIXED_SECONDS = {"fft": 0.0, "direct": 120e-6, "ols": 30e-6}  # conv1d's oneDNN setup: ~130 us a call
 EAGER_ROW_FACTOR = 1.15  # eager's unfused passes (scale, product, slice, skip term) per row, vs a tile's
@@ -248,8 +255,19 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     kernel_eager = kernel_rows * fft_cost(n) / 2  # one forward transform per kernel row
     eager = (6 + epilogue_ops) * EAGER_CALL_SECONDS + EAGER_ROW_FACTOR * rows * fft_cost(n) + kernel_eager
     kernel_cf = 0.0 if constant else kernel_rows * (fft_cost(plan.fft_n) / 2 if plan.algo == "fft" else 0.0)
-    convfuse = OP_FIXED_SECONDS + ALGO_FIXED_SECONDS[plan.algo] + rows * row_seconds(plan) + kernel_cf
+    fixed = NATIVE_OP_FIXED_SECONDS if runs_native(plan, rows) else OP_FIXED_SECONDS
+    convfuse = fixed + ALGO_FIXED_SECONDS[plan.algo] + rows * row_seconds(plan) + kernel_cf
     return eager, convfuse
+
+
+def runs_native(plan: Plan, rows: int) -> bool:
+    """Whether calls of this plan will likely run in the C++ kernels: loaded, a dense FFT plan whose
+    window lies in one period and whose spectra fit the small-call path (fp32 rows; CpuCall.native
+    decides exactly, per call shape)."""
+    from convfuse.backends import cpu, cpu_native
+
+    return (cpu_native.loaded() and config.native_cpu and plan.algo == "fft" and not plan.bins
+            and plan.start + plan.length <= plan.fft_n and rows * plan.row_bytes(torch.float32) <= cpu.FAST_BYTES)
 
 
 # fft_convnd on CPU (cpu_nd.py) against eager's rfftn / product / irfftn: bench/nd.py --quick,

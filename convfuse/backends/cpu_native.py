@@ -115,8 +115,7 @@ def load() -> bool:
                     pass
                 raise
         torch.ops.load_library(str(target))
-        _state.update(loaded=True, reason=f"loaded ({target})")
-        config.on_change(clear)
+        _state.update(loaded=True, reason=f"loaded ({target})")  # cpu_plan.clear() clears it on setting changes
         return True
     except Exception as exc:  # noqa: BLE001  the Python kernels serve every call instead
         _state["reason"] = f"unavailable: {type(exc).__name__}: {str(exc)[:500]}"
@@ -135,7 +134,7 @@ def add(args: tuple, call) -> None:
 
 
 def clear() -> None:
-    """Forget every plan (a setting changed: plans are made under the settings of their time)."""
+    """Forget every plan (called by cpu_plan.clear, which drops the Python plans they came from)."""
     if _state["loaded"]:
         torch.ops.convfuse._native_clear()
 

@@ -10,7 +10,9 @@ whether a prepared spectrum may be reused.
 
 The key includes ``convfuse.config.cpu_algo`` (a forced algorithm), read per call as a module
 attribute (no environment lookup).  Plans are few (one per distinct call shape in a model);
-the table is bounded (``MAX_CALLS``, oldest dropped first).
+the table is bounded (``MAX_CALLS``, oldest dropped first).  Any setting change drops them all
+(``config.on_change``): a plan is made under the settings of its time, and the C++ kernels'
+copies (cpu_native) are handed over only when a plan is built, so they go and come back together.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import Callable, Hashable
 
 from torch import Tensor
+
+from convfuse import config
 
 MAX_CALLS = 512
 _calls: dict[Hashable, object] = {}
@@ -66,3 +70,6 @@ def clear() -> None:
 
 def size() -> int:
     return len(_calls)
+
+
+config.on_change(clear)

@@ -12,7 +12,7 @@ import torch
 import convfuse  # noqa: F401
 from convfuse import config
 from convfuse.backends import cpu as cpu_mod
-from convfuse.backends import cpu_cache, cpu_plan
+from convfuse.backends import cpu_cache, cpu_native, cpu_plan
 from convfuse.backends.cpu_cost import no_gain_reason, predicted_times
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
@@ -214,16 +214,22 @@ def _hyena(u, k, D):
 
 
 def test_model_predicts_no_gain_only_for_small_calls():
-    eager, fused = predicted_times(512, 256, 256, 0, 256, 8, 8, False, 2)
-    assert fused >= eager
-    assert "no gain at this size" in no_gain_reason(512, 256, 256, 0, 256, 8, 8, False, 2)
-    assert no_gain_reason(2048, 1024, 1024, 0, 1024, 256, 64, False, 2) is None
-    assert no_gain_reason(8192, 4096, 4096, 0, 4096, 1024, 256, True, 2) is None
+    with config.patch(native_cpu=False):  # every call in Python: its fixed cost loses at small sizes
+        eager, fused = predicted_times(512, 256, 256, 0, 256, 8, 8, False, 2)
+        assert fused >= eager
+        assert "no gain at this size" in no_gain_reason(512, 256, 256, 0, 256, 8, 8, False, 2)
+        assert no_gain_reason(2048, 1024, 1024, 0, 1024, 256, 64, False, 2) is None
+        assert no_gain_reason(8192, 4096, 4096, 0, 4096, 1024, 256, True, 2) is None
+    if cpu_native.loaded():  # the C++ kernels: 1.14-1.33x eager at 16..1024 samples (bench/fixed_cost.py)
+        for L, rows in ((16, 1), (16, 8), (256, 8), (1024, 8)):
+            assert no_gain_reason(2 * L, L, L, 0, L, rows, rows, False, 1) is None, (L, rows)
+        # a spectrum cut never runs in C++: the Python fixed cost still decides
+        assert "no gain" in no_gain_reason(512, 256, 256, 0, 256, 8, 8, False, 2, bins=64)
 
 
 def test_tiny_site_stays_eager_unless_kernel_cpu():
     u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
-    with config.patch(cpu_no_gain_refusal=True):
+    with config.patch(cpu_no_gain_refusal=True, native_cpu=False):
         auto = Compiled(_hyena)
         torch.testing.assert_close(auto(u, k, D), _hyena(u, k, D))
         (site,) = auto.report.sites
@@ -243,6 +249,21 @@ def test_tiny_site_stays_eager_unless_kernel_cpu():
         off = Compiled(_hyena)
         off(u, k, D)
         assert off.report.sites[0].status == "rewritten"
+
+
+@pytest.mark.skipif(not cpu_native.loaded(), reason=f"native CPU kernels: {cpu_native.status()}")
+def test_tiny_site_is_rewritten_where_the_cpp_kernels_run_it():
+    """With the C++ kernels the operator beats eager at 16..1024 samples: kernel='auto' rewrites
+    the tiny site, and its calls run in C++."""
+    u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
+    with config.patch(cpu_no_gain_refusal=True):
+        auto = Compiled(_hyena)
+        with torch.no_grad():
+            torch.testing.assert_close(auto(u, k, D), _hyena(u, k, D), rtol=1e-5, atol=1e-5)
+            hits = cpu_native.stats()[1]
+            torch.testing.assert_close(auto(u, k, D), _hyena(u, k, D), rtol=1e-5, atol=1e-5)
+        assert auto.report.sites[0].status == "rewritten" and auto.op_calls() == 1
+        assert cpu_native.stats()[1] == hits + 1
 
 
 def _global_filter(weight):
