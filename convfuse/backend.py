@@ -131,12 +131,10 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
         window = math.prod(out[a] for a in m.axes)
         return nd_no_gain_reason(math.prod(out) // max(1, window) * math.prod(sizes))
     u_shape = example_value(m.u.signal).shape
-    out_shape = example_value(m.result).shape
     sizes = (spec.n, spec.L, spec.K, spec.start, spec.length)
-    if not all(isinstance(v, int) for v in (*sizes, *u_shape, *out_shape)):
+    rows = _static_rows(m, spec)
+    if not rows or not all(isinstance(v, int) for v in (*sizes, *u_shape)):
         return None  # symbolic sizes: decided per call, never refused
-    axis = spec.axis % len(out_shape)
-    rows = math.prod(d for i, d in enumerate(out_shape) if i != axis)
     k_node = m.k.signal or m.k.spectrum
     kernel_rows = rows  # a kernel summed from terms: at most one per output row
     if k_node is not None:
@@ -145,6 +143,16 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
             kernel_rows = math.prod(k_shape) // max(1, k_shape[spec.axis])
     ops = 2 * int(spec.skip) + int(spec.pre_gate) + int(spec.post_gate)
     return no_gain_reason(*sizes, rows, kernel_rows, spec.constant_kernel, ops)
+
+
+def _static_rows(m, spec) -> int:
+    """The output rows of a one-axis site (the product of its output's other dimensions), or 0
+    where a size is symbolic."""
+    out_shape = example_value(m.result).shape
+    if not all(isinstance(d, int) for d in out_shape) or not out_shape:
+        return 0
+    axis = spec.axis % len(out_shape)
+    return math.prod(d for i, d in enumerate(out_shape) if i != axis)
 
 
 def _kernel_description(name: str, m, spec, policy) -> str:
@@ -163,7 +171,7 @@ def _kernel_description(name: str, m, spec, policy) -> str:
         return name if name != "cpu" else "cpu (algorithm chosen per call)"
     # "cpu-direct", "cpu-fft", "cpu-overlap-save" ("cpu-fft(n=8192)" for a rounded size): the
     # other sizes are in the spec and shapes
-    return cpu_kernel_name(*sizes, bins=spectrum_bins(policy))
+    return cpu_kernel_name(*sizes, bins=spectrum_bins(policy), rows=_static_rows(m, spec))
 
 
 def log_site(record: SiteReport) -> None:

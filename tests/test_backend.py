@@ -94,7 +94,6 @@ def test_environment_sets_the_settings_at_import():
         import torch, convfuse
         from convfuse import config
         from convfuse.options import BackendOptions
-from convfuse.report import collecting
         s = BackendOptions.parse(None)
         print(s.kernel, config.triton_interpret, config.cpu_algo, config.cpu_cache_mb, config.nd_cpu,
               config.triton_warps, config.triton_fp32_dot)

@@ -47,20 +47,22 @@ def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None, rows: in
     return choose_plan(p.n, Lu, Lk, p.start, p.length, p.conj_kernel, p.total_scale, force, bins, rows)
 
 
-def _shape_plan(n: int, L: int, K: int, start: int, length: int, bins: int) -> Plan:
-    return choose_plan(n, L, K, start, length, False, 1.0, config.cpu_algo, bins)
+def _shape_plan(n: int, L: int, K: int, start: int, length: int, bins: int, rows: int = 0) -> Plan:
+    return choose_plan(n, L, K, start, length, False, 1.0, config.cpu_algo, bins, rows)
 
 
 def describe_cpu_algorithm(n: int, L: int, K: int, start: int, length: int, batch_rows: int, bins: int = 0) -> str:
     """The algorithm the CPU cost model picks for a (convolution) call of this shape, e.g.
     ``cpu-fft(n=2048)``, ``cpu-direct(K=16)`` or ``cpu-overlap-save(N=512, block=449, K=64)``."""
-    return f"{describe(_shape_plan(n, L, K, start, length, bins))} x {batch_rows} rows"
+    return f"{describe(_shape_plan(n, L, K, start, length, bins, batch_rows))} x {batch_rows} rows"
 
 
-def cpu_kernel_name(n: int, L: int, K: int, start: int, length: int, bins: int = 0) -> str:
+def cpu_kernel_name(n: int, L: int, K: int, start: int, length: int, bins: int = 0, rows: int = 0) -> str:
     """The report's short name of that algorithm: ``cpu-fft``, ``cpu-direct``,
-    ``cpu-overlap-save``, or ``cpu-fft(n=8192)`` when it transforms at another size than n."""
-    plan = _shape_plan(n, L, K, start, length, bins)
+    ``cpu-overlap-save``, or ``cpu-fft(n=8192)`` when it transforms at another size than n.
+    ``rows``: the call's rows where known (the choice counts each algorithm's fixed cost then, as
+    a call's own plan does)."""
+    plan = _shape_plan(n, L, K, start, length, bins, rows)
     name = describe(plan).split("(")[0]
     return f"{name}(n={plan.fft_n})" if plan.algo == "fft" and plan.fft_n != n else name
 
