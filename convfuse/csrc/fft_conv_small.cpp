@@ -109,10 +109,10 @@ bool make_key(const torch::jit::Stack& stack, std::vector<int64_t>& key) {
   key.push_back(bits(a[9].toDouble()));
   key.push_back(a[10].toBool());
   key.push_back(static_cast<int64_t>(a[11].toScalarType()));
+  // "auto" and "cpu" run the same CPU plan (ops._fft_conv_cpu_kernel's key leaves the kernel
+  // name out), so they share a key: a plan built by one serves the other
   const std::string& kernel = a[12].toStringRef();
-  if (kernel == "auto") key.push_back(0);
-  else if (kernel == "cpu") key.push_back(1);
-  else return false;
+  if (kernel != "auto" && kernel != "cpu") return false;
   key.push_back(a[13].toBool());
   return true;
 }

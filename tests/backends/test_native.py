@@ -149,6 +149,21 @@ def test_a_near_miss_is_never_served_from_a_plan_for_another_shape():
 
 
 @needs_native
+def test_auto_and_cpu_share_a_plan():
+    """The Python plan key leaves the kernel name out ("auto" and "cpu" run the same CPU plan):
+    a plan built by a direct "cpu" call must serve a compiled graph's "auto" calls in C++ too."""
+    u, k = torch.randn(2, 8, 16), torch.randn(8, 16)
+    with torch.no_grad():
+        want = _op(u, k, kernel="cpu")
+        hits = _hits()
+        for kernel in ("auto", "cpu", "auto"):
+            assert torch.equal(_op(u, k, kernel=kernel), want)
+        assert _hits() == hits + 3
+        _op(u, k, kernel="reference")  # another implementation: never the table's
+        assert _hits() == hits + 3
+
+
+@needs_native
 def test_calls_that_want_gradients_go_to_python():
     u, k, D = torch.randn(2, 8, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True), torch.randn(8, 1)
     p = ConvParams(32, 0, 16)
