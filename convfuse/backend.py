@@ -148,9 +148,10 @@ def _no_gain(m, spec, opts: BackendOptions, impl_name: str, policy) -> str | Non
 def _static_rows(m, spec) -> int:
     """The output rows of a one-axis site (the product of its output's other dimensions), or 0
     where a size is symbolic."""
-    out_shape = example_value(m.result).shape
-    if not all(isinstance(d, int) for d in out_shape) or not out_shape:
-        return 0
+    value = example_value(m.result)
+    out_shape = getattr(value, "shape", None)
+    if not out_shape or not all(isinstance(d, int) for d in out_shape):
+        return 0  # no example value (a node the rewrite made), a 0-d result or symbolic sizes
     axis = spec.axis % len(out_shape)
     return math.prod(d for i, d in enumerate(out_shape) if i != axis)
 

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -305,6 +306,9 @@ def run_report(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise RunFailure("convfuse.explain", exc) from exc
     ui.print_report(report, title=label, verbose=args.verbose)
+    native = _native_cpu_line(report, args.verbose)
+    if native:
+        ui.note(native)
     breaks = check = bench = None
     if report.graphs > 1:
         with ui.stage("finding graph breaks"):
@@ -324,6 +328,22 @@ def run_report(args: argparse.Namespace) -> int:
     if args.fail_on_skip and report.skipped:
         return EXIT_SKIPPED
     return EXIT_OK
+
+
+def _native_cpu_line(report, verbose: bool) -> str | None:
+    """Where a site runs on CPU and its small calls run in Python rather than from C++ (no
+    compiler, a failed build, native_cpu off: cpu_native.status() says which), a line saying so;
+    with --verbose, the line also when they run from C++."""
+    from convfuse.backends import cpu_native
+
+    if not any(s.rewritten and s.kernel.startswith("cpu") for s in report.sites):
+        return None
+    if cpu_native.loaded():
+        line = f"small CPU calls (16..1024 samples) run from C++: {cpu_native.status()}" if verbose else None
+    else:
+        line = (f"small CPU calls (16..1024 samples) run in Python, ~10-25 us slower each: native C++ "
+                f"kernels {cpu_native.status()}")
+    return textwrap.fill(line, width=78, break_long_words=True) if line else None
 
 
 def _measured(fn: Callable, *args: Any) -> Any:
@@ -354,8 +374,10 @@ def _listed_once(breaks: dict[str, Any]) -> dict[str, Any]:
 
 def _write_json(path: str, report, label: str, options: dict, dynamic, check, bench, breaks) -> None:
     data = json.loads(report.to_json())  # the one serializer; CLI-only results go under their own keys
+    from convfuse.backends import cpu_native
+
     data["cli"] = {"target": label, "kernel": options["kernel"], "policy": str(options["policy"]),
-                   "dynamic": bool(dynamic)}
+                   "dynamic": bool(dynamic), "native_cpu": cpu_native.status()}
     if breaks is not None:
         data["graph_breaks"] = breaks
     if check is not None:

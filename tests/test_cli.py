@@ -143,8 +143,9 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("CONVFUSE_KERNEL", None)
     env["COLUMNS"] = "80"
     return subprocess.run([sys.executable, "-m", "convfuse.cli", *args], cwd=cwd, env=env,
@@ -179,6 +180,11 @@ def test_table_json_and_fail_on_skip(model_file: Path, tmp_path: Path) -> None:
     assert data["sites"][0]["spec"]["n"] == 64 and data["sites"][1]["reason"]
     assert data["cli"]["target"] == "usermodel.py:mixed"
     assert "check" not in data and "bench" not in data
+    # where the small CPU calls run, in words (cpu_native.status(): "loaded (...)" or why not)
+    from convfuse.backends import cpu_native
+
+    assert data["cli"]["native_cpu"] == cpu_native.status()
+    assert ("small CPU calls" in text) != cpu_native.loaded()  # said where they run in Python
 
     # The one serializer: the JSON's report keys are exactly what the Python API writes.
     import convfuse
@@ -194,6 +200,15 @@ def test_table_json_and_fail_on_skip(model_file: Path, tmp_path: Path) -> None:
         sys.modules.pop("usermodel", None)
     assert {k: data[k] for k in api} == api
     assert set(data) - set(api) == {"cli"}
+
+
+def test_report_says_when_small_cpu_calls_run_in_python(model_file: Path, tmp_path: Path) -> None:
+    proc = run_cli("report", "usermodel.py:mixed", cwd=tmp_path, env={"CONVFUSE_NATIVE_CPU": "0"})
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # the note is wrapped at 78 columns
+    assert_plain(proc.stdout)
+    assert "small CPU calls (16..1024 samples) run in Python" in text
+    assert "off (CONVFUSE_NATIVE_CPU=0)" in text
 
 
 def test_check_bench_and_clean_exit(model_file: Path, tmp_path: Path) -> None:

@@ -145,7 +145,11 @@ def test_report_names_the_algorithm_that_runs_for_the_policy_kernel():
     partial = Compiled(hyena_fftconv, kernel="cpu", policy="partial:length=16")
     exact(u, k, D), partial(u, k, D)
     assert exact.report.sites[0].kernel == "cpu-fft"
-    assert partial.report.sites[0].kernel in ("cpu-direct", "cpu-overlap-save")
+    # 2 rows: conv1d's and overlap-save's fixed costs are not paid back, so the short kernel
+    # runs at the smaller FFT size its linear convolution allows (16 + 4096 - 1 <= n' < 8192)
+    name = partial.report.sites[0].kernel
+    assert name in ("cpu-direct", "cpu-overlap-save") or (
+        name.startswith("cpu-fft(n=") and 4111 <= int(name[len("cpu-fft(n="):-1]) < 8192), name
 
 
 def test_partial_kernel_gradient_is_zero_on_dropped_taps():
