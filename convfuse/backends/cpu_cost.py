@@ -210,9 +210,11 @@ def cache_pays(plan: Plan, kernel_rows: int) -> bool:
     preparing it again: its transform (one rfft per kernel row; overlap-save's of N samples; the
     direct algorithm's flip and copy count as nothing) against ``config.cpu_cache_min_us``.  A
     lookup finds the entry by storage and compares the kernel's bits with those it was computed
-    from (cpu_cache.lookup): measured ~25-35 us a call with (8, 16..256) kernels, 1 thread
-    (bench/cpu.py, "k const" against "k input" at L = 16..256, 2026-12-02), more than the
-    ~7 us their 8 transforms take."""
+    from (cpu_cache.lookup, ~30-40 us of numpy at 8-64 KiB), and a cached call runs in Python,
+    not in the C++ small-call kernels (cpu_native).  Measured 2026-12-03, 2 threads, cached
+    against transformed every call: (1, 8, 256) +102 us, (4, 32, 512) +222 us, (4, 32, 1024)
+    +189 us (predicted transform 7, 66, 144 us); (4, 64, 1024) -174 us, (4, 128, 1024) -1304 us
+    (predicted 288, 577 us): the default threshold, 200 us, lies between."""
     size = plan.fft_n if plan.algo == "fft" else plan.N if plan.algo == "ols" else 0
     seconds = kernel_rows * fft_cost(size) / 2 if size else 0.0
     return seconds * 1e6 >= config.cpu_cache_min_us

@@ -172,8 +172,8 @@ def test_straight_small_path_equals_the_general_one(case, monkeypatch):
 def test_the_cache_serves_only_kernels_dearer_than_a_lookup(monkeypatch):
     """At the default threshold a small constant kernel is transformed every call (a lookup that
     compares its bits costs more), a large one is cached; both give the reference's values."""
-    monkeypatch.setattr(config, "cpu_cache_min_us", 30.0)
-    for (H, L), cached in (((8, 16), False), ((8, 256), False), ((64, 2048), True)):
+    monkeypatch.setattr(config, "cpu_cache_min_us", config.Settings().cpu_cache_min_us)  # the default
+    for (H, L), cached in (((8, 16), False), ((8, 256), False), ((32, 512), False), ((64, 2048), True)):
         cpu_plan.clear()
         cpu_cache.clear()
         u, k = torch.randn(1, H, L, dtype=F64), torch.randn(H, L, dtype=F64)
