@@ -85,6 +85,7 @@ def _fft_conv_cpu_kernel(u, k, D, pre_gate, post_gate, n, start, length, scale, 
            None if post_gate is None else (post_gate.shape, post_gate.stride(), post_gate.dtype))
     call = cpu_plan.lookup(key)
     if call is None:
+        made_in = cpu_native.generation()  # before any setting is read for the plan
         p = ConvParams(n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel, spectrum_bins)
         p.validate()
         _check_inputs(u, k, D, pre_gate, post_gate, length)
@@ -94,7 +95,7 @@ def _fft_conv_cpu_kernel(u, k, D, pre_gate, post_gate, n, start, length, scale, 
         call = cpu_plan.store(key, CpuCall(u, k, D, pre_gate, post_gate, p))
         if call.native:
             cpu_native.add((u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
-                            kernel, constant_kernel, spectrum_bins), call)
+                            kernel, constant_kernel, spectrum_bins), call, made_in)
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return call(u, k, D, pre_gate, post_gate)

@@ -60,6 +60,19 @@ def _plain_cpu(args, tensor_positions: tuple[int, ...]) -> bool:
     return True
 
 
+def refuse_forward_mode(name: str) -> None:
+    """Raise where a torch.func forward-mode transform (jvp, jacfwd, hessian's outer jacfwd) is
+    active: redispatched below autograd the operator's result carries no tangent, which
+    torch.func reads as a zero tangent (a wrong answer, silently; torch's own custom_op does the
+    same).  The operators have no forward-mode formula."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    if any(i.key() == torch._C._functorch.TransformType.Jvp for i in stack):
+        raise NotImplementedError(
+            f"{name}: forward-mode AD (torch.func.jvp, jacfwd) is not supported: the operator has no "
+            "forward-mode formula, and torch.func would read its result as a zero tangent. Use reverse mode "
+            "(torch.autograd.grad, torch.func.vjp/jacrev), or leave the site to eager (convfuse.region / scope)")
+
+
 def register(op, backward: Optional[Callable], setup_context: Optional[Callable],
              cpu_kernel: Optional[Callable] = None, also_on: Optional[str] = None) -> None:
     """Install the thin Autograd kernel on ``op`` (a ``custom_op`` with no tensor-list argument or
@@ -104,6 +117,8 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
             return _Formula.apply(*args)
         if cpu_kernel is not None and _plain_cpu(args, tensor_positions):
             return cpu_kernel(*args)
+        if _functorch_active():
+            refuse_forward_mode(name)
         with torch._C._AutoDispatchBelowAutograd():
             return overload(*args)
 

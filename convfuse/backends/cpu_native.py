@@ -8,9 +8,10 @@ whose key (every argument, every operand's dtype, sizes and strides) is not in t
 the Python kernels, which then live on the twin operator ``convfuse::_fft_conv_python``.
 
 Building: once per (source, torch build, Python) with the system's C++ compiler (``$CXX``, else
-``c++``/``g++``), against torch's own headers and libraries, ~15 s; the shared library is kept
-under ``$XDG_CACHE_HOME/convfuse`` (``~/.cache/convfuse``).  No compiler, a failed build (kept as
-a ``.failed`` file beside it, with the compiler's message, so it is not retried on every import)
+``c++``/``g++``), against torch's own headers and libraries, ~15-25 s; the shared library is kept
+under ``$XDG_CACHE_HOME/convfuse`` (``~/.cache/convfuse``).  No compiler, a failed build (a
+compiler error is kept as a ``.failed`` file beside it, with the compiler's message, so it is
+not retried on every import; a timeout or a disk error is retried next time)
 or ``CONVFUSE_NATIVE_CPU=0``: the operator runs as before, all in Python, and ``status()`` says
 why.  Nothing here raises.
 """
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import torch
@@ -35,6 +37,12 @@ log = logging.getLogger("convfuse")
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "fft_conv_small.cpp"
 BUILD_TIMEOUT_S = 600
 _state = {"loaded": False, "reason": "not loaded yet"}
+# The C++ key holds no setting: a plan is valid only under the settings it was made under, so
+# every clear (any setting change: cpu_plan.clear) starts a new generation, and a plan made in an
+# older one is never added.  Reentrant: a setting changed by this thread inside add (a listener
+# runs clear) is seen by the check after the add.
+_lock = threading.RLock()
+_generation = [0]
 
 
 def status() -> str:
@@ -65,6 +73,11 @@ def _library_path(cxx: str) -> Path:
     return cache_dir() / f"fft_conv_small-{h.hexdigest()[:16]}.so"
 
 
+class CompileError(RuntimeError):
+    """The compiler ran and refused the source: the same again next time, so it is remembered
+    (``.failed``).  A timeout, a full disk or a missing directory is not: the next import retries."""
+
+
 def _build(cxx: str, target: Path) -> None:
     from torch.utils.cpp_extension import include_paths
 
@@ -79,7 +92,7 @@ def _build(cxx: str, target: Path) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if out.returncode:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{Path(cxx).name} exited {out.returncode}: {out.stderr.strip()[-1500:]}")
+        raise CompileError(f"{Path(cxx).name} exited {out.returncode}: {out.stderr.strip()[-1500:]}")
     os.replace(tmp, target)  # atomic: a concurrent build's result is as good as this one's
 
 
@@ -108,7 +121,7 @@ def load() -> bool:
         if not target.exists():
             try:
                 _build(cxx, target)
-            except Exception as exc:  # noqa: BLE001  a failed build leaves the Python path
+            except CompileError as exc:  # a failed build leaves the Python path, until removed
                 try:
                     failed.write_text(str(exc))
                 except OSError:
@@ -123,20 +136,36 @@ def load() -> bool:
         return False
 
 
-def add(args: tuple, call) -> None:
-    """Hand a straight call's plan (``CpuCall``) to the C++ table under this call's key.
-    ``args``: the call's 15 operator arguments, trailing defaults included."""
-    if not (_state["loaded"] and config.native_cpu):
+def generation() -> int:
+    """The current generation: read before a plan is made, handed back to ``add``."""
+    return _generation[0]
+
+
+def add(args: tuple, call, made_in: int) -> None:
+    """Hand a straight call's plan (``CpuCall``) to the C++ table under this call's key, unless a
+    setting changed since ``made_in`` (``generation()`` before the plan was made) or
+    ``native_cpu`` is off.  ``args``: the call's 15 operator arguments, trailing defaults included."""
+    if not _state["loaded"]:
         return
     plan = call.plan
-    torch.ops.convfuse._native_add(*args, plan.fft_n, plan.start, plan.length, float(plan.scale), bool(plan.conj),
-                                   call.dtype, call.out_dtype, list(call.shape))
+    with _lock:
+        if made_in != _generation[0] or not config.native_cpu:
+            return
+        torch.ops.convfuse._native_add(*args, plan.fft_n, plan.start, plan.length, float(plan.scale),
+                                       bool(plan.conj), call.dtype, call.out_dtype, list(call.shape))
+        if made_in != _generation[0] or not config.native_cpu:  # changed by this thread meanwhile
+            torch.ops.convfuse._native_clear()
 
 
-def clear() -> None:
-    """Forget every plan (called by cpu_plan.clear, which drops the Python plans they came from)."""
-    if _state["loaded"]:
-        torch.ops.convfuse._native_clear()
+def clear(new_generation: bool = True) -> None:
+    """Forget every plan and start a new generation (called by cpu_plan.clear, which drops the
+    Python plans they came from, on every setting change; ``new_generation=False``: cpu_plan's
+    table was full, the settings are unchanged)."""
+    with _lock:
+        if new_generation:
+            _generation[0] += 1
+        if _state["loaded"]:
+            torch.ops.convfuse._native_clear()
 
 
 def stats() -> tuple[int, int]:

@@ -10,7 +10,7 @@ whether a prepared spectrum may be reused.
 
 The key includes ``convfuse.config.cpu_algo`` (a forced algorithm), read per call as a module
 attribute (no environment lookup).  Plans are few (one per distinct call shape in a model);
-the table is bounded (``MAX_CALLS``, oldest dropped first).  Any setting change drops them all
+the table is bounded (``MAX_CALLS``: when full, it starts again empty).  Any setting change drops them all
 (``config.on_change``): a plan is made under the settings of its time, and the C++ kernels'
 copies (cpu_native) are handed over only when a plan is built, so they go and come back together.
 """
@@ -43,7 +43,13 @@ def lookup(key: Hashable):
 
 def store(key: Hashable, call):
     if len(_calls) >= MAX_CALLS:
-        _calls.pop(next(iter(_calls)), None)
+        # all at once, the C++ table's copies with them: a copy is handed over only when its
+        # plan is built, so a plan kept here after the C++ table dropped its copy would stay in
+        # Python for good.  The settings are unchanged: the same generation (cpu_native.add)
+        from convfuse.backends import cpu_native
+
+        _calls.clear()
+        cpu_native.clear(new_generation=False)
     _calls[key] = call
     stats["built"] += 1
     return call

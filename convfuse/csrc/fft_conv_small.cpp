@@ -47,7 +47,7 @@ namespace {
 
 constexpr size_t kArgs = 15;  // fft_conv's schema: u k D pre_gate post_gate n start length scale n_power
                               // conj_kernel out_dtype kernel constant_kernel spectrum_bins
-constexpr size_t kMaxPlans = 512;
+constexpr size_t kMaxPlans = 1024;  // a safety net: cpu_plan (512 plans) clears both tables first
 
 struct Plan {
   int64_t fft_n, start, length;

@@ -349,7 +349,8 @@ def test_a_compiled_graph_calls_fft_conv_never_the_twin():
 @pytest.mark.skipif(sys.platform != "linux", reason="the native kernels are built on Linux only")
 def test_off_and_a_failed_build_leave_the_python_path(tmp_path):
     """In a fresh process: CONVFUSE_NATIVE_CPU=0 builds nothing; then a compiler that fails
-    leaves a .failed marker, is not retried, and every call is still right."""
+    leaves a .failed marker and is not retried, a build that times out is retried, and every
+    call is still right."""
     script = f"""
 import torch, convfuse
 from convfuse import config
@@ -364,6 +365,15 @@ assert cpu_native.status().startswith("unavailable"), cpu_native.status()
 import pathlib
 assert list((pathlib.Path({str(tmp_path)!r}) / "convfuse").glob("*.failed"))
 assert not cpu_native.load() and "failed before" in cpu_native.status(), cpu_native.status()
+# a build that times out (a busy machine) is not remembered: the next load tries again
+slow = pathlib.Path({str(tmp_path)!r}) / "slow-cxx"
+slow.write_text("#!/bin/sh\\nsleep 5\\n")
+slow.chmod(0o755)
+config.toolchain = config.Toolchain(cxx=str(slow), cache_root={str(tmp_path)!r})
+cpu_native.BUILD_TIMEOUT_S = 0.3
+assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
+assert len(list((pathlib.Path({str(tmp_path)!r}) / "convfuse").glob("*.failed"))) == 1  # /bin/false's only
+assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
 u, k = torch.randn(2, 8, 16), torch.randn(8, 16)
 for _ in range(2):
     with torch.no_grad():
