@@ -73,6 +73,30 @@ def refuse_forward_mode(name: str) -> None:
             "(torch.autograd.grad, torch.func.vjp/jacrev), or leave the site to eager (convfuse.region / scope)")
 
 
+def guard_forward_mode(op) -> None:
+    """For an operator that keeps custom_op's own Autograd kernel (tensor-list arguments):
+    put in front of it the forward-mode refusal the thin kernel makes (``refuse_forward_mode``).
+    Built from torch's own ``make_autograd_impl``; where a torch lacks it the operator keeps
+    custom_op's kernel as it is."""
+    try:
+        from torch._library.autograd import make_autograd_impl
+
+        overload = getattr(torch.ops.convfuse, op._name.split("::")[-1]).default
+        inner = make_autograd_impl(overload, op)
+    except Exception:  # noqa: BLE001  an older or newer torch: nothing guarded, nothing broken
+        return
+    name = op._name
+
+    def kernel(keyset, *args, **kwargs):
+        if _functorch_active():
+            refuse_forward_mode(name)
+        return inner(keyset, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+        _LIBRARY.impl(name.split("::")[-1], kernel, "Autograd", with_keyset=True)
+
+
 def register(op, backward: Optional[Callable], setup_context: Optional[Callable],
              cpu_kernel: Optional[Callable] = None, also_on: Optional[str] = None) -> None:
     """Install the thin Autograd kernel on ``op`` (a ``custom_op`` with no tensor-list argument or

@@ -276,6 +276,9 @@ def _backward(ctx, grad):
 
 
 fft_spectral_mix.register_autograd(_backward, setup_context=_setup)
+from convfuse import ops_autograd  # noqa: E402  (torch only: no cycle)
+
+ops_autograd.guard_forward_mode(fft_spectral_mix)
 
 
 def _wgrad_setup(ctx, inputs, output):
@@ -306,3 +309,4 @@ def _wgrad_backward(ctx, grads):
 
 
 fft_spectral_mix_wgrad.register_autograd(_wgrad_backward, setup_context=_wgrad_setup)
+ops_autograd.guard_forward_mode(fft_spectral_mix_wgrad)

@@ -353,3 +353,17 @@ def test_small_calls_take_the_reference_on_one_thread(monkeypatch):
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="overlap"):
         OP(u, [ws[0], ws[0]], [0, 0, 1, 1], n, 0.5, 0.0, F64)
+
+
+def test_forward_mode_transforms_raise_instead_of_a_zero_tangent():
+    """torch.func.jvp through custom_op's own Autograd kernel read the operator's result as a
+    zero tangent (a wrong answer, silently): the operator has no forward-mode formula and says
+    so; reverse mode is unchanged."""
+    u, ws, lows, n = make("1d-dc-nyquist-even")
+    f = lambda x: torch.ops.convfuse.fft_spectral_mix(x, ws, lows, n, 1.0, 0.0, F64)  # noqa: E731
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(f, (u,), (torch.ones_like(u),))
+    x, xr = u.clone().requires_grad_(), u.clone().requires_grad_()
+    (g,) = torch.autograd.grad(f(x).sum(), x)
+    (want,) = torch.autograd.grad(neuraloperator_layer(xr, ws, lows, n).sum(), xr)
+    assert_close_rel(g, want, 1e-10)
