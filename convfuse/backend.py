@@ -13,7 +13,6 @@ import math
 import operator
 
 import torch
-
 from torch.fx import GraphModule
 
 from convfuse import config

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convfuse import ops_autograd  # torch only: no import cycle
+
 _log = __import__("logging").getLogger("convfuse")
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
@@ -276,8 +278,6 @@ def _backward(ctx, grad):
 
 
 fft_spectral_mix.register_autograd(_backward, setup_context=_setup)
-from convfuse import ops_autograd  # noqa: E402  (torch only: no cycle)
-
 ops_autograd.guard_forward_mode(fft_spectral_mix)
 
 

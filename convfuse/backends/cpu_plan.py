@@ -46,10 +46,7 @@ def store(key: Hashable, call):
         # all at once, the C++ table's copies with them: a copy is handed over only when its
         # plan is built, so a plan kept here after the C++ table dropped its copy would stay in
         # Python for good.  The settings are unchanged: the same generation (cpu_native.add)
-        from convfuse.backends import cpu_native
-
-        _calls.clear()
-        cpu_native.clear(new_generation=False)
+        _drop_all(new_generation=False)
     _calls[key] = call
     stats["built"] += 1
     return call
@@ -65,13 +62,17 @@ def call_for(key: Hashable, u, k, D, pre_gate, post_gate, p, force=None):
     return call
 
 
-def clear() -> None:
-    """Forget every plan, the C++ table's copies included (they are made from these)."""
+def _drop_all(new_generation: bool) -> None:
     from convfuse.backends import cpu_native
 
     _calls.clear()
+    cpu_native.clear(new_generation)
+
+
+def clear() -> None:
+    """Forget every plan, the C++ table's copies included (they are made from these)."""
+    _drop_all(new_generation=True)
     stats["built"] = 0
-    cpu_native.clear()
 
 
 def size() -> int:
