@@ -348,32 +348,14 @@ def test_a_compiled_graph_calls_fft_conv_never_the_twin():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the native kernels are built on Linux only")
 def test_off_and_a_failed_build_leave_the_python_path(tmp_path):
-    """In a fresh process: CONVFUSE_NATIVE_CPU=0 builds nothing; then a compiler that fails
-    leaves a .failed marker and is not retried, a build that times out is retried, and every
-    call is still right."""
-    script = f"""
+    """In a fresh process: CONVFUSE_NATIVE_CPU=0 at import builds and loads nothing, and every
+    call is right in Python."""
+    script = """
 import torch, convfuse
-from convfuse import config
 from convfuse.backends import cpu_native
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
-assert cpu_native.status().startswith("off"), cpu_native.status()
-config.native_cpu = True
-config.toolchain = config.Toolchain(cxx="/bin/false", cache_root={str(tmp_path)!r})
-assert not cpu_native.load()
-assert cpu_native.status().startswith("unavailable"), cpu_native.status()
-import pathlib
-assert list((pathlib.Path({str(tmp_path)!r}) / "convfuse").glob("*.failed"))
-assert not cpu_native.load() and "failed before" in cpu_native.status(), cpu_native.status()
-# a build that times out (a busy machine) is not remembered: the next load tries again
-slow = pathlib.Path({str(tmp_path)!r}) / "slow-cxx"
-slow.write_text("#!/bin/sh\\nsleep 5\\n")
-slow.chmod(0o755)
-config.toolchain = config.Toolchain(cxx=str(slow), cache_root={str(tmp_path)!r})
-cpu_native.BUILD_TIMEOUT_S = 0.3
-assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
-assert len(list((pathlib.Path({str(tmp_path)!r}) / "convfuse").glob("*.failed"))) == 1  # /bin/false's only
-assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
+assert cpu_native.status().startswith("off") and not cpu_native.loaded(), cpu_native.status()
 u, k = torch.randn(2, 8, 16), torch.randn(8, 16)
 for _ in range(2):
     with torch.no_grad():
@@ -385,3 +367,32 @@ print("ok")
     env = {**os.environ, "CONVFUSE_NATIVE_CPU": "0", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the native kernels are built on Linux only")
+def test_load_says_why_it_did_not_and_remembers_only_compiler_errors(tmp_path, monkeypatch):
+    """load() from a state that never loaded (this process's own library stays as it is): off,
+    no compiler, a compiler that fails (remembered in a .failed file under the cache root's
+    convfuse/, not retried), a build that times out (not remembered: retried)."""
+    monkeypatch.setattr(cpu_native, "_state", {"loaded": False, "reason": "not loaded yet"})
+    with config.patch(native_cpu=False):
+        assert not cpu_native.load() and cpu_native.status() == "off (CONVFUSE_NATIVE_CPU=0)"
+    monkeypatch.setattr(config, "toolchain", config.Toolchain(cxx=None, cache_root=str(tmp_path)))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no c++, g++ or clang++ to be found
+    assert not cpu_native.load() and cpu_native.status().startswith("no C++ compiler"), cpu_native.status()
+    monkeypatch.undo()  # PATH and the rest back; the fresh state again
+    monkeypatch.setattr(cpu_native, "_state", {"loaded": False, "reason": "not loaded yet"})
+    monkeypatch.setattr(config, "toolchain", config.Toolchain(cxx="/bin/false", cache_root=str(tmp_path)))
+    assert not cpu_native.load() and cpu_native.status().startswith("unavailable: CompileError"), cpu_native.status()
+    failed = list((tmp_path / "convfuse").glob("fft_conv_small-*.failed"))
+    assert len(failed) == 1 and "false exited 1" in failed[0].read_text()
+    assert not cpu_native.load() and "failed before" in cpu_native.status(), cpu_native.status()
+    slow = tmp_path / "slow-cxx"
+    slow.write_text("#!/bin/sh\nsleep 5\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(config, "toolchain", config.Toolchain(cxx=str(slow), cache_root=str(tmp_path)))
+    monkeypatch.setattr(cpu_native, "BUILD_TIMEOUT_S", 0.3)
+    for _ in range(2):  # retried each time: a timeout is not remembered
+        assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
+    assert len(list((tmp_path / "convfuse").glob("*.failed"))) == 1  # /bin/false's only
+    assert not cpu_native.loaded()

@@ -147,6 +147,9 @@ def test_after_the_table_overflows_surviving_python_plans_never_return_to_cpp():
     with torch.no_grad():
         for b in range(1, 514):  # 513 native shapes: the 513th add clears the C++ table
             _op(inputs[b], k)
+        before = _hits()
+        _op(inputs[513], k)  # the shape whose plan came in as the tables started again: in C++
+        assert _hits() == before + 1, "the plan stored as the table overflowed never reached C++"
         _op(inputs[2], k)  # a hot shape: its plan built again (both tables started again empty)
         before = _hits()
         _op(inputs[2], k)
