@@ -16,7 +16,9 @@ Op level, per shape (B, H, L), a causal Hyena-style convolution (n = 2L, skip te
 - floor:    the library rfft + irfft alone of every row, at size n (or the cheaper size convfuse
             runs, which computes the same: 8192 for 8190), on cache-resident blocks of rows, both
             cores, per round the faster of two ways to use them (per-thread blocks on the convfuse
-            pool, or one block at a time on torch's OpenMP threads; see make_floor).
+            pool, or one block at a time on torch's OpenMP threads), with the fastest library there
+            (torch.fft, MKL on kept descriptors, ducc0 where installed; the table names it; see
+            make_floor).
 "kernel as input": ``constant_kernel=False`` (a kernel computed in the graph), transformed in every
 call; "kernel constant": an unchanged buffer with ``constant_kernel=True``, its cached spectrum used
 after comparing the kernel with the copy it was computed from, every call (the sound default,
@@ -58,6 +60,9 @@ from convfuse.backends.cpu_exec import TILE_BYTES, run_tiles  # noqa: E402
 SHAPES = [(4, 256, 1024), (4, 256, 4096), (2, 256, 16384), (1, 64, 131072)]
 # Small calls, 16 to 1024 samples: where a call's fixed cost decides (issue 15); no peak memory.
 SMALL_SHAPES = [(1, 8, 16), (1, 8, 64), (1, 8, 256), (4, 32, 512), (4, 64, 1024)]
+# Between them and the goals' shapes: a few MiB of spectra, where one block of library calls and
+# cache-sized tiles trade places (issue 15: the tiled path was 0.68-0.81x eager here).
+MEDIUM_SHAPES = [(2, 64, 2048), (4, 32, 4096), (1, 64, 8192)]
 # Not among the goals' shapes: the length a language model trains on (inputs tokens[:, :-1]),
 # where Hyena's n = 2L = 8190 = 2*3^2*5*7*13 and convfuse transforms at 8192 instead.
 EXTRA_SHAPES = [(4, 256, 4095)]
@@ -83,44 +88,82 @@ def convfuse_op(u, k, D, constant=False):
 
 def make_floor(u):
     """rfft + irfft of every row on cache-resident blocks, at the cheaper of n = 2L and the size
-    convfuse runs (cpu_cost.fft_size: the same result, e.g. 8192 for 8190), both ways of using
-    both cores: ``pool`` (each convfuse pool thread transforming its own block, one intra-op
-    thread each) and ``caller`` (one block at a time on torch's own OpenMP threads).  A round's
-    floor is the faster of the two in that round (after another OpenMP op libgomp's workers
-    spin for ~10 ms and slow the pool; under load OpenMP suffers instead).
+    convfuse runs (cpu_cost.fft_size: the same result, e.g. 8192 for 8190), with the fastest
+    library at this size (``FLOOR_LIBRARIES``: torch.fft, which commits an MKL descriptor per
+    call; MKL on kept descriptors, convfuse's own transforms; ducc0 where it is installed), both
+    ways of using both cores: ``pool`` (each convfuse pool thread transforming its own block,
+    one intra-op thread each) and ``caller`` (one block at a time on torch's own OpenMP
+    threads).  A round's floor is the faster of the two in that round (after another OpenMP op
+    libgomp's workers spin for ~10 ms and slow the pool; under load OpenMP suffers instead).
 
-    The block size is the fastest of a few for each (MKL is several times slower on one row
-    of n = 262144 than on a batch of four), measured once here, so this is a floor.
+    The block size and library are the fastest of a few for each, measured once here, so this is
+    a floor: the ratio to it measures convfuse's overhead, not its choice of library.
     """
     rows, L = u.numel() // u.shape[-1], u.shape[-1]
     n = floor_size(L)
     tile = max(1, TILE_BYTES // ((n // 2 + 1) * 8))
-    fns = {}
+    fns, chosen = {}, {}
     for mode, sizes in (("pool", {tile, 1, 4, 16, 64}), ("caller", {2 * tile, 4, 16, 64, 256})):
         best = None
-        for block in sorted(b for b in sizes if b <= rows):
-            fn = _floor_with(rows, L, block, mode == "pool")
-            fn()
-            t = min(_rounds({"f": fn}, 2, min_run_time=0.05)["f"])
-            if best is None or t < best[0]:
-                best = (t, fn)
+        for lib in floor_libraries():
+            for block in sorted(b for b in sizes if b <= rows):
+                fn = _floor_with(rows, L, block, mode == "pool", lib)
+                fn()
+                t = min(_rounds({"f": fn}, 2, min_run_time=0.05)["f"])
+                if best is None or t < best[0]:
+                    best = (t, fn, lib)
         fns[f"floor_{mode}"] = best[1]
+        chosen[mode] = best[2]
+    FLOOR_CHOICES[(rows, L)] = chosen
     return fns
+
+
+FLOOR_CHOICES: dict = {}  # (rows, L) -> {mode: library}: the table says which library was the floor
+
+
+def floor_libraries() -> list[str]:
+    from convfuse.backends import cpu_algos
+
+    libs = ["torch.fft"] + (["kept MKL"] if cpu_algos.kept_descriptors() else [])
+    try:
+        import ducc0  # noqa: F401  (not a convfuse dependency: bench/fft_libs.py)
+
+        libs.append("ducc0")
+    except ImportError:
+        pass
+    return libs
 
 
 def floor_size(L):
     return fft_size(2 * L, L, L, 0, L, False)  # n = 2L unless a cheaper size computes the same
 
 
-def _floor_with(rows, L, block, pool):
+def _floor_with(rows, L, block, pool, lib="torch.fft"):
     n = floor_size(L)
-    blocks = [torch.randn(block, L) for _ in range(torch.get_num_threads() if pool else 1)]
+    threads = 1 if pool else torch.get_num_threads()
+    if lib == "ducc0":
+        import ducc0
+        import numpy as np
+
+        def transform(b):  # a pre-padded (block, n) array: ducc0 does not pad
+            spectrum = ducc0.fft.r2c(b, axes=(1,), nthreads=threads)
+            return ducc0.fft.c2r(spectrum, axes=(1,), lastsize=n, forward=False, inorm=2, nthreads=threads)
+
+        make_block = lambda: np.pad(np.random.randn(block, L).astype(np.float32), ((0, 0), (0, n - L)))  # noqa: E731
+    else:
+        from convfuse.backends.cpu_algos import irfft, rfft
+
+        fwd, inv = (rfft, irfft) if lib == "kept MKL" else (lambda x, m: torch.fft.rfft(x, n=m),
+                                                              lambda X, m: torch.fft.irfft(X, n=m))
+        transform = lambda b: inv(fwd(b, n), n)  # noqa: E731
+        make_block = lambda: torch.randn(block, L)  # noqa: E731
+    blocks = [make_block() for _ in range(torch.get_num_threads() if pool else 1)]
     count = -(-rows // block)
 
     def make_worker():
-        b = blocks.pop() if blocks else torch.randn(block, L)  # this thread's own block
+        b = blocks.pop() if blocks else make_block()  # this thread's own block
         blocks.insert(0, b)
-        return lambda unit: torch.fft.irfft(torch.fft.rfft(b, n=n), n=n)
+        return lambda unit: transform(b)
 
     return lambda: run_tiles([[i] for i in range(count)], make_worker, None if pool else 1)
 
@@ -267,6 +310,11 @@ def _interleaved(fns, repeats):
     return {name: statistics.median(t) for name, t in _rounds(fns, repeats, min_run_time=0.5).items()}
 
 
+def _libs(row) -> str:
+    chosen = row.get("floor_library") or {}
+    return f" ({', '.join(sorted(set(chosen.values())))})" if chosen else ""
+
+
 def write_outputs(rows, model, meta):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cpu.json").write_text(json.dumps({"meta": meta, "op": rows, "model": model}, indent=2))
@@ -285,7 +333,7 @@ def write_outputs(rows, model, meta):
         auto_c = f" / {t['compile'] / auto:.2f}x" if auto else ""
         lines.append(
             f"| {r['B']}, {r['H']}, {r['L']} | {r['algorithm']} | {t['eager']:.3f} | {t['compile']:.3f} "
-            f"| {t['convfuse_input']:.3f} | {t['convfuse_const']:.3f} | {auto_ms} | {t['floor']:.3f} "
+            f"| {t['convfuse_input']:.3f} | {t['convfuse_const']:.3f} | {auto_ms} | {t['floor']:.3f}{_libs(r)} "
             f"| {t['eager'] / t['convfuse_input']:.2f}x / {t['eager'] / t['convfuse_const']:.2f}x{auto_e} "
             f"| {t['compile'] / t['convfuse_input']:.2f}x{auto_c} "
             f"| {t['convfuse_input'] / t['floor']:.2f} / {t['convfuse_const'] / t['floor']:.2f} | {mem} |"
@@ -479,13 +527,14 @@ def main(argv=None):
     rows = []
     shapes = [] if args.no_small else list(SMALL_SHAPES)
     if not args.small_only:
-        shapes += SHAPES + ([] if args.no_extra else EXTRA_SHAPES)
+        shapes += MEDIUM_SHAPES + SHAPES + ([] if args.no_extra else EXTRA_SHAPES)
     for B, H, L in shapes:
         torch._dynamo.reset()
         compiled = torch.compile(fftconv, dynamic=False)
         auto = torch.compile(fftconv, backend="convfuse", dynamic=False)
         ms, best = time_shape(B, H, L, repeats, compiled, auto, args.min_run_time)
-        row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H)}
+        row = {"B": B, "H": H, "L": L, "ms": ms, "min_ms": best, "algorithm": describe_cpu_algorithm(2 * L, L, L, 0, L, B * H),
+               "floor_library": FLOOR_CHOICES.get((B * H, L))}
         if not args.no_memory and (B, H, L) not in SMALL_SHAPES:
             row["peak_mib"] = {v: peak_memory(B, H, L, v) for v in VARIANTS if v not in ("floor", "convfuse_frozen", "auto")}
         rows.append(row)

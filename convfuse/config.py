@@ -116,7 +116,7 @@ class Settings:
         "CONVFUSE_CPU_CACHE_MB", 256.0, _megabytes,
         "MiB of constant-kernel spectra the CPU path may cache", parse=float)
     cpu_cache_min_us: float = _setting(
-        "CONVFUSE_CPU_CACHE_MIN_US", 200.0, _microseconds,
+        "CONVFUSE_CPU_CACHE_MIN_US", 300.0, _microseconds,
         "a constant kernel's spectrum is cached only where the cost model predicts its transform takes at "
         "least this long (a cached call compares the kernel's bits and runs in Python, not the C++ small-call "
         "kernels: ~100-220 us more a call at 2K-32K kernel samples); 0: always",

@@ -26,7 +26,9 @@ from torch import Tensor
 from convfuse import config
 from convfuse.backends import cpu_cache, cpu_plan
 from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
-from convfuse.backends.cpu_algos import Plan, fft_tile, irfft_rows, linear_tile, lone_row_size, prepare, rfft_rows
+from convfuse.backends.cpu_algos import (
+    Plan, fft_tile, irfft, irfft_rows, linear_tile, lone_row_size, prepare, rfft, rfft_rows,
+)
 from convfuse.backends.cpu_cost import cache_pays, choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
     Layout, box_rows, empty_output, grid_view, largest_box, layout_from, layout_geometry, run_tiles, tiles,
@@ -36,7 +38,7 @@ from convfuse.spec import ConvParams
 
 # A call whose rows' complex spectra total at most this many bytes runs as one block of library
 # calls on the caller's threads (``CpuCall.fast``): tiles would be one tile anyway.
-FAST_BYTES = 2 * 2**20
+FAST_BYTES = 4 * 2**20
 
 
 def plan_for(p: ConvParams, Lu: int, Lk: int, force: str | None = None, rows: int = 0) -> Plan:
@@ -203,10 +205,10 @@ class CpuCall:
         ue = u.to(self.dtype) if self.cast_u else u
         if pre_gate is not None:
             ue = ue * pre_gate
-        U = torch.fft.rfft(ue, n=n)
+        U = rfft(ue, n)
         # prepare's result without its checks where nothing is folded in and nothing cached
-        K = torch.fft.rfft(k, n=n) if self.plain_kernel and not self.cache_kernel else self.kernel_spectrum(k)
-        y = torch.fft.irfft(U.mul_(K), n=n).narrow(-1, plan.start, plan.length)
+        K = rfft(k, n) if self.plain_kernel and not self.cache_kernel else self.kernel_spectrum(k)
+        y = irfft(U.mul_(K), n).narrow(-1, plan.start, plan.length)
         out = torch.empty(self.shape, dtype=self.out_dtype)
         epilogue_into(out, y, ue, D, post_gate)
         return out

@@ -30,8 +30,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convfuse import config
 from convfuse.backends.common import window
 from convfuse.spec import linear_segments
+
+
+# The library transforms.  torch.fft on CPU creates and commits an MKL descriptor on every call,
+# O(n) twiddles at ~20 ns a sample (1 thread): at n = 16384 a 1-row rfft + irfft took 743 us
+# where the transforms themselves take ~80 us, so every tile paid the commit again.  The C++
+# kernels (cpu_native, convfuse/csrc/mkl_fft.h) keep committed descriptors per thread and give
+# bitwise torch.fft's results (tests/backends/test_native.py); where they are not loaded, or
+# MKL's entry points are not exported, or config.native_cpu is off, torch.fft serves.
+# Measured, rfft + irfft, 1 thread, torch.fft -> kept descriptors: n = 512 1 row 36 -> 14 us,
+# 64 rows 72 -> 50; n = 4096 1 row 183 -> 23, 64 rows 976 -> 767; n = 16384 4 rows 931 -> 230,
+# 64 rows 5450 -> 4998 (2026-12-03).
+_kept: list = [None, None]  # (rfft, irfft) operators, set by cpu_native.load
+
+
+def use_kept_descriptors(rfft_op, irfft_op) -> None:
+    _kept[0], _kept[1] = rfft_op, irfft_op
+
+
+def kept_descriptors() -> bool:
+    """Whether the library transforms run on kept MKL descriptors now."""
+    return _kept[0] is not None and config.native_cpu
+
+
+def rfft(x: Tensor, n: int) -> Tensor:
+    """torch.fft.rfft(x, n=n) along the last axis."""
+    op = _kept[0]
+    return op(x, n) if op is not None and config.native_cpu else torch.fft.rfft(x, n=n)
+
+
+def irfft(X: Tensor, n: int) -> Tensor:
+    """torch.fft.irfft(X, n=n) along the last axis."""
+    op = _kept[1]
+    return op(X, n) if op is not None and config.native_cpu else torch.fft.irfft(X, n=n)
 
 
 # MKL (torch's CPU wheel) transforms one row of n = 16K..128K in about 1.8x the time it takes
@@ -43,8 +77,10 @@ PAIRED_LONE_ROW = (16384, 131072)
 
 
 def lone_row_size(n: int) -> bool:
-    """Whether a lone row of size n is transformed beside a zero row (PAIRED_LONE_ROW)."""
-    return PAIRED_LONE_ROW[0] <= n <= PAIRED_LONE_ROW[1]
+    """Whether a lone row of size n is transformed beside a zero row (PAIRED_LONE_ROW): only
+    through torch.fft, whose commit the pair amortises (kept descriptors transform a lone row
+    in a tenth of the time: 78 us at n = 16384)."""
+    return PAIRED_LONE_ROW[0] <= n <= PAIRED_LONE_ROW[1] and not kept_descriptors()
 
 
 def _lone_row(t: Tensor, n: int) -> bool:
@@ -54,20 +90,20 @@ def _lone_row(t: Tensor, n: int) -> bool:
 def rfft_rows(x: Tensor, n: int) -> Tensor:
     """torch.fft.rfft(x, n=n) along the last axis (padded or truncated to n)."""
     if not _lone_row(x, n):
-        return torch.fft.rfft(x, n=n)
+        return rfft(x, n)
     width = min(n, x.shape[-1])
     pair = x.new_zeros(2, n)
     pair[0, :width] = x.reshape(-1)[:width]
-    return torch.fft.rfft(pair)[:1].view(*x.shape[:-1], n // 2 + 1)
+    return rfft(pair, n)[:1].view(*x.shape[:-1], n // 2 + 1)
 
 
 def irfft_rows(X: Tensor, n: int) -> Tensor:
     """torch.fft.irfft(X, n=n) along the last axis of a full one-sided spectrum (n // 2 + 1 bins)."""
     if not _lone_row(X, n) or X.shape[-1] != n // 2 + 1:
-        return torch.fft.irfft(X, n=n)
+        return irfft(X, n)
     pair = X.new_zeros(2, n // 2 + 1)
     pair[0] = X.reshape(-1)
-    return torch.fft.irfft(pair, n=n)[:1].view(*X.shape[:-1], n)
+    return irfft(pair, n)[:1].view(*X.shape[:-1], n)
 
 
 @dataclass(frozen=True)
@@ -120,7 +156,7 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
     if plan.algo == "direct":
         return w.unsqueeze(1)  # (h, 1, K): conv1d depthwise weight
     # z = x (correlated with) w: per block, irfft(rfft(frame) * conj(rfft(w)))
-    return torch.fft.rfft(w, n=plan.N).conj_physical_()
+    return rfft(w, plan.N).conj_physical_()
 
 
 def fft_tile(plan: Plan, padded: Tensor, prep: Tensor, spectrum: Tensor | None = None) -> Tensor:
@@ -129,7 +165,7 @@ def fft_tile(plan: Plan, padded: Tensor, prep: Tensor, spectrum: Tensor | None =
     ``spectrum``: with a sparse kernel (plan.bins), the caller's (O, Hh, fft_n // 2 + 1) buffer
     whose bins from plan.bins on are zero and stay so: the product of the kept bins is written
     into its head and it is inverted as is."""
-    U = torch.fft.rfft(padded)
+    U = rfft(padded, padded.shape[-1])
     if plan.bins:
         # A short spectrum handed to irfft is zero-padded to n // 2 + 1 in a fresh tensor on
         # every call, which made the sparse path slower than the dense one (bench/cpu.py,
@@ -142,7 +178,7 @@ def fft_tile(plan: Plan, padded: Tensor, prep: Tensor, spectrum: Tensor | None =
         U = spectrum
     else:
         U.mul_(prep)
-    c = torch.fft.irfft(U, n=plan.fft_n)
+    c = irfft(U, plan.fft_n)
     return window(c, plan.start, plan.length)
 
 
@@ -176,9 +212,9 @@ def _lin_segment(plan: Plan, x: Tensor, prep: Tensor, a: int, b: int) -> Tensor:
         z = F.conv1d(xs, prep, groups=Hh) if O else xs.new_zeros(0, Hh, count)
     else:
         frames = xs.unfold(-1, plan.N, plan.block)  # (O, Hh, blocks, N), overlapping view
-        Z = torch.fft.rfft(frames, n=plan.N)
+        Z = rfft(frames, plan.N)
         Z.mul_(prep.unsqueeze(-2))
-        z = torch.fft.irfft(Z, n=plan.N)[..., : plan.block]
+        z = irfft(Z, plan.N)[..., : plan.block]
         z = z.reshape(*z.shape[:-2], -1)[..., :count]
     if lo == a and hi == b:
         return z

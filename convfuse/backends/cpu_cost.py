@@ -1,8 +1,18 @@
 """The measured cost model that picks the CPU algorithm per shape.
 
-Predicted time per row (seconds), from measurements on the 2-core AMD EPYC (1 MiB
-L2/core, AVX2, MKL FFT) this project runs on, both cores, cache-resident tiles
-(``python bench/cpu.py --calibrate`` reprints the measurements):
+Predicted time per row (seconds), from measurements on the 2-core machine this project runs
+on, both cores, cache-resident tiles (``python bench/cpu.py --calibrate`` reprints the
+measurements).  Recalibrated 2026-12-03 on the machine as it is now (Intel Xeon, 2 MiB L2 a
+core, 105 MiB L3) with the transforms on kept MKL descriptors (cpu_algos.rfft), us per row,
+512 rows, causal n = 2L:
+  L=1024:  K=4 fft 8.9 direct 5.7 ols 5.7 | K=16 fft 3.5 direct 5.1 ols 4.6 | K=64 fft 2.7 direct 4.6 ols 4.6
+  L=16384: K=16 fft 68 direct 160 ols 79 | K=64 fft 65 direct 271 ols 86 | K=256 fft 69 direct 1075 ols 86
+           K=1024 fft 81 ols 112 | K=2048 fft 70 ols 124 | K=4096 fft 96 ols 145
+  i.e. fft ~0.28 ns per n log2 n, direct ~5 ns a sample + ~0.2 ns a multiply-add at long rows,
+  overlap-save ~1.8x the FFT's cost per N log2 N at small blocks (K = 16-64 at L = 16384; larger
+  blocks come nearer the FFT's): fft wins at nearly every shape now.
+The measurements the constants had before (AMD EPYC, 1 MiB L2/core, torch.fft committing a
+descriptor per call), kept for the crossovers they explain:
 
   fft     fft_unit(n)                                   one FFT pair per row
   ols     blocks * (A_OLS/A_FFT * fft_unit(N) + C_BLOCK)  blocks = ceil(out / (N - K + 1))
@@ -48,16 +58,16 @@ from convfuse import config
 from convfuse.backends.cpu_algos import Plan
 from convfuse.spec import is_linear
 
-A_FFT = 0.40e-9  # s per n*log2(n): rfft + multiply + irfft + epilogue, per row
+A_FFT = 0.28e-9  # s per n*log2(n): rfft + multiply + irfft + epilogue, per row
 LARGE_FFT = 65536  # above this n a row's complex spectrum (>256 KiB) and buffers leave L2
 LARGE_FFT_PENALTY = 1.6
-A_OLS = 0.46e-9  # s per N*log2(N) per block
-C_BLOCK = 10e-9  # s per overlap-save block (frame copy, irfft slice)
+A_OLS = 0.50e-9  # s per N*log2(N) per block
+C_BLOCK = 30e-9  # s per overlap-save block (frame copy, irfft slice)
 MIN_OLS_N = 64
 SMOOTH_PENALTY = 1.2  # 7-smooth, not a power of two: per n log2 n, against a power of two
 ROUGH_PENALTY = 1.8  # a prime factor above 7: at least this (measured 1.8x-8.6x)
-C_DIRECT = 3.0e-9  # s per output sample
-A_DIRECT = 0.027e-9  # s per multiply-add
+C_DIRECT = 5.0e-9  # s per output sample
+A_DIRECT = 0.2e-9  # s per multiply-add
 
 POOL_MIN_SECONDS = 0.02  # see use_pool
 
@@ -214,7 +224,13 @@ def cache_pays(plan: Plan, kernel_rows: int) -> bool:
     not in the C++ small-call kernels (cpu_native).  Measured 2026-12-03, 2 threads, cached
     against transformed every call: (1, 8, 256) +102 us, (4, 32, 512) +222 us, (4, 32, 1024)
     +189 us (predicted transform 7, 66, 144 us); (4, 64, 1024) -174 us, (4, 128, 1024) -1304 us
-    (predicted 288, 577 us): the default threshold, 200 us, lies between."""
+    (predicted 288, 577 us).  Recalibrated with kept descriptors (the transforms cheaper, the
+    constants lower), 2026-12-03, cached against not, interleaved with eager, medians of 31:
+    (4, 64, 1024) 2.86 / 1.36 ms and (4, 32, 2048) 1.81 / 1.48 (predicted 202, 220 us);
+    (4, 128, 1024) 4.25 / 5.40 (404 us), (2, 64, 2048) 2.27 / 1.69 (440 us), (4, 32, 4096)
+    5.01 / 4.64 (477 us), (1, 64, 8192) 5.40 / 6.06 (2055 us): the default threshold, 300 us,
+    keeps the Hyena/S4D shape (4, 64, 1024) in the C++ kernels; between 400 and 500 us the
+    prediction does not separate gains from losses (rows matter as much)."""
     size = plan.fft_n if plan.algo == "fft" else plan.N if plan.algo == "ols" else 0
     seconds = kernel_rows * fft_cost(size) / 2 if size else 0.0
     return seconds * 1e6 >= config.cpu_cache_min_us
@@ -245,6 +261,12 @@ NATIVE_OP_FIXED_SECONDS = 18e-6
 EAGER_CALL_SECONDS = 4e-6  # one eager torch call at small sizes
 ALGO_FIXED_SECONDS = {"fft": 0.0, "direct": 120e-6, "ols": 30e-6}  # conv1d's oneDNN setup: ~130 us a call
 EAGER_ROW_FACTOR = 1.15  # eager's unfused passes (scale, product, slice, skip term) per row, vs a tile's
+# torch.fft commits a new MKL descriptor per call: O(n) twiddles, ~20 ns a sample on one thread
+# whatever the rows (rfft at 1 row / 64 rows, 2026-12-03: n = 2048 41 / 112 us, 16384 341 / 2434 us,
+# 65536 1338 / 9578 us).  Eager's program pays it three times (rfft u, rfft k, irfft); convfuse
+# keeps committed descriptors (cpu_algos.kept_descriptors) and pays it only where they are not
+# available, then per library call as eager does.
+COMMIT_SECONDS_PER_SAMPLE = 18e-9
 
 
 def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,
@@ -253,11 +275,16 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     ``rows`` output rows, ``kernel_rows`` distinct kernel rows (transformed every call by eager,
     and by convfuse unless ``constant``), ``epilogue_ops`` eager calls around the transforms
     (skip term, gates, casts, scales)."""
+    from convfuse.backends.cpu_algos import kept_descriptors
+
     plan = choose_plan(n, L, K, start, length, False, 1.0, None, bins, rows)
     kernel_eager = kernel_rows * fft_cost(n) / 2  # one forward transform per kernel row
-    eager = (6 + epilogue_ops) * EAGER_CALL_SECONDS + EAGER_ROW_FACTOR * rows * fft_cost(n) + kernel_eager
+    eager = ((6 + epilogue_ops) * EAGER_CALL_SECONDS + EAGER_ROW_FACTOR * rows * fft_cost(n) + kernel_eager
+             + 3 * COMMIT_SECONDS_PER_SAMPLE * n)
     kernel_cf = 0.0 if constant else kernel_rows * (fft_cost(plan.fft_n) / 2 if plan.algo == "fft" else 0.0)
     fixed = NATIVE_OP_FIXED_SECONDS if runs_native(plan, rows) else OP_FIXED_SECONDS
+    if not kept_descriptors() and plan.algo != "direct":
+        fixed += 3 * COMMIT_SECONDS_PER_SAMPLE * (plan.fft_n if plan.algo == "fft" else plan.N)
     convfuse = fixed + ALGO_FIXED_SECONDS[plan.algo] + rows * row_seconds(plan) + kernel_cf
     return eager, convfuse
 

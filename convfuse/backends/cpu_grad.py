@@ -30,6 +30,7 @@ from torch import Tensor
 
 from convfuse.backends.common import output_shape, window
 from convfuse.backends.cpu import FAST_BYTES, plan_for, prepared_kernel_rows, prologue_into
+from convfuse.backends.cpu_algos import irfft, rfft
 from convfuse.backends.cpu_cost import use_pool
 from convfuse.backends.cpu_exec import (
     box_rows, empty_output, grid_view, largest_box, make_layout, run_tiles, tiles,
@@ -84,18 +85,18 @@ def fft_conv_grad_cpu(
         # the whole call at once, the library transforms padding the signals themselves; no row
         # buffers, tiles or threads (as the forward's CpuCall._fast).
         prepared = kernel_rows.for_unit([(0, lay.Ko, 0, lay.Hk)])(0, lay.Hk) if kernel_rows is not None else None
-        G = torch.fft.rfft(g3, n=n)[..., :bins]  # (Ko, Hk, bins)
+        G = rfft(g3, n)[..., :bins]  # (Ko, Hk, bins)
         if need_k or need_h:
-            UE = torch.fft.rfft(ue3[..., :du_len], n=n)[..., :bins]
+            UE = rfft(ue3[..., :du_len], n)[..., :bins]
         if need_h:
-            h3.copy_(window(torch.fft.irfft(UE * prepared, n=n), p.start, p.length))
+            h3.copy_(window(irfft(UE * prepared, n), p.start, p.length))
         if need_k:
             S = UE.conj_physical_().mul_(G).sum(0)  # G * conj(UE) summed over the rows sharing k
             if p.conj_kernel:
                 S = S.conj_physical_()
-            dk[:, :dk_len] = window(torch.fft.irfft(S.mul_(s), n=n), dk_start, dk_len)
+            dk[:, :dk_len] = window(irfft(S.mul_(s), n), dk_start, dk_len)
         if need_u:
-            du3[..., :du_len] = window(torch.fft.irfft(G.mul_(prepared.conj()), n=n), back, du_len)
+            du3[..., :du_len] = window(irfft(G.mul_(prepared.conj()), n), back, du_len)
         return du, (dk.view(k.shape) if dk is not None else None), h
     units = tiles(lay, plan.row_bytes(dtype) * (2 if need_k or need_h else 1),  # G and UE live together
                   kernel_rows is not None and kernel_rows.cached is None, shared=not pool)
@@ -112,23 +113,23 @@ def fft_conv_grad_cpu(
             for o0, o1, h0, h1 in unit:
                 g_rows = box_rows(g_buf, o0, o1, h0, h1)
                 prologue_into(g_rows[..., :Lg], g3[o0:o1, h0:h1], None)
-                G = torch.fft.rfft(g_rows)[..., :bins]  # (O, Hh, bins)
+                G = rfft(g_rows, n)[..., :bins]  # (O, Hh, bins)
                 if need_k or need_h:
                     ue_rows = box_rows(ue_buf, o0, o1, h0, h1)
                     prologue_into(ue_rows[..., :du_len], ue3[o0:o1, h0:h1], None)
-                    UE = torch.fft.rfft(ue_rows)[..., :bins]
+                    UE = rfft(ue_rows, n)[..., :bins]
                 if need_h:
-                    c = torch.fft.irfft(UE * prepared(h0, h1), n=n)
+                    c = irfft(UE * prepared(h0, h1), n)
                     h3[o0:o1, h0:h1] = window(c, p.start, p.length)
                 if need_k:
                     S = UE.conj_physical_().mul_(G).sum(0)  # (Hh, bins): G * conj(UE), summed over rows sharing k
                     if p.conj_kernel:
                         S = S.conj_physical_()  # conj(G) * UE
-                    d = window(torch.fft.irfft(S.mul_(s), n=n), dk_start, dk_len)
+                    d = window(irfft(S.mul_(s), n), dk_start, dk_len)
                     with dk_lock:
                         dk[h0:h1, :dk_len] += d
                 if need_u:
-                    c = torch.fft.irfft(G.mul_(prepared(h0, h1).conj()), n=n)
+                    c = irfft(G.mul_(prepared(h0, h1).conj()), n)
                     du3[o0:o1, h0:h1, :du_len] = window(c, back, du_len)
 
         return work

@@ -67,7 +67,8 @@ def _compiler() -> str | None:
 
 def _library_path(cxx: str) -> Path:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), str(torch.version.git_version).encode(),
+    for part in (*(f.read_bytes() for f in sorted(SOURCE.parent.iterdir()) if f.suffix in (".cpp", ".h")),
+                 torch.__version__.encode(), str(torch.version.git_version).encode(),
                  sys.version.encode(), sysconfig.get_platform().encode(), cxx.encode()):
         h.update(part)
     return cache_dir() / f"fft_conv_small-{h.hexdigest()[:16]}.so"
@@ -128,6 +129,10 @@ def load() -> bool:
                     pass
                 raise
         torch.ops.load_library(str(target))
+        if torch.ops.convfuse._mkl_descriptors():  # MKL's DFTI exported by libtorch_cpu (x86 wheels)
+            from convfuse.backends import cpu_algos
+
+            cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default)
         _state.update(loaded=True, reason=f"loaded ({target})")  # cpu_plan.clear() clears it on setting changes
         return True
     except Exception as exc:  # noqa: BLE001  the Python kernels serve every call instead

@@ -36,6 +36,8 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
+#include "mkl_fft.h"
+
 #include <atomic>
 #include <cstring>
 #include <mutex>
@@ -132,11 +134,11 @@ at::Tensor small(const Plan& p, const at::Tensor& u, const at::Tensor& k, const 
                  const c10::optional<at::Tensor>& pre_gate, const c10::optional<at::Tensor>& post_gate) {
   at::Tensor ue = u.scalar_type() != p.dtype ? u.to(p.dtype) : u;
   if (pre_gate) ue = at::mul(ue, *pre_gate);
-  at::Tensor U = at::fft_rfft(ue, p.fft_n);
-  at::Tensor K = at::fft_rfft(k.scalar_type() != p.dtype ? k.to(p.dtype) : k, p.fft_n);
+  at::Tensor U = convfuse_mkl::rfft(ue, p.fft_n);
+  at::Tensor K = convfuse_mkl::rfft(k.scalar_type() != p.dtype ? k.to(p.dtype) : k, p.fft_n);
   if (p.kconj) K.conj_physical_();
   if (p.kscale != 1.0) K.mul_(p.kscale);
-  at::Tensor y = at::fft_irfft(U.mul_(K), p.fft_n).narrow(-1, p.start, p.length);
+  at::Tensor y = convfuse_mkl::irfft(U.mul_(K), p.fft_n).narrow(-1, p.start, p.length);
   at::Tensor out = at::empty(p.out_shape, at::TensorOptions().dtype(p.out_dtype));
   if (!D && !post_gate) {
     out.copy_(y);
@@ -182,26 +184,53 @@ c10::DispatchKeySet plain_keys() {
   return keys;
 }
 
-// ops_autograd._plain_cpu, and no gradient wanted, no autocast: the call's value is all
-// that matters, so small() may compute it.
-bool value_only(const torch::jit::Stack& stack) {
+// No transform, mode or tracer is active on this thread: a kernel here sees values only.
+bool no_modes() {
   if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return false;
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Tracer)) return false;
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) return false;
-  if (at::autocast::is_autocast_enabled(at::kCPU)) return false;
+  return true;
+}
+
+// A plain dense CPU tensor of which only the value matters: no gradient wanted from it
+// (``grad``: grad mode is on), no forward-AD tangent.
+bool plain_value(const at::Tensor& t, bool grad) {
+  static const c10::DispatchKeySet plain = plain_keys();
+  if (!t.defined() || !t.device().is_cpu() || t.layout() != c10::kStrided) return false;
+  if ((t.key_set() | plain) != plain) return false;  // a subset (operator- keeps backend bits)
+  if (grad && t.requires_grad()) return false;
+  return !t._fw_grad(0).defined();  // forward AD: the differentiable path computes the tangent
+}
+
+// ops_autograd._plain_cpu, and no gradient wanted, no autocast: the call's value is all
+// that matters, so small() may compute it.
+bool value_only(const torch::jit::Stack& stack) {
+  if (!no_modes() || at::autocast::is_autocast_enabled(at::kCPU)) return false;
   const bool grad = c10::GradMode::is_enabled();
-  const c10::DispatchKeySet plain = plain_keys();
   const c10::IValue* a = stack.data() + (stack.size() - kArgs);
   for (size_t i = 0; i < 5; ++i) {
     if (a[i].isNone()) continue;
-    if (!a[i].isTensor()) return false;
-    const at::Tensor& t = a[i].toTensor();
-    if (!t.defined() || !t.device().is_cpu() || t.layout() != c10::kStrided) return false;
-    if ((t.key_set() | plain) != plain) return false;  // a subset (operator- keeps backend bits)
-    if (grad && t.requires_grad()) return false;
-    if (t._fw_grad(0).defined()) return false;  // forward AD: Python's kernel decides
+    if (!a[i].isTensor() || !plain_value(a[i].toTensor(), grad)) return false;
   }
   return true;
+}
+
+// _rfft / _irfft: kept descriptors for a plain value, else torch.fft's own (differentiable,
+// traceable) op.  CompositeImplicitAutograd, so the choice is made above autograd.
+at::Tensor rfft_op(const at::Tensor& x, int64_t n) {
+  if (no_modes() && plain_value(x, c10::GradMode::is_enabled())) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return convfuse_mkl::rfft(x, n);
+  }
+  return at::fft_rfft(x, n);
+}
+
+at::Tensor irfft_op(const at::Tensor& X, int64_t n) {
+  if (no_modes() && plain_value(X, c10::GradMode::is_enabled())) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return convfuse_mkl::irfft(X, n);
+  }
+  return at::fft_irfft(X, n);
 }
 
 void autograd_cpu(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
@@ -261,6 +290,10 @@ TORCH_LIBRARY_FRAGMENT(convfuse, m) {
         torch::CppFunction::makeFromBoxedFunction<&add>());
   m.def("_native_clear() -> ()", torch::CppFunction::makeFromBoxedFunction<&clear>());
   m.def("_native_stats() -> int[]", torch::CppFunction::makeFromBoxedFunction<&stats>());
+  // torch.fft.rfft / irfft along the last axis with MKL descriptors kept per thread (mkl_fft.h)
+  m.def("_rfft(Tensor x, int n) -> Tensor", &rfft_op);
+  m.def("_irfft(Tensor X, int n) -> Tensor", &irfft_op);
+  m.def("_mkl_descriptors() -> bool", +[]() { return convfuse_mkl::available(); });
 }
 
 TORCH_LIBRARY_IMPL(convfuse, AutogradCPU, m) {
