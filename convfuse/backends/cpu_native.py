@@ -129,11 +129,13 @@ def load() -> bool:
                     pass
                 raise
         torch.ops.load_library(str(target))
+        transforms = "library transforms through torch.fft (libtorch_cpu exports no MKL DFTI)"
         if torch.ops.convfuse._mkl_descriptors():  # MKL's DFTI exported by libtorch_cpu (x86 wheels)
             from convfuse.backends import cpu_algos
 
             cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default)
-        _state.update(loaded=True, reason=f"loaded ({target})")  # cpu_plan.clear() clears it on setting changes
+            transforms = "library transforms on kept MKL descriptors"
+        _state.update(loaded=True, reason=f"loaded ({target}); {transforms}")  # cpu_plan.clear() clears it on setting changes
         return True
     except Exception as exc:  # noqa: BLE001  the Python kernels serve every call instead
         _state["reason"] = f"unavailable: {type(exc).__name__}: {str(exc)[:500]}"
