@@ -306,14 +306,23 @@ def runs_native(plan: Plan, rows: int) -> bool:
 # three library calls, so below about a million samples the operator's copies and fixed cost are
 # not recovered: the conservative line.
 MIN_ND_SAMPLES = 1 << 20
+# With kept multi-axis descriptors (cpu_nd.kept_descriptors: the whole-period calls in C++),
+# compiled GFNet filters, 2 threads, 2026-12-03 (/tmp probe, medians of 11 interleaved rounds of
+# 20 calls): (8, 14, 14, 384) (602K samples) 1.04x eager / 1.11x Inductor, (8, 56, 56, 256)
+# 1.79x / 1.79x; but (4, 32, 32, 64) (262K) 0.74-0.77x / 0.86x and (1, 14, 14, 384) 0.73x:
+# eager's 2-thread MKL wins there.  On 1 thread the kept call wins from 75K samples (1.10-1.88x).
+MIN_ND_SAMPLES_KEPT = 1 << 19
 
 
 def nd_no_gain_reason(samples: int) -> str | None:
     """Why a multi-axis (fft_convnd) site stays eager code on CPU at ``samples`` transformed
     samples per call (rows x the product of the FFT sizes), or None."""
-    if samples >= MIN_ND_SAMPLES:
+    from convfuse.backends import cpu_nd
+
+    least = MIN_ND_SAMPLES_KEPT if cpu_nd.kept_descriptors() else MIN_ND_SAMPLES
+    if samples >= least:
         return None
-    return (f"no gain at this size: {samples} transformed samples per call, below the {MIN_ND_SAMPLES} from which "
+    return (f"no gain at this size: {samples} transformed samples per call, below the {least} from which "
             "the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn (bench/nd.py); kernel='cpu' rewrites "
             "it anyway")
 

@@ -135,6 +135,11 @@ def load() -> bool:
 
             cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default)
             transforms = "library transforms on kept MKL descriptors"
+        if torch.ops.convfuse._mkl_md_descriptors():  # and its multi-axis ones: fft_convnd's whole periods
+            from convfuse.backends import cpu_nd
+
+            cpu_nd.use_kept_descriptors(torch.ops.convfuse._convnd_kept_out.default)
+            transforms += ", multi-axis ones too"
         _state.update(loaded=True, reason=f"loaded ({target}); {transforms}")  # cpu_plan.clear() clears it on setting changes
         return True
     except Exception as exc:  # noqa: BLE001  the Python kernels serve every call instead

@@ -36,6 +36,7 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
+#include "mkl_convnd.h"
 #include "mkl_fft.h"
 
 #include <atomic>
@@ -233,6 +234,19 @@ at::Tensor irfft_op(const at::Tensor& X, int64_t n) {
   return at::fft_irfft(X, n);
 }
 
+// _convnd_kept_out: fft_convnd's value into out on kept multi-axis descriptors (mkl_convnd.h)
+// for plain values, through torch's own ops otherwise.  cpu_nd.py calls it on its own
+// operands only (never traced, never differentiated: the operator's autograd sits above).
+void convnd_kept_op(const at::Tensor& u, const at::Tensor& K, at::IntArrayRef n, double total, bool conj,
+                    at::Tensor out) {
+  at::AutoDispatchBelowADInplaceOrView below;
+  if (no_modes() && plain_value(u, true) && plain_value(K, true) && plain_value(out, true)) {
+    convfuse_mkl::convnd_kept(u, K, n, total, conj, out);
+  } else {
+    out.copy_(convfuse_mkl::convnd_composite(u, K, n, total, conj));
+  }
+}
+
 void autograd_cpu(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
   Plan p;
   if (stack->size() >= kArgs && value_only(*stack) && find_plan(*stack, p)) {
@@ -294,6 +308,10 @@ TORCH_LIBRARY_FRAGMENT(convfuse, m) {
   m.def("_rfft(Tensor x, int n) -> Tensor", &rfft_op);
   m.def("_irfft(Tensor X, int n) -> Tensor", &irfft_op);
   m.def("_mkl_descriptors() -> bool", +[]() { return convfuse_mkl::available(); });
+  // out = irfftn(rfftn(u, s=n) * total * (conj ? conj(K) : K), s=n): u, out (Ko, Hk, *n), K (Hk, *spectrum)
+  m.def("_convnd_kept_out(Tensor u, Tensor K, int[] n, float total, bool conj, Tensor(a!) out) -> ()",
+        &convnd_kept_op);
+  m.def("_mkl_md_descriptors() -> bool", +[]() { return convfuse_mkl::available_md(); });
 }
 
 TORCH_LIBRARY_IMPL(convfuse, AutogradCPU, m) {

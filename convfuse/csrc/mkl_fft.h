@@ -52,7 +52,7 @@ namespace convfuse_mkl {
 constexpr int kBackwardScale = 5, kNumberOfTransforms = 7, kConjugateEvenStorage = 10, kPlacement = 11,
               kInputStrides = 12, kOutputStrides = 13, kInputDistance = 14, kOutputDistance = 15,
               kThreadLimit = 27;
-constexpr int kReal = 33, kComplexComplex = 39, kNotInplace = 44;
+constexpr int kComplex = 32, kReal = 33, kComplexComplex = 39, kInplace = 43, kNotInplace = 44;
 
 inline bool available() {
   return DftiCreateDescriptor_s_1d && DftiCreateDescriptor_d_1d && DftiSetValue && DftiCommitDescriptor &&
