@@ -10,6 +10,11 @@ from torch import Tensor
 from convfuse.spec import ConvParams
 
 
+def spectrum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a real compute dtype's spectra."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     """fp32 for fp16/bf16/fp32 inputs, fp64 when any input is fp64: never less than fp32.
 

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from convfuse import config
 from convfuse.backends import cpu_cache, cpu_plan
-from convfuse.backends.common import at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length, window
+from convfuse.backends.common import (at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length,
+                                      spectrum_dtype, window)
 from convfuse.backends.cpu_algos import (
     Plan, fft_tile, irfft, irfft_rows, linear_tile, lone_row_size, prepare, rfft, rfft_rows,
 )
@@ -250,7 +251,7 @@ class CpuCall:
         def make_worker():
             buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
             # a sparse kernel's products go into the head of a spectrum buffer whose tail stays zero
-            spec = (torch.zeros(largest_box(units), padded // 2 + 1, dtype=_complex(dtype))
+            spec = (torch.zeros(largest_box(units), padded // 2 + 1, dtype=spectrum_dtype(dtype))
                     if padded and plan.bins else None)
 
             def work(unit: list[tuple[int, int, int, int]]) -> None:
@@ -271,10 +272,6 @@ class CpuCall:
 
         run_tiles(units, make_worker, None if pool else 1)
         return out
-
-
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:

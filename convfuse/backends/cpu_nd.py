@@ -41,7 +41,7 @@ from torch import Tensor
 
 from convfuse import config
 from convfuse.backends import cpu_cache
-from convfuse.backends.common import broadcast_shapes
+from convfuse.backends.common import broadcast_shapes, spectrum_dtype
 from convfuse.backends.cpu_exec import TILE_BYTES, grid_view, intra_op_threads, make_layout, run_tiles
 
 # Below this many bytes of real input the whole call runs on the calling thread: waking the
@@ -107,7 +107,7 @@ def prepare_kernel(
 
     if threads == 1 or per >= Hk:
         return transform(0, Hk)
-    K = torch.empty((Hk, *spec), dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
+    K = torch.empty((Hk, *spec), dtype=spectrum_dtype(dtype))
 
     def make_worker():
         def work(unit: list[tuple[int, int]]) -> None:
@@ -124,7 +124,7 @@ def prepare_spectrum(k2: Tensor, spec: list[int], conj: bool, total: float, dtyp
     """(Hk, prod spec) kernel spectrum rows (``kernel_is_spectrum``) -> the (Hk, *spec) spectrum
     the tiles multiply by: contiguous, in the compute dtype, scale and conjugate in.  One pass
     over W, where a time-domain kernel costs a transform."""
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    cdtype = spectrum_dtype(dtype)
     K = torch.empty((k2.shape[0], *spec), dtype=cdtype)
     K.view(k2.shape).copy_(k2.conj() if conj else k2)
     return K.mul_(total) if total != 1.0 else K
@@ -152,13 +152,20 @@ def _rows_contiguous(x2: Tensor, dtype: torch.dtype, buf: Tensor | None = None) 
     return buf.copy_(x2)
 
 
-def _kept_call(u4: Tensor, K: Tensor, n: list[int], batch, dtype: torch.dtype, threads: int) -> Tensor:
-    """The whole-period convolution of u4 (Ko, Hk, *n) by the prepared spectrum K (Hk, *spec) on
-    kept descriptors, on the ``threads`` the call had."""
-    u4 = u4 if u4.dtype == dtype else u4.to(dtype)
-    out = torch.empty((*batch, *n), dtype=dtype)
-    with intra_op_threads(threads):  # the C++ shares items out over this many threads
-        _kept[0](u4, K, n, 1.0, False, out.view(*u4.shape))
+def _whole_period(Lu: list[int], n: list[int], start: list[int], length: list[int], out_dtype: torch.dtype,
+                  dtype: torch.dtype) -> bool:
+    """What the kept multi-axis descriptors compute: the input as long as the FFT, the whole
+    period out, in the compute dtype (fp32 or fp64)."""
+    return (kept_descriptors() and dtype in (torch.float32, torch.float64) and out_dtype == dtype and Lu == n
+            and length == n and not any(start))
+
+
+def _kept_call(u4: Tensor, K: Tensor, n: list[int], out_shape, total: float = 1.0, conj: bool = False) -> Tensor:
+    """irfftn(rfftn(u4) * total * K (conjugated with ``conj``)) for u4 (Ko, Hk, *n) and the spectrum
+    K (Hk, *spec) on kept descriptors, viewed as out_shape; the C++ shares its items out over the
+    intra-op thread count it sees."""
+    out = torch.empty(out_shape, dtype=u4.dtype)
+    _kept[0](u4, K, n, total, conj, out.view(u4.shape))
     return out
 
 
@@ -187,7 +194,7 @@ def fft_convnd_cpu(*args, **kwargs) -> Tensor:
     against under 9 s with one)."""
     if _whole_spectrum_call(*args, **kwargs):
         u, k, n, _, _, scale, n_power, conj_kernel = args[:8]
-        return _kept_spectrum(u, k, n, scale * float(math.prod(n)) ** n_power, conj_kernel)
+        return _kept_call(u, k, n, u.shape, scale * float(math.prod(n)) ** n_power, conj_kernel)
     with intra_op_threads(1) as threads:
         return _fft_convnd(threads, *args, **kwargs)
 
@@ -199,21 +206,10 @@ def _whole_spectrum_call(u: Tensor, k: Tensor, n: list[int], start: list[int], l
     precision, the whole period out in u's dtype.  It skips the layout machinery below (about
     100 us of Python a call: the whole of eager's time at (2, 8, 8, 8))."""
     d = len(n)
-    return (kernel_is_spectrum and kept_descriptors() and out_dtype == dtype == u.dtype
-            and dtype in _COMPLEX_OF and k.dtype == _COMPLEX_OF[dtype] and u.dim() == d + 2 and k.dim() == d + 1
-            and k.shape[0] == u.shape[1] and list(u.shape[2:]) == n and length == n and not any(start)
+    return (kernel_is_spectrum and u.dtype == dtype and k.dtype == spectrum_dtype(dtype) and u.dim() == d + 2
+            and k.dim() == d + 1 and k.shape[0] == u.shape[1]
+            and _whole_period(list(u.shape[2:]), n, start, length, out_dtype, dtype)
             and not (u.is_conj() or k.is_conj() or k.is_neg() or u.is_neg()))
-
-
-_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-
-
-def _kept_spectrum(u: Tensor, k: Tensor, n: list[int], total: float, conj: bool) -> Tensor:
-    """u (Ko, Hk, *n) convolved by the spectrum k (Hk, *spec) with kept descriptors, total and conj
-    applied in the product."""
-    out = torch.empty(u.shape, dtype=u.dtype)
-    _kept[0](u, k, n, total, conj, out)
-    return out
 
 
 def _fft_convnd(
@@ -256,7 +252,7 @@ def _fft_convnd(
 
     K = None
     variant = ("fft-nd", tuple(n), tuple(Lk), conj_kernel, total, dtype, kernel_is_spectrum)
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    cdtype = spectrum_dtype(dtype)
     if kernel_is_spectrum and total == 1.0 and not conj_kernel and lay.k2.dtype == cdtype and lay.k2.is_contiguous():
         K = lay.k2.view(lay.Hk, *spec)  # W is already what the tiles multiply by: no copy, nothing to cache
     elif kernel_is_spectrum:
@@ -273,9 +269,10 @@ def _fft_convnd(
     if K is None:
         K = prep()
 
-    if (kept_descriptors() and dtype in (torch.float32, torch.float64) and Lu == n and length == n
-            and not any(start) and out_dtype == dtype):
-        return _kept_call(u3.unflatten(-1, Lu), K, n, batch, dtype, threads)
+    if _whole_period(Lu, n, start, length, out_dtype, dtype):
+        u4 = u3.unflatten(-1, Lu)
+        with intra_op_threads(threads):  # the count the call had: the C++ shares its items out over it
+            return _kept_call(u4 if u4.dtype == dtype else u4.to(dtype), K, n, (*batch, *n))
     if inline:
         threads = 1  # waking the pool costs more than it saves
 

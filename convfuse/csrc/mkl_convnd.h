@@ -107,15 +107,6 @@ inline at::Tensor convnd_composite(const at::Tensor& u, const at::Tensor& K, at:
   return at::fft_irfftn(at::fft_rfftn(u, n, dims) * W, n, dims).contiguous();
 }
 
-// Multi-axis positions and batch rows the kept path reads: positive strides on axes longer
-// than one (an axis of one is read at offset 0 whatever its stride).
-inline bool plain_strides(const at::Tensor& t) {
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (t.size(i) > 1 && t.stride(i) < 1) return false;
-  }
-  return true;
-}
-
 // Bytes of spectrum one work item keeps in its per-thread buffer: a few items fit L2 (2 MiB on
 // this Xeon, 512 KiB on the EPYC the model was first fitted on), so the product and the
 // inverse read what the forward just wrote from cache.
