@@ -421,61 +421,41 @@ SPARSE_NS = [4096, 8192, 16384, 32768, 65536]
 SPARSE_ROWS = (2, 32)
 
 
-def _pruned_rfft(x: torch.Tensor, n: int, M: int) -> torch.Tensor:
-    """Bins f < M of the n-point DFT of x (n a power of two) by one decimation: t = t1 + N1*t2 with
-    N2 = n / N1 >= 2(M - 1), rfft of length N2 along t2 for every t1, then
-    X[f] = sum_t1 W_n^(f t1) B[f, t1] (M * N1 complex multiply-adds per row)."""
-    N2 = max(2, 1 << (2 * (M - 1) - 1).bit_length())
-    N1 = n // N2
-    f = torch.arange(M, dtype=torch.float64)[:, None]
-    t = torch.arange(N1, dtype=torch.float64)[None, :]
-    twiddle = torch.polar(torch.ones(M, N1, dtype=torch.float64), -2 * torch.pi * f * t / n).to(torch.complex64)
-    B = torch.fft.rfft(x.reshape(*x.shape[:-1], N2, N1), dim=-2)[..., :M, :]
-    return (B * twiddle).sum(-1)
-
-
 def sparse_table(rounds: int) -> str:
     """FrequencySparse on CPU (issue 15 item 3): M of the n/2+1 bins kept, causal L = n/2, constant
     kernel (its masked spectrum cached), one thread, thread CPU time, interleaved rounds, medians.
-    Columns: the operator dense (all bins), the operator sparse (the kept bins' product written
-    over a zero tail), the M-bin product in plain torch as one library call each way (the spectrum
-    handed to irfft short, which zero-pads it into a fresh tensor: what the operator's tiles did
-    before; untiled, no skip term, no cache comparison), and the same with a pruned forward
-    transform (``_pruned_rfft``) in place of the dense rfft."""
+    Columns: the operator dense (all bins), the operator sparse (the pruned transform where the
+    cost model prunes, cpu_cost.pruned_size: only the kept bins computed; else the kept bins'
+    product over a zero tail), and the M-bin product in plain torch as one library call each
+    way (untiled, no skip term, no cache comparison)."""
     from torch.utils import benchmark
+
+    from convfuse.backends.cpu_cost import choose_plan, describe
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()
-    lines = ["| n | M | op dense ms | op sparse ms | torch M-bin ms | torch pruned forward ms | sparse vs dense "
-             "| pruned vs torch M-bin |", "|---" * 8 + "|"]
+    lines = ["| n | M | sparse algorithm | op dense ms | op sparse ms | torch M-bin ms | sparse vs dense "
+             "| sparse vs torch M-bin |", "|---" * 8 + "|"]
     for n in SPARSE_NS:
         L = n // 2
         u = torch.randn(*SPARSE_ROWS, L)
         k = torch.randn(SPARSE_ROWS[1], L)
-        for M in (n // 16, n // 4, n // 2):
+        for M in (n // 64, n // 16, n // 8, n // 4):
             cpu_cache.clear()
-            Kd = torch.fft.rfft(k, n=n)
-            Km = Kd[..., :M].clone()
+            Km = torch.fft.rfft(k, n=n)[..., :M].clone()
 
             def op(bins, u=u, k=k, n=n):
                 return torch.ops.convfuse.fft_conv(u, k, None, None, None, n, 0, n // 2, 1.0, 0.0, False,
                                                    torch.float32, "cpu", True, bins)
 
-            def before(u=u, Km=Km, M=M, n=n):
+            def torch_m_bins(u=u, Km=Km, M=M, n=n):
                 U = torch.fft.rfft(u, n=n)[..., :M]
                 return torch.fft.irfft(U.mul_(Km), n=n)[..., : n // 2]
 
-            def pruned(u=u, Km=Km, M=M, n=n):
-                U = _pruned_rfft(torch.nn.functional.pad(u, (0, n - u.shape[-1])), n, M).mul_(Km)
-                spec = torch.zeros(*U.shape[:-1], n // 2 + 1, dtype=U.dtype)
-                spec[..., :M] = U
-                return torch.fft.irfft(spec, n=n)[..., : n // 2]
-
-            expected = op(M)
-            for fn in (before, pruned):
-                err = ((fn() - expected).abs().max() / expected.abs().max()).item()
-                assert err < 1e-4, (fn.__name__, n, M, err)
-            fns = {"dense": lambda: op(0), "sparse": lambda: op(M), "before": before, "pruned": pruned}
+            expected = torch_m_bins()
+            err = ((op(M) - expected).abs().max() / expected.abs().max()).item()
+            assert err < 1e-4, (n, M, err)
+            fns = {"dense": lambda: op(0), "sparse": lambda: op(M), "torch": torch_m_bins}
             for fn in fns.values():
                 fn()
                 fn()
@@ -487,8 +467,9 @@ def sparse_table(rounds: int) -> str:
                 for name, timer in (order if r % 2 == 0 else order[::-1]):
                     times[name].append(timer.timeit(3).median * 1e3)
             m = {name: statistics.median(t) for name, t in times.items()}
-            lines.append(f"| {n} | {M} | {m['dense']:.3f} | {m['sparse']:.3f} | {m['before']:.3f} | {m['pruned']:.3f} "
-                         f"| {m['dense'] / m['sparse']:.2f}x | {m['before'] / m['pruned']:.2f}x |")
+            algo = describe(choose_plan(n, L, L, 0, L, False, 1.0, None, M))
+            lines.append(f"| {n} | {M} | {algo} | {m['dense']:.3f} | {m['sparse']:.3f} | {m['torch']:.3f} "
+                         f"| {m['dense'] / m['sparse']:.2f}x | {m['torch'] / m['sparse']:.2f}x |")
             print(lines[-1], flush=True)
     load1 = os.getloadavg()
     head = (f"FrequencySparse on CPU: B, H = {SPARSE_ROWS}, causal (L = n/2), constant kernel, torch threads 1, "

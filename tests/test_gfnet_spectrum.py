@@ -31,6 +31,8 @@ F64, C128 = torch.float64, torch.complex128
 def tiling(request, monkeypatch):
     if request.param.startswith("pool"):
         monkeypatch.setattr(cpu_nd, "INLINE_BYTES", 0)
+        # and no call counts as one tile (FAST_BYTES): else these tiny calls all ran inline
+        monkeypatch.setattr(cpu_nd, "FAST_BYTES", -1)
     if request.param == "pool-small-tiles":
         monkeypatch.setattr(cpu_nd, "TILE_BYTES", 256)
     return request.param

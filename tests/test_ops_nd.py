@@ -21,6 +21,8 @@ def tiling(request, monkeypatch):
     threads are exercised."""
     if request.param.startswith("pool"):
         monkeypatch.setattr(cpu_nd, "INLINE_BYTES", 0)
+        # and no call counts as one tile (FAST_BYTES): else these tiny calls all ran inline
+        monkeypatch.setattr(cpu_nd, "FAST_BYTES", -1)
     if request.param == "pool-small-tiles":
         monkeypatch.setattr(cpu_nd, "TILE_BYTES", 256)
     return request.param
@@ -113,13 +115,18 @@ def test_tilings_agree_on_a_gfnet_shape(monkeypatch):
     k = torch.randn(14, 14, 48, generator=gen).movedim((0, 1), (-2, -1))
     args = ([14, 14], [0, 0], [14, 14], 1.0, -1.0, False, torch.float32)
     expected = fft_convnd_reference(u, k, *args)
+    monkeypatch.setattr(cpu_nd, "_kept", [None])  # the tiles, not the kept descriptors' whole periods
     monkeypatch.setattr(cpu_nd, "INLINE_BYTES", 0)
+    monkeypatch.setattr(cpu_nd, "FAST_BYTES", -1)
     monkeypatch.setattr(cpu_nd, "TILE_BYTES", 8 * 14 * 8 * 8)  # 8 channels a tile
     assert_close_rel(OP(u, k, *args), expected, 1e-6)  # whole rows
     assert_close_rel(OP(u.contiguous(), k, *args), expected, 1e-6)  # boxes, channels-first
     assert_close_rel(OP(u[:1], k, *args), expected[:1], 1e-6)  # one row: boxes over channels
     monkeypatch.setattr(cpu_nd, "INLINE_BYTES", 2**40)
-    assert_close_rel(OP(u, k, *args), expected, 1e-6)
+    monkeypatch.setattr(cpu_nd, "FAST_BYTES", 2**40)
+    assert_close_rel(OP(u, k, *args), expected, 1e-6)  # inline
+    monkeypatch.undo()
+    assert_close_rel(OP(u, k, *args), expected, 1e-6)  # the kept descriptors, where loaded
 
 
 @pytest.mark.parametrize("conj", [False, True], ids=["conv", "corr"])

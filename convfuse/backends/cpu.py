@@ -28,7 +28,8 @@ from convfuse.backends import cpu_cache, cpu_plan
 from convfuse.backends.common import (at_least_1d, broadcast_shapes, compute_dtype, output_shape, signal_length,
                                       spectrum_dtype, window)
 from convfuse.backends.cpu_algos import (
-    Plan, fft_tile, irfft, irfft_rows, linear_tile, lone_row_size, prepare, rfft, rfft_rows,
+    Plan, fft_tile, irfft, irfft_rows, linear_tile, lone_row_size, prepare, pruned_applies, pruned_tile, rfft,
+    rfft_rows,
 )
 from convfuse.backends.cpu_cost import cache_pays, choose_plan, describe, use_pool
 from convfuse.backends.cpu_exec import (
@@ -171,6 +172,8 @@ class CpuCall:
                              and k.dtype == dtype)
         # the C++ kernels (cpu_native) may run this shape: ``_small`` with nothing looked up
         self.native = self.straight and not self.cache_kernel and self.dtype in (torch.float32, torch.float64)
+        # FrequencySparse on the pruned transform: rows straight from the signal, no padded buffer
+        self.pruned = pruned_applies(plan, dtype)
 
     @property
     def fast(self) -> bool:
@@ -219,8 +222,11 @@ class CpuCall:
         ue = u if u.dtype == dtype else u.to(dtype)
         if pre_gate is not None:
             ue = ue * pre_gate
-        U = rfft_rows(ue, plan.fft_n)  # pads (and truncates a signal longer than n) itself
         K = self.kernel_spectrum(k)
+        if self.pruned and self.ue_full and _rows_cycle(ue.shape, K.shape):
+            epilogue_into(out, pruned_tile(plan, ue, K.reshape(-1, plan.bins)), ue, D, post_gate)
+            return out
+        U = rfft_rows(ue, plan.fft_n)  # pads (and truncates a signal longer than n) itself
         if plan.bins and self.ue_full:
             # the kept bins' product in place over a zeroed tail: an M-bin spectrum handed to
             # irfft would be zero-padded into a fresh tensor (cpu_algos.fft_tile)
@@ -247,8 +253,24 @@ class CpuCall:
         # "fft" transforms a zero-padded row buffer the prologue writes into (the tail stays
         # zero): no padded copy per tile; the other algorithms read the signal as it is.
         padded, width = self.padded, self.width
+        pruned = self.pruned
 
         def make_worker():
+            if pruned:  # the pruned transform reads the signal's rows where they lie
+                def work_pruned(unit: list[tuple[int, int, int, int]]) -> None:
+                    prepared = kernel_rows.for_unit(unit)
+                    for o0, o1, h0, h1 in unit:
+                        x = u3[o0:o1, h0:h1]
+                        x = x.to(dtype) if pg3 is None else x.to(dtype) * pg3[o0:o1, h0:h1]
+                        dst = out3[o0:o1, h0:h1]
+                        if D3 is None and post3 is None and dst.dtype == dtype:
+                            pruned_tile(plan, x, prepared(h0, h1), dst)  # no epilogue: into the output
+                            continue
+                        epilogue_into(dst, pruned_tile(plan, x, prepared(h0, h1)), x,
+                                      D3[o0:o1, h0:h1] if D3 is not None else None,
+                                      post3[o0:o1, h0:h1] if post3 is not None else None)
+
+                return work_pruned
             buf = (torch.zeros if padded else torch.empty)(largest_box(units), padded or width, dtype=dtype)
             # a sparse kernel's products go into the head of a spectrum buffer whose tail stays zero
             spec = (torch.zeros(largest_box(units), padded // 2 + 1, dtype=spectrum_dtype(dtype))
@@ -272,6 +294,15 @@ class CpuCall:
 
         run_tiles(units, make_worker, None if pool else 1)
         return out
+
+
+def _rows_cycle(signal: torch.Size, kernel: torch.Size) -> bool:
+    """Whether the signal's row r takes the kernel's row r % C (C its rows): the kernel's batch
+    (leading ones aside) is the trailing part of the signal's."""
+    kb = list(kernel[:-1])
+    while kb and kb[0] == 1:
+        kb.pop(0)
+    return len(kb) <= len(signal) - 1 and list(signal[len(signal) - 1 - len(kb):-1]) == kb
 
 
 def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:

@@ -47,8 +47,14 @@ from convfuse.spec import linear_segments
 _kept: list = [None, None]  # (rfft, irfft) operators, set by cpu_native.load
 
 
-def use_kept_descriptors(rfft_op, irfft_op) -> None:
+def use_kept_descriptors(rfft_op, irfft_op, pruned_ops=(None, None)) -> None:
     _kept[0], _kept[1] = rfft_op, irfft_op
+    _pruned[0], _pruned[1] = pruned_ops
+
+
+# FrequencySparse's rows on a pruned transform (convfuse/csrc/mkl_pruned.h; where it pays:
+# cpu_cost.pruned_size): (functional, into out) operators, set by cpu_native.load
+_pruned: list = [None, None]
 
 
 def kept_descriptors() -> bool:
@@ -120,6 +126,7 @@ class Plan:
     block: int = 0  # ols output samples per block, N - K + 1
     bins: int = 0  # fft: one-sided kernel bins kept (FrequencySparse); 0: all
     fft_n: int = 0  # fft: the size transformed, n or a cheaper one with the same window (cpu_cost.fft_size)
+    pruned: int = 0  # fft with bins: n1, the pruned transform's row size (cpu_cost.pruned_size); 0: dense
 
     def variant(self, dtype: torch.dtype) -> tuple:
         """What the prepared kernel depends on besides the kernel itself (the cache key)."""
@@ -157,6 +164,25 @@ def prepare(plan: Plan, k2: Tensor, dtype: torch.dtype) -> Tensor:
         return w.unsqueeze(1)  # (h, 1, K): conv1d depthwise weight
     # z = x (correlated with) w: per block, irfft(rfft(frame) * conj(rfft(w)))
     return rfft(w, plan.N).conj_physical_()
+
+
+def pruned_applies(plan: Plan, dtype: torch.dtype) -> bool:
+    """Whether ``pruned_tile`` runs this plan's calls in the compute dtype: a plan the cost model
+    prunes (cpu_cost.pruned_size), the native library loaded, fp32, a window inside one period."""
+    return bool(plan.pruned and _pruned[0] is not None and config.native_cpu and dtype == torch.float32
+                and plan.start + plan.length <= plan.fft_n)
+
+
+def pruned_tile(plan: Plan, x: Tensor, prep: Tensor, out: Tensor | None = None) -> Tensor:
+    """The window of x's rows (..., Lu or longer: truncated; fp32) convolved with the kept bins
+    prep (C, bins) complex64, row r taking prep[r % C], on the pruned transform (only the kept
+    bins are computed: convfuse/csrc/mkl_pruned.h), into ``out`` (fp32, x's rows) when given.
+    For plans ``pruned_applies`` to."""
+    args = (x[..., : plan.Lu], prep, plan.fft_n, plan.pruned, plan.start, plan.length)
+    if out is None:
+        return _pruned[0](*args)
+    _pruned[1](*args, out)
+    return out
 
 
 def fft_tile(plan: Plan, padded: Tensor, prep: Tensor, spectrum: Tensor | None = None) -> Tensor:

@@ -165,7 +165,7 @@ def choose_plan(
     (``ALGO_FIXED_SECONDS``: conv1d's setup is ~130 us, more than a small call's transforms)."""
     base = dict(n=n, Lu=min(Lu, n), K=min(Lk, n), start=start, length=length, conj=conj, scale=scale)
     if 0 < bins < n // 2 + 1:
-        return Plan("fft", bins=bins, fft_n=n, **base)  # the kept bins are defined at n
+        return Plan("fft", bins=bins, fft_n=n, pruned=pruned_size(n, bins), **base)  # the kept bins are defined at n
     fft_n = fft_size(n, Lu, Lk, start, length, conj)  # the raw lengths: truncation keeps n
     Lu, K = base["Lu"], base["K"]
     linear = K >= 1 and is_linear(n, Lu, K, start, length)
@@ -236,9 +236,38 @@ def cache_pays(plan: Plan, kernel_rows: int) -> bool:
     return seconds * 1e6 >= config.cpu_cache_min_us
 
 
+# FrequencySparse on a pruned transform (convfuse/csrc/mkl_pruned.h): with n = n1 * n2 the M
+# kept bins take n2 transforms of n1 >= 2M each way and two passes of M * n2 twiddle products,
+# for 2 n log2(n) butterflies-worth dense.  Measured, (2, 32) rows, L = n/2, 1 thread, thread
+# time, against the same kept MKL descriptors dense (the C++ prototype, 2026-12-04): n = 4096
+# 0.95-1.17x, 8192 1.01-1.28x, 16384 1.21-1.59x, 32768 1.16-1.52x, 65536 1.25-1.51x, the
+# larger figures at M <= n/16 (n1 = 4M was best or near it at every n); so from 16384 with
+# at most a quarter of the bins kept.
+PRUNED_MIN_N = 16384
+PRUNED_MAX_KEEP = 0.25  # of the n/2 bins
+
+
+@functools.lru_cache(maxsize=256)
+def pruned_size(n: int, bins: int) -> int:
+    """n1 for the pruned transform of ``bins`` kept bins at size n (the smallest even divisor of
+    n from 4 * bins), or 0 where the dense transform is the faster."""
+    if n < PRUNED_MIN_N or bins < 1 or bins > PRUNED_MAX_KEEP * (n // 2):
+        return 0
+    return next((d for d in range(4 * bins + (4 * bins) % 2, n // 2 + 1, 2) if n % d == 0), 0)
+
+
+def pruned_work(n: int, n1: int) -> float:
+    """The pruned transform's butterflies as a fraction of the dense one's, log n1 / log n (the
+    twiddle passes, M * n2 complex products each way, come on top)."""
+    return math.log2(n1) / math.log2(n)
+
+
 def describe(plan: Plan) -> str:
     if plan.algo == "fft":
         size = f"n={plan.fft_n}" if plan.fft_n == plan.n else f"n={plan.fft_n} for {plan.n}"
+        if plan.pruned:
+            return (f"cpu-fft({size}, {plan.bins} bins, pruned: {plan.fft_n // plan.pruned} transforms of "
+                    f"{plan.pruned} a way, {pruned_work(plan.fft_n, plan.pruned):.0%} of the dense butterflies)")
         return f"cpu-fft({size}, {plan.bins} bins)" if plan.bins else f"cpu-fft({size})"
     if plan.algo == "direct":
         return f"cpu-direct(K={plan.K})"

@@ -133,7 +133,9 @@ def load() -> bool:
         if torch.ops.convfuse._mkl_descriptors():  # MKL's DFTI exported by libtorch_cpu (x86 wheels)
             from convfuse.backends import cpu_algos
 
-            cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default)
+            cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default,
+                                           (torch.ops.convfuse._pruned_conv.default,
+                                            torch.ops.convfuse._pruned_conv_out.default))
             transforms = "library transforms on kept MKL descriptors"
         if torch.ops.convfuse._mkl_md_descriptors():  # and its multi-axis ones: fft_convnd's whole periods
             from convfuse.backends import cpu_nd

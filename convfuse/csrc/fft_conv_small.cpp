@@ -37,6 +37,7 @@
 #include <torch/library.h>
 
 #include "mkl_convnd.h"
+#include "mkl_pruned.h"
 #include "mkl_fft.h"
 
 #include <atomic>
@@ -315,6 +316,11 @@ TORCH_LIBRARY_FRAGMENT(convfuse, m) {
   m.def("_convnd_kept_out(Tensor u, Tensor K, int[] n, float total, bool conj, Tensor(a!) out) -> ()",
         &convnd_kept_op);
   m.def("_mkl_md_descriptors() -> bool", +[]() { return convfuse_mkl::available_md(); });
+  // FrequencySparse's rows on a pruned transform (mkl_pruned.h): x (..., W) float32, K (C, M) complex64
+  m.def("_pruned_conv(Tensor x, Tensor K, int n, int n1, int start, int length) -> Tensor",
+        &convfuse_mkl::pruned_conv);
+  m.def("_pruned_conv_out(Tensor x, Tensor K, int n, int n1, int start, int length, Tensor(a!) out) -> ()",
+        &convfuse_mkl::pruned_conv_out);
 }
 
 TORCH_LIBRARY_IMPL(convfuse, AutogradCPU, m) {

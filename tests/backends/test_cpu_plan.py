@@ -229,6 +229,27 @@ def test_model_predicts_no_gain_only_for_small_calls():
         assert cut - dense >= OP_FIXED_SECONDS - NATIVE_OP_FIXED_SECONDS - 1e-12
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_the_refusal_is_the_models_prediction_with_every_operand(native):
+    """no_gain_reason refuses exactly where predicted_times puts the fused call at or above eager's,
+    over shapes where every operand matters (a short kernel, a window past the start, fewer kernel
+    rows than rows, a spectrum cut), and its text carries both predictions; a kernel transformed
+    every call costs the fused call more than a constant one."""
+    with config.patch(native_cpu=native):
+        for n, L, K, start, length, rows, krows, constant, ops, bins in [
+                (512, 256, 256, 0, 256, 8, 8, False, 2, 0), (4096, 2048, 64, 63, 2048, 64, 8, False, 1, 0),
+                (1024, 1000, 24, 0, 1000, 4, 4, True, 0, 0), (8192, 4096, 4096, 0, 4096, 256, 64, False, 2, 0),
+                (2048, 1024, 1024, 0, 1024, 32, 32, True, 0, 100), (64, 32, 5, 4, 28, 2, 1, False, 3, 0)]:
+            eager, fused = predicted_times(n, L, K, start, length, rows, krows, constant, ops, bins)
+            reason = no_gain_reason(n, L, K, start, length, rows, krows, constant, ops, bins)
+            assert (reason is None) == (fused < eager), (n, L, K, reason)
+            if reason is not None:
+                assert f"{fused * 1e3:.3f} ms" in reason and f"{eager * 1e3:.3f} ms" in reason
+            if K > 256:  # an FFT plan: the kernel's transform is the constant kernel's saving
+                other = predicted_times(n, L, K, start, length, rows, krows, not constant, ops, bins)[1]
+                assert (other > fused) == constant, (n, L, K)
+
+
 def test_tiny_site_stays_eager_unless_kernel_cpu():
     u, k, D = torch.randn(1, 8, 256), torch.randn(8, 256), torch.randn(8, 1)
     with config.patch(cpu_no_gain_refusal=True, native_cpu=False):

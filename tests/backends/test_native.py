@@ -396,3 +396,17 @@ def test_load_says_why_it_did_not_and_remembers_only_compiler_errors(tmp_path, m
         assert not cpu_native.load() and "TimeoutExpired" in cpu_native.status(), cpu_native.status()
     assert len(list((tmp_path / "convfuse").glob("*.failed"))) == 1  # /bin/false's only
     assert not cpu_native.loaded()
+
+
+@needs_native
+def test_the_loaded_library_wires_every_kept_descriptor_path():
+    """Where libtorch_cpu exports MKL's DFTI, loading the library hands its operators to the
+    Python paths: the 1-D transforms, FrequencySparse's pruned rows and fft_convnd's whole periods
+    (the tests of those paths skip without them, so a load that wired none would pass them all)."""
+    from convfuse.backends import cpu_algos, cpu_nd
+
+    if torch.ops.convfuse._mkl_descriptors():
+        assert cpu_algos.kept_descriptors() and cpu_algos._pruned[0] is not None and cpu_algos._pruned[1] is not None
+        assert "kept MKL descriptors" in cpu_native.status()
+    if torch.ops.convfuse._mkl_md_descriptors():
+        assert cpu_nd.kept_descriptors() and "multi-axis ones too" in cpu_native.status()
