@@ -440,7 +440,7 @@ def sparse_table(rounds: int) -> str:
         L = n // 2
         u = torch.randn(*SPARSE_ROWS, L)
         k = torch.randn(SPARSE_ROWS[1], L)
-        for M in (n // 64, n // 16, n // 8, n // 4):
+        for M in (n // 128, n // 64, n // 16, n // 4):
             cpu_cache.clear()
             Km = torch.fft.rfft(k, n=n)[..., :M].clone()
 

@@ -237,23 +237,28 @@ def cache_pays(plan: Plan, kernel_rows: int) -> bool:
 
 
 # FrequencySparse on a pruned transform (convfuse/csrc/mkl_pruned.h): with n = n1 * n2 the M
-# kept bins take n2 transforms of n1 >= 2M each way and two passes of M * n2 twiddle products,
-# for 2 n log2(n) butterflies-worth dense.  Measured, (2, 32) rows, L = n/2, 1 thread, thread
-# time, against the same kept MKL descriptors dense (the C++ prototype, 2026-12-04): n = 4096
-# 0.95-1.17x, 8192 1.01-1.28x, 16384 1.21-1.59x, 32768 1.16-1.52x, 65536 1.25-1.51x, the
-# larger figures at M <= n/16 (n1 = 4M was best or near it at every n); so from 16384 with
-# at most a quarter of the bins kept.
+# kept bins take n2 transforms of n1 >= 4M each way and two passes of M * n2 twiddle products,
+# for 2 n log2(n) butterflies-worth dense.  What pays is mostly the short transforms staying in
+# cache.  The operator, (2, 32) rows, L = n/2, constant kernel, 1 thread, thread time, medians
+# of 9 interleaved rounds, pruned against the kept bins over a zero tail (2026-12-04), by n1:
+# 512-2048: 1.07-1.30x (n = 16384..65536); 4096: 0.97-1.19x; 8192: 0.92-1.04x; 16384: 0.92x.
+# At n = 4096..8192 the prototype measured 0.95-1.28x, so only from 16384.
+# Each kept bin sums n2 twiddled terms in fp32 (rounding grows with n2, where the dense
+# transform's grows with log n): at most 64 (prototype: 4.7e-6 relative at n2 = 16384).
 PRUNED_MIN_N = 16384
-PRUNED_MAX_KEEP = 0.25  # of the n/2 bins
+PRUNED_MAX_N1 = 4096
+PRUNED_MAX_N2 = 64
 
 
 @functools.lru_cache(maxsize=256)
 def pruned_size(n: int, bins: int) -> int:
     """n1 for the pruned transform of ``bins`` kept bins at size n (the smallest even divisor of
-    n from 4 * bins), or 0 where the dense transform is the faster."""
-    if n < PRUNED_MIN_N or bins < 1 or bins > PRUNED_MAX_KEEP * (n // 2):
+    n from 4 * bins and n / PRUNED_MAX_N2), or 0 where the dense transform is as fast."""
+    least = max(4 * bins, -(-n // PRUNED_MAX_N2))
+    if n < PRUNED_MIN_N or bins < 1 or least > PRUNED_MAX_N1:
         return 0
-    return next((d for d in range(4 * bins + (4 * bins) % 2, n // 2 + 1, 2) if n % d == 0), 0)
+    n1 = next((d for d in range(least + least % 2, n // 2 + 1, 2) if n % d == 0), 0)
+    return n1 if n1 <= PRUNED_MAX_N1 else 0
 
 
 def pruned_work(n: int, n1: int) -> float:
@@ -336,24 +341,37 @@ def runs_native(plan: Plan, rows: int) -> bool:
 # not recovered: the conservative line.
 MIN_ND_SAMPLES = 1 << 20
 # With kept multi-axis descriptors (cpu_nd.kept_descriptors: the whole-period calls in C++),
-# compiled GFNet filters, 2 threads, 2026-12-03 (/tmp probe, medians of 11 interleaved rounds of
-# 20 calls): (8, 14, 14, 384) (602K samples) 1.04x eager / 1.11x Inductor, (8, 56, 56, 256)
-# 1.79x / 1.79x; but (4, 32, 32, 64) (262K) 0.74-0.77x / 0.86x and (1, 14, 14, 384) 0.73x:
-# eager's 2-thread MKL wins there.  On 1 thread the kept call wins from 75K samples (1.10-1.88x).
+# compiled GFNet filters forced (kernel='cpu') against eager, medians of 15 interleaved rounds,
+# 2026-12-04, after the C++ op stopped refusing a parameter's spectrum (every earlier figure
+# here measured its composite fallback): 1 thread (thread time) (1, 14, 14, 384) (75K samples)
+# 1.14x eager / 1.33x Inductor, (4, 32, 32, 64) (262K) 1.01x / 1.16x, (4, 14, 14, 384) 1.13x,
+# (8, 14, 14, 384) 1.13x / 1.27x, (16, 56, 56, 96) 1.56x; (2, 16, 16, 32) (16K) 0.54x: below
+# that, Dynamo's and the operator's fixed costs exceed eager's whole call.  2 threads (wall):
+# (75K) 0.84-0.88x, (262K) 0.50-0.59x, (301K) 0.79-0.82x, (602K) 1.04-1.13x, (4.8M) 1.39-2.38x:
+# eager's MKL runs both cores at small sizes, where handing items to a helper thread and the
+# compiled graph's own overhead (about 0.2 ms a call at (4, 32, 32, 64), in Inductor's and
+# AOT's wrappers as much as in ours) are not recovered.  So the line depends on the intra-op
+# thread count the site is compiled under.
 MIN_ND_SAMPLES_KEPT = 1 << 19
+MIN_ND_SAMPLES_KEPT_ONE_THREAD = 1 << 16
 
 
-def nd_no_gain_reason(samples: int) -> str | None:
+def nd_no_gain_reason(samples: int, threads: int | None = None) -> str | None:
     """Why a multi-axis (fft_convnd) site stays eager code on CPU at ``samples`` transformed
-    samples per call (rows x the product of the FFT sizes), or None."""
+    samples per call (rows x the product of the FFT sizes) with ``threads`` intra-op threads
+    (torch's count now: the pass runs at compile time), or None."""
     from convfuse.backends import cpu_nd
 
-    least = MIN_ND_SAMPLES_KEPT if cpu_nd.kept_descriptors() else MIN_ND_SAMPLES
+    threads = torch.get_num_threads() if threads is None else threads
+    if not cpu_nd.kept_descriptors():
+        least = MIN_ND_SAMPLES
+    else:
+        least = MIN_ND_SAMPLES_KEPT_ONE_THREAD if threads == 1 else MIN_ND_SAMPLES_KEPT
     if samples >= least:
         return None
     return (f"no gain at this size: {samples} transformed samples per call, below the {least} from which "
-            "the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn (bench/nd.py); kernel='cpu' rewrites "
-            "it anyway")
+            f"the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn on {threads} thread"
+            f"{'s' if threads > 1 else ''} (bench/nd.py); kernel='cpu' rewrites it anyway")
 
 
 def no_gain_reason(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,

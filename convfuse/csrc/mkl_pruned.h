@@ -34,21 +34,6 @@
 
 namespace convfuse_mkl {
 
-// dst[j * dp + i] = src[i * sp + j], rows x cols of src, in 16 x 16 blocks
-__attribute__((optimize("O3"))) inline void transpose_pitched(const float* __restrict src, int64_t sp,
-                                                               float* __restrict dst, int64_t dp, int64_t rows,
-                                                               int64_t cols) {
-  constexpr int64_t b = 16;
-  for (int64_t i0 = 0; i0 < rows; i0 += b) {
-    const int64_t i1 = std::min(rows, i0 + b);
-    for (int64_t j0 = 0; j0 < cols; j0 += b) {
-      const int64_t j1 = std::min(cols, j0 + b);
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = i0; i < i1; ++i) dst[j * dp + i] = src[i * sp + j];
-    }
-  }
-}
-
 // acc[k] (+)= a[k] * t[k] (conj(t[k]) with conj_t), m interleaved complex floats
 __attribute__((optimize("O3"))) inline void complex_product(float* __restrict acc, const float* __restrict a,
                                                              const float* __restrict t, int64_t m, bool accumulate,
@@ -107,7 +92,7 @@ struct PrunedPlan {
     if (n2 == 1) {
       std::memcpy(xt.data(), src, width * sizeof(float));
     } else {
-      transpose_pitched(src, n2, xt.data(), pitch, rows_in, n2);
+      transpose_pitched<float>(src, n2, xt.data(), pitch, rows_in, n2);
     }
     check(DftiComputeForward(descriptor(Key{0, 1, n1, n2, pitch, 1, bins1, 1}), xt.data(), A.data()), "forward");
     const float inv_n2 = 1.0f / static_cast<float>(n2);
@@ -128,7 +113,7 @@ struct PrunedPlan {
       std::memcpy(out, yt.data() + start, length * sizeof(float));
       return;
     }
-    transpose_pitched(yt.data() + r0, pitch, yrow.data(), n2, n2, r1 - r0);
+    transpose_pitched<float>(yt.data() + r0, pitch, yrow.data(), n2, n2, r1 - r0);
     std::memcpy(out, yrow.data() + (start - r0 * n2), length * sizeof(float));
   }
 };

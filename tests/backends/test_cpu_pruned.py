@@ -150,10 +150,10 @@ def test_the_operator_with_an_epilogue_on_pruned_tiles(pruned_from_64, monkeypat
 
 @pytest.mark.parametrize("near_miss", ["too-many-bins", "too-small", "fp64", "wrapping-window"])
 def test_near_misses_keep_the_dense_transform(near_miss):
-    """The default line: a quarter of the bins at most, n from 16384, fp32, a window in one period."""
+    """The default line: rows of n1 <= 4096 (bins <= 1024), n from 16384, fp32, a window in one period."""
     n, L, bins, dtype, start, length = 16384, 8192, 1024, torch.float32, 0, 8192
     if near_miss == "too-many-bins":
-        bins = 16384 // 8 + 1
+        bins = 1025
     elif near_miss == "too-small":
         n, L, bins, length = 8192, 4096, 256, 4096
     elif near_miss == "fp64":
@@ -166,6 +166,19 @@ def test_near_misses_keep_the_dense_transform(near_miss):
     call = lambda: OP(u, k, None, None, None, n, start, length, 1.0, 0.0, False, dtype, "cpu", False, bins)  # noqa: E731
     assert not ran_pruned(call)
     assert rel(call(), masked(u.double(), k.double(), n, start, length, False, bins)) < 2e-6
+
+
+@pytest.mark.parametrize("n", [16384, 65536])
+def test_one_kept_bin_sums_at_most_64_rows_in_fp32(n):
+    """One bin would allow n1 = 4; the rows summed per bin are capped (PRUNED_MAX_N2) so fp32
+    rounding stays at the dense transform's."""
+    assert n // cpu_cost.pruned_size(n, 1) <= cpu_cost.PRUNED_MAX_N2
+    gen = torch.Generator().manual_seed(6)
+    u = torch.randn(1, 2, n // 2, generator=gen)
+    k = torch.randn(2, n // 2, generator=gen)
+    call = lambda: OP(u, k, None, None, None, n, 0, n // 2, 1.0, 0.0, False, torch.float32, "cpu", False, 1)  # noqa: E731
+    assert ran_pruned(call)
+    assert rel(call(), masked(u.double(), k.double(), n, 0, n // 2, False, 1)) < 1e-6
 
 
 def test_a_pruned_call_at_the_default_line_and_its_report():
