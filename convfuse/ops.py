@@ -302,6 +302,14 @@ def _backward(ctx, grad):
     return du, dk, d_D, d_pre, d_post, None, None, None, None, None, None, None, None, None, None
 
 
-ops_autograd.register(fft_conv, _backward, _setup_context, cpu_kernel=_fft_conv_cpu_kernel, also_on=_TWIN)
+def _fft_conv_tangent(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
+                      kernel, constant_kernel, spectrum_bins):
+    # forward-mode AD: the plain torch.fft definition carries the tangents (ops_autograd.register)
+    return _fft_conv_impl(u, k, D, pre_gate, post_gate, n, start, length, scale, n_power, conj_kernel, out_dtype,
+                          "reference", constant_kernel, spectrum_bins)
+
+
+ops_autograd.register(fft_conv, _backward, _setup_context, cpu_kernel=_fft_conv_cpu_kernel, also_on=_TWIN,
+                      tangent_reference=_fft_conv_tangent)
 _CPU_LIBRARY.impl("fft_conv_grad", _fft_conv_grad_impl, "CPU")
 ops_autograd.register(fft_conv_grad, None, None, cpu_kernel=_fft_conv_grad_impl)

@@ -19,6 +19,11 @@ that does what custom_op's does, and no more:
   the CPU kernel itself, which is what that redispatch reaches.
 
 An operator without a formula (``backward=None``) raises at backward, as custom_op's does.
+
+Forward-mode AD through dual tensors (``torch.autograd.forward_ad``): the kernels below autograd
+compute values (the C++ ones from raw pointers), so a tangent would be lost silently; a call
+with a dual argument runs the operator's definition in plain torch ops (``tangent_reference``),
+which carries it, or raises where an operator has none.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 from torch.nn import Parameter
 
 _LIBRARY = torch.library.Library("convfuse", "IMPL")
@@ -60,6 +66,13 @@ def _plain_cpu(args, tensor_positions: tuple[int, ...]) -> bool:
     return True
 
 
+def _forward_mode_error(name: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name}: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not supported: the "
+        "operator has no forward-mode formula, and its result would carry no tangent. Use reverse mode "
+        "(torch.autograd.grad, torch.func.vjp/jacrev), or leave the site to eager (convfuse.region / scope)")
+
+
 def refuse_forward_mode(name: str) -> None:
     """Raise where a torch.func forward-mode transform (jvp, jacfwd, hessian's outer jacfwd) is
     active: redispatched below autograd the operator's result carries no tangent, which
@@ -67,10 +80,16 @@ def refuse_forward_mode(name: str) -> None:
     same).  The operators have no forward-mode formula."""
     stack = torch._C._functorch.get_interpreter_stack() or ()
     if any(i.key() == torch._C._functorch.TransformType.Jvp for i in stack):
-        raise NotImplementedError(
-            f"{name}: forward-mode AD (torch.func.jvp, jacfwd) is not supported: the operator has no "
-            "forward-mode formula, and torch.func would read its result as a zero tangent. Use reverse mode "
-            "(torch.autograd.grad, torch.func.vjp/jacrev), or leave the site to eager (convfuse.region / scope)")
+        raise _forward_mode_error(name)
+
+
+def carries_tangent(args, tensor_positions: tuple[int, ...]) -> bool:
+    """A forward-mode AD level is open (torch.autograd.forward_ad) and a tensor argument is a
+    dual tensor of it.  One attribute read when no level is open."""
+    if _forward_ad._current_level < 0:
+        return False
+    return any(isinstance(args[i], Tensor) and _forward_ad.unpack_dual(args[i]).tangent is not None
+               for i in tensor_positions if i < len(args))
 
 
 def guard_forward_mode(op) -> None:
@@ -98,7 +117,8 @@ def guard_forward_mode(op) -> None:
 
 
 def register(op, backward: Optional[Callable], setup_context: Optional[Callable],
-             cpu_kernel: Optional[Callable] = None, also_on: Optional[str] = None) -> None:
+             cpu_kernel: Optional[Callable] = None, also_on: Optional[str] = None,
+             tangent_reference: Optional[Callable] = None) -> None:
     """Install the thin Autograd kernel on ``op`` (a ``custom_op`` with no tensor-list argument or
     result), with custom_op's formula signatures: ``setup_context(ctx, inputs, output)`` and
     ``backward(ctx, *grads)``.  As custom_op's, the kernel gets the arguments the dispatcher
@@ -106,7 +126,9 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
     ``cpu_kernel``: the function registered on the op's CPU key, called directly when the
     redispatch could reach nothing else.  ``also_on``: another operator of the same schema that
     gets the same kernel (fft_conv's twin, which the C++ kernels hand the calls they do not run:
-    cpu_native); the kernel still redispatches and records ``op`` itself."""
+    cpu_native); the kernel still redispatches and records ``op`` itself.  ``tangent_reference``:
+    the operator's definition in plain torch ops, called with every argument (defaults filled in)
+    where one is a forward-mode dual tensor (``carries_tangent``); without it such a call raises."""
     overload = getattr(torch.ops.convfuse, op._name.split("::")[-1]).default
     name = op._name
     schema = overload._schema
@@ -137,6 +159,10 @@ def register(op, backward: Optional[Callable], setup_context: Optional[Callable]
     _Formula.__name__ = _Formula.__qualname__ = f"{name.split('::')[-1]}_autograd"
 
     def kernel(*args):
+        if carries_tangent(args, tensor_positions):
+            if tangent_reference is None:
+                raise _forward_mode_error(name)
+            return tangent_reference(*args, *defaults[len(args):])
         if _grad_enabled() and _any_requires_grad(*args):
             return _Formula.apply(*args)
         if cpu_kernel is not None and _plain_cpu(args, tensor_positions):

@@ -283,4 +283,9 @@ def _backward(ctx, grad):
     return du, dw, db, None, None, None, None, None, None, None, None, None
 
 
-ops_autograd.register(fft_conv_mix, _backward, _setup, cpu_kernel=_impl)
+def _mix_tangent(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype, constant_kernel=False):
+    # forward-mode AD: the plain torch.fft definition carries the tangents (ops_autograd.register)
+    return fft_conv_mix_reference(u, w, bias, n, start, length, scale, n_power, conj_kernel, groups, out_dtype)
+
+
+ops_autograd.register(fft_conv_mix, _backward, _setup, cpu_kernel=_impl, tangent_reference=_mix_tangent)

@@ -217,4 +217,11 @@ def _spectrum_grad(u: Tensor, g: Tensor, n: list[int], start: list[int], total: 
     return U * dZ.conj() if conj else U.conj() * dZ
 
 
-ops_autograd.register(fft_convnd, _backward, _setup, cpu_kernel=_fft_convnd_cpu_kernel)
+def _fft_convnd_tangent(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype, constant_kernel=False,
+                        kernel_is_spectrum=False):
+    # forward-mode AD: the plain torch.fft definition carries the tangents (ops_autograd.register)
+    return fft_convnd_reference(u, k, n, start, length, scale, n_power, conj_kernel, out_dtype, kernel_is_spectrum)
+
+
+ops_autograd.register(fft_convnd, _backward, _setup, cpu_kernel=_fft_convnd_cpu_kernel,
+                      tangent_reference=_fft_convnd_tangent)

@@ -223,7 +223,7 @@ class CpuCall:
         if pre_gate is not None:
             ue = ue * pre_gate
         K = self.kernel_spectrum(k)
-        if self.pruned and self.ue_full and _rows_cycle(ue.shape, K.shape):
+        if self.pruned and self.ue_full and ue.dtype == dtype and _rows_cycle(ue.shape, K.shape):
             epilogue_into(out, pruned_tile(plan, ue, K.reshape(-1, plan.bins)), ue, D, post_gate)
             return out
         U = rfft_rows(ue, plan.fft_n)  # pads (and truncates a signal longer than n) itself
@@ -261,7 +261,7 @@ class CpuCall:
                     prepared = kernel_rows.for_unit(unit)
                     for o0, o1, h0, h1 in unit:
                         x = u3[o0:o1, h0:h1]
-                        x = x.to(dtype) if pg3 is None else x.to(dtype) * pg3[o0:o1, h0:h1]
+                        x = x.to(dtype) if pg3 is None else (x.to(dtype) * pg3[o0:o1, h0:h1]).to(dtype)
                         dst = out3[o0:o1, h0:h1]
                         if D3 is None and post3 is None and dst.dtype == dtype:
                             pruned_tile(plan, x, prepared(h0, h1), dst)  # no epilogue: into the output

@@ -207,7 +207,7 @@ def _whole_spectrum_call(u: Tensor, k: Tensor, n: list[int], start: list[int], l
     100 us of Python a call: the whole of eager's time at (2, 8, 8, 8))."""
     d = len(n)
     return (kernel_is_spectrum and u.dtype == dtype and k.dtype == spectrum_dtype(dtype) and u.dim() == d + 2
-            and k.dim() == d + 1 and k.shape[0] == u.shape[1]
+            and k.dim() == d + 1 and k.shape[0] == u.shape[1] and u.numel() > 0
             and _whole_period(list(u.shape[2:]), n, start, length, out_dtype, dtype)
             and not (u.is_conj() or k.is_conj() or k.is_neg() or u.is_neg()))
 

@@ -244,6 +244,7 @@ at::Tensor irfft_op(const at::Tensor& X, int64_t n) {
 void convnd_kept_op(const at::Tensor& u, const at::Tensor& K, at::IntArrayRef n, double total, bool conj,
                     at::Tensor out) {
   at::AutoDispatchBelowADInplaceOrView below;
+  TORCH_CHECK(convfuse_mkl::no_overlap(out), "convfuse._convnd_kept_out: out has elements that share memory");
   if (no_modes() && plain_value(u, false) && plain_value(K, false) && plain_value(out, false)) {
     convfuse_mkl::convnd_kept(u, K, n, total, conj, out);
   } else {

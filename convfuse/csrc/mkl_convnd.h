@@ -385,13 +385,29 @@ void convnd_kept_impl(const at::Tensor& u_in, const at::Tensor& K_in, at::IntArr
   if (!split || !Helpers::get().run(std::min(threads, items) - 1, work)) work();
 }
 
+// No two elements of t share memory, by a sufficient test: in increasing stride order, each
+// dimension's stride passes the last offset the smaller ones reach.  (A layout that interleaves
+// dimensions some other way fails it too: the op then refuses an out it could have written.)
+inline bool no_overlap(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dimensions that matter
+  for (int64_t i = 0; i < t.dim(); ++i)
+    if (t.size(i) > 1) dims.emplace_back(t.stride(i), t.size(i));
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return false;
+    reach += stride * (size - 1);
+  }
+  return true;
+}
+
 inline bool convnd_kept_applies(const at::Tensor& u, const at::Tensor& K, at::IntArrayRef n, const at::Tensor& out) {
   const int64_t d = n.size();
   if (!available_md() || d < 1 || d > 3 || u.dim() != d + 2 || K.dim() != d + 1) return false;
   if (out.dim() != d + 2 || out.scalar_type() != u.scalar_type() || !out.device().is_cpu() || out.size(0) != u.size(0) ||
       out.size(1) != u.size(1) || out.stride(0) < 1 || out.stride(1) < 1)
     return false;
-  for (int64_t i = d - 1, want = 1; i >= 0; --i) {  // the n axes contiguous, the rows apart
+  for (int64_t i = d - 1, want = 1; i >= 0; --i) {  // the n axes contiguous, the rows apart (no_overlap)
     if (out.size(2 + i) != n[i] || (n[i] > 1 && out.stride(2 + i) != want)) return false;
     want *= n[i];
   }

@@ -191,3 +191,37 @@ def test_a_pruned_call_at_the_default_line_and_its_report():
     assert rel(call(), masked(u.double(), k.double(), n, 0, L, False, bins)) < 2e-6
     text = cpu.describe_cpu_algorithm(n, L, L, 0, L, 2, bins)
     assert "pruned: 8 transforms of 2048 a way" in text and "79% of the dense butterflies" in text, text
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["fast", "tiled"])
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.float16), (torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.float64)], ids=["fp16", "bf16-fp32gate", "fp32-fp64gate"])
+def test_mixed_precision_gates_agree_with_the_dense_transform(pruned_from_64, monkeypatch, tiled, dtypes):
+    """A low-precision signal computes in fp32 (the gate product too, as the dense path's
+    prologue does); a wider gate than the signal: whatever the dense path gives, or its error."""
+    if tiled:
+        monkeypatch.setattr(cpu, "FAST_BYTES", -1)
+    udt, gdt = dtypes
+    gen = torch.Generator().manual_seed(7)
+    n, L, bins = 256, 128, 10
+    u = torch.randn(2, 4, L, generator=gen).to(udt)
+    pre = torch.randn(2, 4, L, generator=gen).to(gdt)
+    k = torch.randn(4, L, generator=gen).to(udt)
+
+    def call():
+        return OP(u, k, None, pre, None, n, 0, L, 1.0, 0.0, False, torch.float32, "cpu", False, bins)
+
+    try:
+        dense_error, dense = None, None
+        monkeypatch.setattr(cpu_cost, "PRUNED_MIN_N", 1 << 40)
+        cpu_cost.pruned_size.cache_clear(), cpu_cost.choose_plan.cache_clear(), cpu_plan.clear()
+        dense = call()
+    except (RuntimeError, TypeError) as exc:
+        dense_error = type(exc)
+    monkeypatch.setattr(cpu_cost, "PRUNED_MIN_N", 64)
+    cpu_cost.pruned_size.cache_clear(), cpu_cost.choose_plan.cache_clear(), cpu_plan.clear()
+    if dense_error is not None:
+        with pytest.raises(dense_error):
+            call()
+        return
+    assert rel(call(), dense.double()) < 2e-6
