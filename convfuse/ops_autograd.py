@@ -83,20 +83,27 @@ def refuse_forward_mode(name: str) -> None:
         raise _forward_mode_error(name)
 
 
-def carries_tangent(args, tensor_positions: tuple[int, ...]) -> bool:
-    """A forward-mode AD level is open (torch.autograd.forward_ad) and a tensor argument is a
-    dual tensor of it.  One attribute read when no level is open."""
+def _dual(a) -> bool:
+    if isinstance(a, Tensor):
+        return _forward_ad.unpack_dual(a).tangent is not None
+    return isinstance(a, (list, tuple)) and any(isinstance(t, Tensor) and _dual(t) for t in a)
+
+
+def carries_tangent(args, tensor_positions: Optional[tuple[int, ...]] = None) -> bool:
+    """A forward-mode AD level is open (torch.autograd.forward_ad) and a tensor argument (at
+    ``tensor_positions``, or any, tensor lists included) is a dual tensor of it.  One attribute
+    read when no level is open."""
     if _forward_ad._current_level < 0:
         return False
-    return any(isinstance(args[i], Tensor) and _forward_ad.unpack_dual(args[i]).tangent is not None
-               for i in tensor_positions if i < len(args))
+    positions = range(len(args)) if tensor_positions is None else tensor_positions
+    return any(_dual(args[i]) for i in positions if i < len(args))
 
 
-def guard_forward_mode(op) -> None:
+def guard_forward_mode(op, tangent_reference: Optional[Callable] = None) -> None:
     """For an operator that keeps custom_op's own Autograd kernel (tensor-list arguments):
-    put in front of it the forward-mode refusal the thin kernel makes (``refuse_forward_mode``).
-    Built from torch's own ``make_autograd_impl``; where a torch lacks it the operator keeps
-    custom_op's kernel as it is."""
+    put in front of it what the thin kernel does in forward mode (``refuse_forward_mode``; a
+    dual argument runs ``tangent_reference``, or raises without one).  Built from torch's own
+    ``make_autograd_impl``; where a torch lacks it the operator keeps custom_op's kernel as it is."""
     try:
         from torch._library.autograd import make_autograd_impl
 
@@ -107,6 +114,10 @@ def guard_forward_mode(op) -> None:
     name = op._name
 
     def kernel(keyset, *args, **kwargs):
+        if carries_tangent(args) or carries_tangent(tuple(kwargs.values())):
+            if tangent_reference is None:
+                raise _forward_mode_error(name)
+            return tangent_reference(*args, **kwargs)
         if _functorch_active():
             refuse_forward_mode(name)
         return inner(keyset, *args, **kwargs)

@@ -278,7 +278,12 @@ def _backward(ctx, grad):
 
 
 fft_spectral_mix.register_autograd(_backward, setup_context=_setup)
-ops_autograd.guard_forward_mode(fft_spectral_mix)
+def _spectral_tangent(u, weights, lows, n, scale, n_power, out_dtype, constant_weights=False):
+    # forward-mode AD: the plain torch.fft definition carries the tangents (ops_autograd)
+    return fft_spectral_mix_reference(u, weights, lows, n, scale, n_power, out_dtype)
+
+
+ops_autograd.guard_forward_mode(fft_spectral_mix, tangent_reference=_spectral_tangent)
 
 
 def _wgrad_setup(ctx, inputs, output):

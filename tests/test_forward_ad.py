@@ -126,3 +126,26 @@ def test_an_operator_without_a_definition_refuses_a_dual_argument():
     g, ue, k = torch.randn(1, 2, 16), torch.randn(1, 2, 16), torch.randn(2, 16)
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         OP.fft_conv_grad(fwAD.make_dual(g, torch.randn_like(g)), ue, k, 32, 0, 1.0, 0.0, False, "cpu", True, True)
+
+
+def test_fft_spectral_mix_carries_the_tangent():
+    """The spectral mix keeps custom_op's own Autograd kernel (its weights are a tensor list):
+    the same routing sits in front of it (a Fourier neural operator's truncated-mode layer)."""
+    gen = torch.Generator().manual_seed(4)
+    L, Ci, Co, m = 32, 3, 2, 6
+    u = torch.randn(2, Ci, L, generator=gen)
+    w = torch.randn(Ci, Co, m, dtype=torch.complex64, generator=gen)
+    tu = torch.randn(u.shape, generator=gen)
+    tw = torch.randn(w.shape, dtype=w.dtype, generator=gen)
+
+    def fused(u, w):
+        return OP.fft_spectral_mix(u, [w], [0], [L], 1.0, 0.0, torch.float32)
+
+    def eager(u, w):  # the FNO layer: the lowest m modes mixed over channels, the rest zero
+        X = torch.fft.rfft(u, n=L)
+        Y = torch.zeros(2, Co, L // 2 + 1, dtype=X.dtype)
+        Y[..., :m] = torch.einsum("bix,iox->box", X[..., :m], w)
+        return torch.fft.irfft(Y, n=L)
+
+    for tangents in ((tu, None), (None, tw), (tu, tw)):
+        close(tangent_of(fused, (u, w), tangents)[1], tangent_of(eager, (u, w), tangents)[1])

@@ -355,14 +355,16 @@ def test_small_calls_take_the_reference_on_one_thread(monkeypatch):
         OP(u, [ws[0], ws[0]], [0, 0, 1, 1], n, 0.5, 0.0, F64)
 
 
-def test_forward_mode_transforms_raise_instead_of_a_zero_tangent():
+def test_forward_mode_transforms_give_the_layers_tangent():
     """torch.func.jvp through custom_op's own Autograd kernel read the operator's result as a
-    zero tangent (a wrong answer, silently): the operator has no forward-mode formula and says
-    so; reverse mode is unchanged."""
+    zero tangent (a wrong answer, silently), then raised: a dual argument now runs the plain
+    definition (ops_autograd.guard_forward_mode's tangent_reference); reverse mode is unchanged."""
     u, ws, lows, n = make("1d-dc-nyquist-even")
     f = lambda x: torch.ops.convfuse.fft_spectral_mix(x, ws, lows, n, 1.0, 0.0, F64)  # noqa: E731
-    with pytest.raises(NotImplementedError, match="forward-mode AD"):
-        torch.func.jvp(f, (u,), (torch.ones_like(u),))
+    t = torch.ones_like(u)
+    got = torch.func.jvp(f, (u,), (t,))[1]
+    want = torch.func.jvp(lambda x: neuraloperator_layer(x, ws, lows, n), (u,), (t,))[1]
+    assert_close_rel(got, want, 1e-10)
     x, xr = u.clone().requires_grad_(), u.clone().requires_grad_()
     (g,) = torch.autograd.grad(f(x).sum(), x)
     (want,) = torch.autograd.grad(neuraloperator_layer(xr, ws, lows, n).sum(), xr)

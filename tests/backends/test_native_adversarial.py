@@ -157,21 +157,26 @@ def test_after_the_table_overflows_surviving_python_plans_never_return_to_cpp():
 
 
 @needs_native
-def test_functorch_forward_mode_raises_instead_of_a_zero_tangent():
+def test_functorch_forward_mode_gives_eagers_tangent():
     """``torch.func.jvp`` / ``jacfwd`` through fft_conv gave a ZERO tangent, silently, on both
     paths (redispatched below autograd the result carries no tangent; torch's own custom_op does
-    the same).  The operator has no forward-mode formula: it must say so (ops_autograd.
-    refuse_forward_mode), with the C++ table holding the shape's plan or not."""
+    the same), then raised; a dual argument now runs the operator's plain torch definition
+    (ops_autograd.register's tangent_reference), with the C++ table holding the shape's plan or
+    not."""
     r = _gen(2)
     u, k, t = r(1, 2, 8), r(2, 8), r(1, 2, 8)
     with torch.no_grad():
         _op(u, k, n=16, length=8)  # the plan in the C++ table
+
+    def eager(x):
+        return torch.fft.irfft(torch.fft.rfft(x, n=16) * torch.fft.rfft(k, n=16), n=16)[..., :8]
+
+    want_t = torch.func.jvp(eager, (u,), (t,))[1]
+    want_j = torch.func.jacfwd(eager)(u)
     for native in (True, False):
         with config.patch(native_cpu=native):
-            with pytest.raises(NotImplementedError, match="forward-mode AD"):
-                torch.func.jvp(lambda x: _op(x, k, n=16, length=8), (u,), (t,))
-            with pytest.raises(NotImplementedError, match="forward-mode AD"):
-                torch.func.jacfwd(lambda x: _op(x, k, n=16, length=8))(u)
+            torch.testing.assert_close(torch.func.jvp(lambda x: _op(x, k, n=16, length=8), (u,), (t,))[1], want_t)
+            torch.testing.assert_close(torch.func.jacfwd(lambda x: _op(x, k, n=16, length=8))(u), want_j)
             # reverse mode is unchanged: vmap runs (torch's batching fallback)
             got = torch.vmap(lambda x: _op(x, k, n=16, length=8))(u.unsqueeze(0)).squeeze(0)
             torch.testing.assert_close(got, fft_conv_reference(u, k, None, None, None, ConvParams(16, 0, 8)))
