@@ -66,7 +66,8 @@ TESTS = {
     "convfuse/ops_nd.py": ["tests/test_ops_nd.py"],
     "convfuse/backends/cpu_cache.py": ["tests/backends/test_cpu.py", "tests/backends/test_cpu_grad.py",
                                        "tests/test_ops_nd.py", "tests/test_cache_soundness.py"],
-    "convfuse/backends/cpu_nd.py": ["tests/test_ops_nd.py", "tests/backends/test_convnd_kept.py"],
+    "convfuse/backends/cpu_nd.py": ["tests/test_ops_nd.py", "tests/backends/test_convnd_kept.py", "tests/test_gfnet_spectrum.py",
+                                    "tests/backends/test_native.py"],
     "convfuse/backends/cpu_cost.py": ["tests/backends/test_cpu_plan.py", "tests/backends/test_cpu_sizes.py",
                                       "tests/backends/test_cpu_sparse.py"],
 }

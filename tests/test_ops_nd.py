@@ -157,6 +157,23 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(f, (u, k))
 
 
+def test_one_constant_kernel_at_several_sizes_and_directions_keeps_one_spectrum_each():
+    """The cache's key holds what a prepared spectrum depends on besides the kernel (FFT sizes,
+    conjugate, scale, dtype): the same weight read as a convolution, a correlation, at another size
+    and another scale, each call three times (the last from the cache), gives each its own result."""
+    cpu_cache.clear()
+    gen = torch.Generator().manual_seed(9)
+    u = channels_last(2, 8, 8, 4, gen=gen)
+    weight = torch.nn.Parameter(torch.randn(8, 8, 4, dtype=F64, generator=gen))
+    k = weight.detach().movedim((0, 1), (-2, -1))
+    calls = [([8, 8], [0, 0], [8, 8], 1.0, -1.0, False, F64), ([8, 8], [0, 0], [8, 8], 1.0, -1.0, True, F64),
+             ([12, 10], [0, 0], [8, 8], 1.0, -1.0, False, F64), ([8, 8], [0, 0], [8, 8], 0.25, 0.0, False, F64)]
+    for _ in range(3):  # stored on the second sighting, used on the third
+        for args in calls:
+            assert_close_rel(OP(u, k, *args, constant_kernel=True), fft_convnd_reference(u, k, *args), 1e-12)
+    assert cpu_cache.stats["hits"] >= len(calls)
+
+
 def test_constant_kernel_spectrum_is_cached_until_the_weight_changes():
     cpu_cache.clear()
     gen = torch.Generator().manual_seed(6)
