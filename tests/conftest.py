@@ -15,6 +15,7 @@ os.environ.setdefault("CONVFUSE_CPU_CACHE_MIN_US", "0")
 
 import torch
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import convfuse
 from convfuse.backend import convfuse_backend
@@ -134,3 +135,15 @@ def cpu_threading(request, monkeypatch):
     cpu_plan.clear()
     yield request.param
     cpu_plan.clear()
+
+
+class RecordingMode(TorchDispatchMode):
+    """A dispatch mode that records every op it sees (``ops``) and runs it unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))

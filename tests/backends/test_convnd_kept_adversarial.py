@@ -19,11 +19,11 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import convfuse
 from convfuse.backends import cpu_nd
 from convfuse.ops_nd import fft_convnd_reference
+from tests.conftest import RecordingMode
 
 pytestmark = pytest.mark.skipif(not cpu_nd.kept_descriptors(),
                                 reason="needs the native library with MKL's multi-axis DFTI (x86 torch wheels)")
@@ -312,17 +312,8 @@ def test_double_backward_dispatch_mode_autocast_vmap(spy):
     for a, b in zip(grads(spectrum_call), grads(ref)):
         assert rel(a, b) < 1e-12
 
-    class Recorder(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(func)
-            return func(*args, **(kwargs or {}))
-
     uu, kk = u.clone().requires_grad_(), k.clone().requires_grad_()
-    with Recorder() as rec:
+    with RecordingMode() as rec:
         y = spectrum_call(uu, kk)
         y.square().sum().backward()
     assert rec.ops and rel(y, ref(u, k)) < 1e-12

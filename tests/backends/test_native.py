@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import convfuse  # noqa: F401
 from convfuse import config
@@ -25,7 +24,7 @@ from convfuse.backends import cpu_native, cpu_plan
 from convfuse.backends.reference import fft_conv_reference
 from convfuse.spec import ConvParams
 
-from tests.conftest import FFT_CONV, Compiled, op_calls
+from tests.conftest import FFT_CONV, Compiled, RecordingMode, op_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 F64 = torch.float64
@@ -196,16 +195,6 @@ def test_inference_mode_and_no_grad_parameters_run_in_cpp():
         assert torch.equal(got, want)
 
 
-class _Counting(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 def _neg_view(x):
     z = torch.complex(torch.zeros_like(x), x)
     v = z.conj().imag  # a real tensor with the negative bit set
@@ -227,7 +216,7 @@ def test_calls_left_to_python_get_its_answer(what):
             got = _op(u, k, D)
         assert got.dtype == torch.float32  # the operator computes in fp32 under autocast, as eager's FFTs
     elif what == "mode":
-        mode = _Counting()
+        mode = RecordingMode()
         with torch.no_grad(), mode:
             got = _op(u, k, D)
         # the mode sees the operator (then runs it below itself, where the CPU kernel may be C++)
