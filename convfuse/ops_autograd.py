@@ -83,6 +83,11 @@ def refuse_forward_mode(name: str) -> None:
         raise _forward_mode_error(name)
 
 
+# torch.autograd.forward_ad's open level (-1: none), a module global since torch 1.9; a torch
+# without it has every call's tensors checked
+_LEVELS_KNOWN = isinstance(getattr(_forward_ad, "_current_level", None), int)
+
+
 def _dual(a) -> bool:
     if isinstance(a, Tensor):
         return _forward_ad.unpack_dual(a).tangent is not None
@@ -93,7 +98,7 @@ def carries_tangent(args, tensor_positions: Optional[tuple[int, ...]] = None) ->
     """A forward-mode AD level is open (torch.autograd.forward_ad) and a tensor argument (at
     ``tensor_positions``, or any, tensor lists included) is a dual tensor of it.  One attribute
     read when no level is open."""
-    if _forward_ad._current_level < 0:
+    if _LEVELS_KNOWN and _forward_ad._current_level < 0:
         return False
     positions = range(len(args)) if tensor_positions is None else tensor_positions
     return any(_dual(args[i]) for i in positions if i < len(args))

@@ -225,7 +225,10 @@ inline bool spin_until(const Ready& ready) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > until) return ready();
+    if ((i & 63) == 63) {
+      if (std::chrono::steady_clock::now() > until) return ready();
+      std::this_thread::yield();  // a runnable thread on this core (torch's OpenMP workers) goes first
+    }
   }
 }
 
