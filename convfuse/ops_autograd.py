@@ -91,7 +91,7 @@ _LEVELS_KNOWN = isinstance(getattr(_forward_ad, "_current_level", None), int)
 def _dual(a) -> bool:
     if isinstance(a, Tensor):
         return _forward_ad.unpack_dual(a).tangent is not None
-    return isinstance(a, (list, tuple)) and any(isinstance(t, Tensor) and _dual(t) for t in a)
+    return isinstance(a, (list, tuple)) and any(_dual(t) for t in a)
 
 
 def carries_tangent(args, tensor_positions: Optional[tuple[int, ...]] = None) -> bool:
@@ -119,7 +119,7 @@ def guard_forward_mode(op, tangent_reference: Optional[Callable] = None) -> None
     name = op._name
 
     def kernel(keyset, *args, **kwargs):
-        if carries_tangent(args) or carries_tangent(tuple(kwargs.values())):
+        if carries_tangent((*args, *kwargs.values())):
             if tangent_reference is None:
                 raise _forward_mode_error(name)
             return tangent_reference(*args, **kwargs)

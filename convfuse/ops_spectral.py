@@ -278,12 +278,8 @@ def _backward(ctx, grad):
 
 
 fft_spectral_mix.register_autograd(_backward, setup_context=_setup)
-def _spectral_tangent(u, weights, lows, n, scale, n_power, out_dtype, constant_weights=False):
-    # forward-mode AD: the plain torch.fft definition carries the tangents (ops_autograd)
-    return fft_spectral_mix_reference(u, weights, lows, n, scale, n_power, out_dtype)
-
-
-ops_autograd.guard_forward_mode(fft_spectral_mix, tangent_reference=_spectral_tangent)
+# forward-mode AD: the plain torch.fft definition (same arguments) carries the tangents
+ops_autograd.guard_forward_mode(fft_spectral_mix, tangent_reference=fft_spectral_mix_reference)
 
 
 def _wgrad_setup(ctx, inputs, output):

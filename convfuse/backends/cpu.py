@@ -262,11 +262,11 @@ class CpuCall:
                     for o0, o1, h0, h1 in unit:
                         x = u3[o0:o1, h0:h1]
                         x = x.to(dtype) if pg3 is None else (x.to(dtype) * pg3[o0:o1, h0:h1]).to(dtype)
-                        dst = out3[o0:o1, h0:h1]
+                        dst, prep = out3[o0:o1, h0:h1], prepared(h0, h1)
                         if D3 is None and post3 is None and dst.dtype == dtype:
-                            pruned_tile(plan, x, prepared(h0, h1), dst)  # no epilogue: into the output
+                            pruned_tile(plan, x, prep, dst)  # no epilogue: into the output
                             continue
-                        epilogue_into(dst, pruned_tile(plan, x, prepared(h0, h1)), x,
+                        epilogue_into(dst, pruned_tile(plan, x, prep), x,
                                       D3[o0:o1, h0:h1] if D3 is not None else None,
                                       post3[o0:o1, h0:h1] if post3 is not None else None)
 

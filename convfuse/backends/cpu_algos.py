@@ -47,14 +47,14 @@ from convfuse.spec import linear_segments
 _kept: list = [None, None]  # (rfft, irfft) operators, set by cpu_native.load
 
 
-def use_kept_descriptors(rfft_op, irfft_op, pruned_ops=(None, None)) -> None:
+def use_kept_descriptors(rfft_op, irfft_op, pruned_op=None) -> None:
     _kept[0], _kept[1] = rfft_op, irfft_op
-    _pruned[0], _pruned[1] = pruned_ops
+    _pruned[0] = pruned_op
 
 
 # FrequencySparse's rows on a pruned transform (convfuse/csrc/mkl_pruned.h; where it pays:
-# cpu_cost.pruned_size): (functional, into out) operators, set by cpu_native.load
-_pruned: list = [None, None]
+# cpu_cost.pruned_size): its operator into an output, set by cpu_native.load
+_pruned: list = [None]
 
 
 def kept_descriptors() -> bool:
@@ -178,10 +178,9 @@ def pruned_tile(plan: Plan, x: Tensor, prep: Tensor, out: Tensor | None = None) 
     prep (C, bins) complex64, row r taking prep[r % C], on the pruned transform (only the kept
     bins are computed: convfuse/csrc/mkl_pruned.h), into ``out`` (fp32, x's rows) when given.
     For plans ``pruned_applies`` to."""
-    args = (x[..., : plan.Lu], prep, plan.fft_n, plan.pruned, plan.start, plan.length)
     if out is None:
-        return _pruned[0](*args)
-    _pruned[1](*args, out)
+        out = torch.empty((*x.shape[:-1], plan.length), dtype=x.dtype)
+    _pruned[0](x[..., : plan.Lu], prep, plan.fft_n, plan.pruned, plan.start, plan.length, out)
     return out
 
 

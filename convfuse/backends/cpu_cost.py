@@ -257,8 +257,7 @@ def pruned_size(n: int, bins: int) -> int:
     least = max(4 * bins, -(-n // PRUNED_MAX_N2))
     if n < PRUNED_MIN_N or bins < 1 or least > PRUNED_MAX_N1:
         return 0
-    n1 = next((d for d in range(least + least % 2, n // 2 + 1, 2) if n % d == 0), 0)
-    return n1 if n1 <= PRUNED_MAX_N1 else 0
+    return next((d for d in range(least + least % 2, min(n // 2, PRUNED_MAX_N1) + 1, 2) if n % d == 0), 0)
 
 
 def pruned_work(n: int, n1: int) -> float:

@@ -134,8 +134,7 @@ def load() -> bool:
             from convfuse.backends import cpu_algos
 
             cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default,
-                                           (torch.ops.convfuse._pruned_conv.default,
-                                            torch.ops.convfuse._pruned_conv_out.default))
+                                           torch.ops.convfuse._pruned_conv_out.default)
             transforms = "library transforms on kept MKL descriptors"
         if torch.ops.convfuse._mkl_md_descriptors():  # and its multi-axis ones: fft_convnd's whole periods
             from convfuse.backends import cpu_nd

@@ -54,7 +54,7 @@ __attribute__((optimize("O3"))) inline void complex_product(float* __restrict ac
   }
 }
 
-// One (n, M, n1, width) plan and its buffers, per thread (tiles run on several).
+// One (n, M, n1, width) plan and its buffers, per thread (tiles run on several); n2 = n / n1 >= 2.
 struct PrunedPlan {
   int64_t n, M, n1, n2, bins1, pitch, width, rows_in;
   std::vector<float> twiddle;  // (n2, M) complex: w_n^(t2 k)
@@ -64,7 +64,7 @@ struct PrunedPlan {
   std::vector<float> X, yrow;  // M complex; the rows of y a window needs, row-major
 
   PrunedPlan(int64_t n_, int64_t M_, int64_t n1_, int64_t width_)
-      : n(n_), M(M_), n1(n1_), n2(n_ / n1_), bins1(n1_ / 2 + 1), pitch(n_ / n1_ > 1 ? n1_ + 16 : n1_),
+      : n(n_), M(M_), n1(n1_), n2(n_ / n1_), bins1(n1_ / 2 + 1), pitch(n1_ + 16),
         width(width_), rows_in((width_ + n_ / n1_ - 1) / (n_ / n1_)) {
     twiddle.resize(2 * n2 * M);
     for (int64_t t = 0; t < n2; ++t)
@@ -89,11 +89,7 @@ struct PrunedPlan {
       std::memcpy(xrow.data(), x, width * sizeof(float));  // the tail stays zero
       src = xrow.data();
     }
-    if (n2 == 1) {
-      std::memcpy(xt.data(), src, width * sizeof(float));
-    } else {
-      transpose_pitched<float>(src, n2, xt.data(), pitch, rows_in, n2);
-    }
+    transpose_pitched<float>(src, n2, xt.data(), pitch, rows_in, n2);
     check(DftiComputeForward(descriptor(Key{0, 1, n1, n2, pitch, 1, bins1, 1}), xt.data(), A.data()), "forward");
     const float inv_n2 = 1.0f / static_cast<float>(n2);
     constexpr int64_t kb = 256;  // bins per block: X, the twiddle and A's block stay in L1/L2
@@ -109,10 +105,6 @@ struct PrunedPlan {
     }
     check(DftiComputeBackward(descriptor(Key{0, 0, n1, n2, bins1, 1, pitch, 1}), B.data(), yt.data()), "inverse");
     const int64_t r0 = start / n2, r1 = (start + length + n2 - 1) / n2;  // the rows t1 the window touches
-    if (n2 == 1) {
-      std::memcpy(out, yt.data() + start, length * sizeof(float));
-      return;
-    }
     transpose_pitched<float>(yt.data() + r0, pitch, yrow.data(), n2, n2, r1 - r0);
     std::memcpy(out, yrow.data() + (start - r0 * n2), length * sizeof(float));
   }

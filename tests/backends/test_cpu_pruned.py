@@ -225,3 +225,23 @@ def test_mixed_precision_gates_agree_with_the_dense_transform(pruned_from_64, mo
             call()
         return
     assert rel(call(), dense.double()) < 2e-6
+
+
+def test_a_constant_kernel_written_behind_the_cache_is_seen(pruned_from_64):
+    """The pruned path reads the kernel's kept bins from the same sound cache as the dense one:
+    a ``.data`` write and an in-place optimizer-style step between calls (no version bump for
+    the first) give the new kernel's result."""
+    gen = torch.Generator().manual_seed(8)
+    n, L, bins = 256, 128, 12
+    u = torch.randn(2, 4, L, generator=gen)
+    weight = torch.nn.Parameter(torch.randn(4, L, generator=gen))
+
+    def call():
+        with torch.no_grad():
+            return OP(u, weight, None, None, None, n, 0, L, 1.0, 0.0, False, torch.float32, "cpu", True, bins)
+
+    for write in (lambda: weight.data.mul_(-3.0), lambda: weight.detach().add_(0.5), lambda: None):
+        for _ in range(3):  # stored on the second sighting, read on the third
+            assert ran_pruned(call)
+            assert rel(call(), masked(u.double(), weight.detach().double(), n, 0, L, False, bins)) < 2e-6
+        write()
