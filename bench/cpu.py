@@ -394,7 +394,8 @@ def calibrate(quick):
     from convfuse.spec import ConvParams
 
     rows = 512
-    grid = [(1024, K) for K in (4, 8, 16, 32, 64)] + [(16384, K) for K in (16, 64, 256, 1024, 2048, 4096)]
+    grid = ([(1024, K) for K in (4, 8, 16, 32, 64, 128)] + [(16384, K) for K in (16, 64, 256, 1024, 2048, 4096)]
+            + [(256, K) for K in (4, 16, 64)])
     out = []
     for L, K in grid:
         u, k = torch.randn(rows // 64, 64, L), torch.randn(64, K)

@@ -12,6 +12,8 @@ all under ``torch.inference_mode()``:
 - convfuse:        torch.compile(module, backend="convfuse"): the site rewritten to one fft_convnd
                    call that takes the parameter spectrum itself (``kernel_is_spectrum``; its
                    prepared form cached while the weight's bits are unchanged), Inductor for the rest
+- convfuse cpu:    the same with kernel="cpu": rewritten where the cost model refuses the site
+                   (the no-gain line, cpu_cost.nd_no_gain_reason, is drawn from this column)
 - convfuse ref:    the same compiled module with fft_convnd's plain torch.fft implementation
                    (``fft_convnd_reference``, ``config.nd_cpu = False``)
 - kernel per call: what the rewrite emitted before: irfftn(W) built every call and handed to
@@ -53,7 +55,7 @@ RESULTS = ROOT / "bench" / "results"
 SHAPES = [(2, 8, 8, 8), (4, 32, 32, 64), (1, 14, 14, 384), (8, 14, 14, 384), (32, 14, 14, 384),
           (8, 56, 56, 256), (16, 56, 56, 96)]
 QUICK = [(4, 32, 32, 64), (8, 14, 14, 384), (8, 56, 56, 256)]
-VARIANTS = ["eager", "compile", "convfuse", "convfuse_ref", "kernel_per_call"]
+VARIANTS = ["eager", "compile", "convfuse", "convfuse_cpu", "convfuse_ref", "kernel_per_call"]
 SAMPLE_SECONDS = 0.02
 
 
@@ -82,7 +84,8 @@ def variants(shape) -> tuple[dict, tuple]:
         return out.movedim((-2, -1), (1, 2))
 
     fused = torch.compile(model, backend="convfuse")
-    fns = {"eager": model, "compile": torch.compile(model), "convfuse": fused,
+    forced = torch.compile(model, backend="convfuse", options={"kernel": "cpu"})
+    fns = {"eager": model, "compile": torch.compile(model), "convfuse": fused, "convfuse_cpu": forced,
            "convfuse_ref": Reference(fused), "kernel_per_call": kernel_per_call}
     return fns, (x,)
 
@@ -119,15 +122,18 @@ def measure(shape, rounds: int, threads: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| B, H, W, C | eager ms | compile ms | convfuse ms | convfuse ref ms | kernel per call ms "
-            "| convfuse vs eager | vs compile | ref vs eager | per call vs eager | max rel err |")
-    lines = [head, "|---" * 11 + "|"]
+    head = ("| B, H, W, C | eager ms | compile ms | convfuse ms | convfuse cpu ms | convfuse ref ms "
+            "| kernel per call ms | convfuse vs eager | vs compile | cpu vs eager | cpu vs compile | ref vs eager "
+            "| per call vs eager | max rel err |")
+    lines = [head, "|---" * 14 + "|"]
     for r in rows:
         m = r["median_ms"]
         lines.append(
             f"| {', '.join(map(str, r['shape']))} | {m['eager']:.3f} | {m['compile']:.3f} | {m['convfuse']:.3f} "
-            f"| {m['convfuse_ref']:.3f} | {m['kernel_per_call']:.3f} | {m['eager'] / m['convfuse']:.2f}x "
-            f"| {m['compile'] / m['convfuse']:.2f}x | {m['eager'] / m['convfuse_ref']:.2f}x "
+            f"| {m['convfuse_cpu']:.3f} | {m['convfuse_ref']:.3f} | {m['kernel_per_call']:.3f} "
+            f"| {m['eager'] / m['convfuse']:.2f}x | {m['compile'] / m['convfuse']:.2f}x "
+            f"| {m['eager'] / m['convfuse_cpu']:.2f}x | {m['compile'] / m['convfuse_cpu']:.2f}x "
+            f"| {m['eager'] / m['convfuse_ref']:.2f}x "
             f"| {m['eager'] / m['kernel_per_call']:.2f}x | {max(r['max_rel_err'].values()):.1e} |")
     return "\n".join(lines)
 

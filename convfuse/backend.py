@@ -184,9 +184,11 @@ def log_site(record: SiteReport) -> None:
 # without), a quarter of a small convolution; such a graph runs as captured, as backend="eager"
 # runs any Dynamo graph (the operators carry their own autograd).
 _VIEW_METHODS = frozenset({"view", "reshape", "unsqueeze", "squeeze", "transpose", "permute", "expand", "flatten",
-                           "unflatten", "t", "view_as", "expand_as"})
+                           "unflatten", "t", "view_as", "expand_as", "movedim", "moveaxis", "swapaxes", "swapdims",
+                           "narrow"})
 _VIEW_FUNCTIONS = frozenset({torch.reshape, torch.unsqueeze, torch.squeeze, torch.transpose, torch.permute,
-                             torch.flatten, torch.t})
+                             torch.flatten, torch.t, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims,
+                             torch.narrow, torch.view_as_complex, torch.view_as_real})
 
 
 def _basic_index(index) -> bool:

@@ -7,7 +7,9 @@ fresh tensor in the compute dtype that the caller may modify in place.
   cheaper size with the same window when the call is linear: ``cpu_cost.fft_size``);
   valid for every call (wrap-around windows, circular convolutions, truncation), and
   the only one for a sparse kernel spectrum (only its kept bins are multiplied).
-- ``direct``: sliding dot products (depthwise ``conv1d``), for short kernels.
+- ``direct``: sliding dot products, for short kernels: in C++ (convfuse/csrc/direct.h, one
+  vectorized pass per tap, the zero padding implicit) where the native library is loaded,
+  else depthwise ``conv1d`` on a padded copy.
 - ``ols``: overlap-save with a block FFT of size N near 2K, for long rows and
   shorter kernels.
 The last two compute the linear convolution and are used only when
@@ -55,6 +57,20 @@ def use_kept_descriptors(rfft_op, irfft_op, pruned_op=None) -> None:
 # FrequencySparse's rows on a pruned transform (convfuse/csrc/mkl_pruned.h; where it pays:
 # cpu_cost.pruned_size): its operator into an output, set by cpu_native.load
 _pruned: list = [None]
+
+
+# The direct algorithm's sliding dot products (convfuse/csrc/direct.h), set by cpu_native.load:
+# no oneDNN setup (~130 us a call) and no padded copy per tile.
+_direct: list = [None]
+
+
+def use_native_direct(op) -> None:
+    _direct[0] = op
+
+
+def native_direct() -> bool:
+    """Whether "direct" plans run on the C++ sliding dot products now."""
+    return _direct[0] is not None and config.native_cpu
 
 
 def kept_descriptors() -> bool:
@@ -224,6 +240,10 @@ def _lin_segment(plan: Plan, x: Tensor, prep: Tensor, a: int, b: int) -> Tensor:
     if lo >= hi:
         return x.new_zeros(*x.shape[:-1], b - a)
     count = hi - lo
+    if plan.algo == "direct" and x.dtype in (torch.float32, torch.float64) and native_direct():
+        O, Hh = x.shape[0], x.shape[1]
+        z = _direct[0](x.reshape(O * Hh, Lx), prep.reshape(Hh, K), lo, count).view(O, Hh, count)
+        return z if lo == a and hi == b else F.pad(z, (lo - a, b - hi))
     if plan.algo == "direct":
         need = count + K - 1
     else:

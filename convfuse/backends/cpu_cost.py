@@ -35,6 +35,9 @@ Crossovers these constants give (``bench/cpu.py --calibrate`` prints them), caus
   L=131072: direct for 6 <= K < 96, overlap-save for K < 49152 (~L/3), fft above.
   (K < 6: direct and overlap-save with N=64 tie in the model, either is picked.)
   Circular or wrapping windows (not ``is_linear``): always fft.
+With the C++ direct rows (C_DIRECT_NATIVE, where the native library is loaded), causal n = 2L,
+512 rows: direct for K < 12 at L = 256, K < 24 at L = 1024-4096, K < 32 at L >= 16384, then
+overlap-save to K = 48 at L = 16384 (to 8192 at L = 131072), fft above (bench/cpu.py --calibrate).
 
 FFT size.  A linear call computes the same window at any size n' that keeps it linear
 (``same_window_at``), so "fft" runs at the cheapest such size rather than the program's n.
@@ -66,8 +69,18 @@ C_BLOCK = 30e-9  # s per overlap-save block (frame copy, irfft slice)
 MIN_OLS_N = 64
 SMOOTH_PENALTY = 1.2  # 7-smooth, not a power of two: per n log2 n, against a power of two
 ROUGH_PENALTY = 1.8  # a prime factor above 7: at least this (measured 1.8x-8.6x)
-C_DIRECT = 5.0e-9  # s per output sample
+C_DIRECT = 5.0e-9  # s per output sample (depthwise conv1d on a padded copy)
 A_DIRECT = 0.2e-9  # s per multiply-add
+# The C++ sliding dot products (convfuse/csrc/direct.h, where the native library is loaded):
+# bench/cpu.py --calibrate, 2026-12-04, 512 rows, 2 threads, us per row: L=256 K=4 0.27, K=16
+# 0.49, K=64 1.28; L=1024 K=4 1.04, K=8 1.35, K=16 1.86, K=32 3.07, K=64 5.55, K=128 10.3;
+# L=16384 K=16 37, K=64 94, K=256 314 (the tile's copies in and out included), against the
+# FFT's 1.8-2.4 us at L=1024 and 41-47 at L=16384: direct for K up to ~16.  Fitted, that is
+# 0.75 ns an output sample and 0.07 ns a multiply-add; the same run measured the FFT at about
+# 1/1.8 of what A_FFT predicts (L=1024: 1.8-2.5 us against 3.5; L=16384: 43-47 against 77-83),
+# so the constants are scaled by 1.8 to compare with fft_cost in the model's units.
+C_DIRECT_NATIVE = 1.35e-9
+A_DIRECT_NATIVE = 0.126e-9
 
 POOL_MIN_SECONDS = 0.02  # see use_pool
 
@@ -136,8 +149,16 @@ def fft_size(n: int, Lu: int, K: int, start: int, length: int, conj: bool) -> in
     return min(candidates, key=lambda m: (fft_cost(m), m))
 
 
-def direct_cost(K: int, out: int) -> float:
+def direct_cost(K: int, out: int, native: bool = False) -> float:
+    """One row of "direct": ``native``, the C++ sliding dot products (cpu_algos.native_direct)."""
+    if native:
+        return (C_DIRECT_NATIVE + A_DIRECT_NATIVE * K) * out
     return (C_DIRECT + A_DIRECT * K) * out
+
+
+def algo_fixed_seconds(algo: str, native: bool = False) -> float:
+    """An algorithm's own cost per call, whatever the rows (``native``: as direct_cost)."""
+    return NATIVE_DIRECT_FIXED_SECONDS if algo == "direct" and native else ALGO_FIXED_SECONDS[algo]
 
 
 def ols_cost(N: int, K: int, out: int) -> float:
@@ -154,7 +175,6 @@ def best_ols(n: int, K: int, out: int) -> tuple[float, int]:
     return best
 
 
-@functools.lru_cache(maxsize=1024)
 def choose_plan(
     n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None = None,
     bins: int = 0, rows: int = 0,
@@ -162,7 +182,15 @@ def choose_plan(
     """The cheapest algorithm for this shape; ``force`` picks one (tests, benchmarks).  A sparse
     kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row.
     ``rows`` (when known): the call's rows, so an algorithm's fixed cost per call counts
-    (``ALGO_FIXED_SECONDS``: conv1d's setup is ~130 us, more than a small call's transforms)."""
+    (``algo_fixed_seconds``: conv1d's setup is ~130 us, more than a small call's transforms)."""
+    from convfuse.backends.cpu_algos import native_direct
+
+    return _choose_plan(n, Lu, Lk, start, length, conj, scale, force, bins, rows, native_direct())
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose_plan(n: int, Lu: int, Lk: int, start: int, length: int, conj: bool, scale: float, force: str | None,
+                 bins: int, rows: int, native: bool) -> Plan:
     base = dict(n=n, Lu=min(Lu, n), K=min(Lk, n), start=start, length=length, conj=conj, scale=scale)
     if 0 < bins < n // 2 + 1:
         return Plan("fft", bins=bins, fft_n=n, pruned=pruned_size(n, bins), **base)  # the kept bins are defined at n
@@ -173,11 +201,11 @@ def choose_plan(
         return Plan("fft", fft_n=fft_n, **base)
     out = out_samples(Lu, K, length)
     cost_ols, N = best_ols(n, K, max(out, 1))
-    candidates = {"fft": fft_cost(fft_n), "direct": direct_cost(K, out)}
+    candidates = {"fft": fft_cost(fft_n), "direct": direct_cost(K, out, native)}
     if N:
         candidates["ols"] = cost_ols
     if rows:
-        candidates = {a: rows * c + ALGO_FIXED_SECONDS[a] for a, c in candidates.items()}
+        candidates = {a: rows * c + algo_fixed_seconds(a, native) for a, c in candidates.items()}
     if force:
         if force == "ols" and not N:
             N = 1 << max(1, (2 * K - 1).bit_length())
@@ -189,13 +217,18 @@ def choose_plan(
     return Plan(algo, fft_n=fft_n if algo == "fft" else 0, **base)
 
 
+choose_plan.cache_clear = _choose_plan.cache_clear  # the plans are cached by the inner function
+
+
 def row_seconds(plan: Plan) -> float:
     """The model's time per row of a call running ``plan`` (one thread)."""
     out = max(1, out_samples(plan.Lu, plan.K, plan.length))
     if plan.algo == "fft":
         return fft_cost(plan.fft_n)
     if plan.algo == "direct":
-        return direct_cost(plan.K, out)
+        from convfuse.backends.cpu_algos import native_direct
+
+        return direct_cost(plan.K, out, native_direct())
     return ols_cost(plan.N, plan.K, out)
 
 
@@ -293,6 +326,7 @@ OP_FIXED_SECONDS = 45e-6  # the operator's dispatch, plan lookup and its own lib
 NATIVE_OP_FIXED_SECONDS = 18e-6
 EAGER_CALL_SECONDS = 4e-6  # one eager torch call at small sizes
 ALGO_FIXED_SECONDS = {"fft": 0.0, "direct": 120e-6, "ols": 30e-6}  # conv1d's oneDNN setup: ~130 us a call
+NATIVE_DIRECT_FIXED_SECONDS = 5e-6  # the C++ direct rows: a tile's Python around one op call
 EAGER_ROW_FACTOR = 1.15  # eager's unfused passes (scale, product, slice, skip term) per row, vs a tile's
 # torch.fft commits a new MKL descriptor per call: O(n) twiddles, ~20 ns a sample on one thread
 # whatever the rows (rfft at 1 row / 64 rows, 2026-12-03: n = 2048 41 / 112 us, 16384 341 / 2434 us,
@@ -308,7 +342,7 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     ``rows`` output rows, ``kernel_rows`` distinct kernel rows (transformed every call by eager,
     and by convfuse unless ``constant``), ``epilogue_ops`` eager calls around the transforms
     (skip term, gates, casts, scales)."""
-    from convfuse.backends.cpu_algos import kept_descriptors
+    from convfuse.backends.cpu_algos import kept_descriptors, native_direct
 
     plan = choose_plan(n, L, K, start, length, False, 1.0, None, bins, rows)
     kernel_eager = kernel_rows * fft_cost(n) / 2  # one forward transform per kernel row
@@ -318,7 +352,7 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     fixed = NATIVE_OP_FIXED_SECONDS if runs_native(plan, rows) else OP_FIXED_SECONDS
     if not kept_descriptors() and plan.algo != "direct":
         fixed += 3 * COMMIT_SECONDS_PER_SAMPLE * (plan.fft_n if plan.algo == "fft" else plan.N)
-    convfuse = fixed + ALGO_FIXED_SECONDS[plan.algo] + rows * row_seconds(plan) + kernel_cf
+    convfuse = fixed + algo_fixed_seconds(plan.algo, native_direct()) + rows * row_seconds(plan) + kernel_cf
     return eager, convfuse
 
 
@@ -339,38 +373,31 @@ def runs_native(plan: Plan, rows: int) -> bool:
 # three library calls, so below about a million samples the operator's copies and fixed cost are
 # not recovered: the conservative line.
 MIN_ND_SAMPLES = 1 << 20
-# With kept multi-axis descriptors (cpu_nd.kept_descriptors: the whole-period calls in C++),
-# compiled GFNet filters forced (kernel='cpu') against eager, medians of 15 interleaved rounds,
-# 2026-12-04, after the C++ op stopped refusing a parameter's spectrum (every earlier figure
-# here measured its composite fallback): 1 thread (thread time) (1, 14, 14, 384) (75K samples)
-# 1.14x eager / 1.33x Inductor, (4, 32, 32, 64) (262K) 1.01x / 1.16x, (4, 14, 14, 384) 1.13x,
-# (8, 14, 14, 384) 1.13x / 1.27x, (16, 56, 56, 96) 1.56x; (2, 16, 16, 32) (16K) 0.54x: below
-# that, Dynamo's and the operator's fixed costs exceed eager's whole call.  2 threads (wall):
-# (75K) 0.84-0.88x, (262K) 0.50-0.59x, (301K) 0.79-0.82x, (602K) 1.04-1.13x, (4.8M) 1.39-2.38x:
-# eager's MKL runs both cores at small sizes, where handing items to a helper thread and the
-# compiled graph's own overhead (about 0.2 ms a call at (4, 32, 32, 64), in Inductor's and
-# AOT's wrappers as much as in ours) are not recovered.  So the line depends on the intra-op
-# thread count the site is compiled under.
-MIN_ND_SAMPLES_KEPT = 1 << 19
-MIN_ND_SAMPLES_KEPT_ONE_THREAD = 1 << 16
+# With kept multi-axis descriptors (cpu_nd.kept_descriptors: the whole-period calls in C++, their
+# items on torch's own OpenMP threads), compiled GFNet filters forced (kernel='cpu') against the
+# same module under Inductor, bench/nd.py, 11 interleaved rounds, 2026-12-04: 1 thread (thread
+# time) (1, 4, 4, 16) (256 samples) 1.00-1.01x, (2, 8, 8, 8) (1K) 1.00x, (1, 8, 8, 32) (2K)
+# 1.06-1.09x, (2, 8, 8, 32) (4K) 1.04-1.12x, (2, 8, 8, 64) (8K) 1.08x, (1, 14, 14, 384) (75K)
+# 1.36x, (4, 32, 32, 64) (262K) 1.22x; 2 threads (wall) 8K 1.91x, 16K 1.30x, 32K 1.34x, 75K
+# 1.20-1.27x, 262K 1.13-1.30x, 301K 1.20x, 602K 1.54x.  The line compares with Inductor's program
+# for the site, not with eager: Dynamo's per-call cost (about 40 us here) is paid whichever way the
+# site is compiled, so refusing a site buys nothing once the operator beats the site's own ops.
+# Before the items ran on torch's threads (C++ helper threads of our own, which waited for a core
+# whenever torch's OpenMP workers spun after an op), 262K samples on 2 threads ran at 0.50-0.59x.
+MIN_ND_SAMPLES_KEPT = 1 << 11
 
 
-def nd_no_gain_reason(samples: int, threads: int | None = None) -> str | None:
+def nd_no_gain_reason(samples: int) -> str | None:
     """Why a multi-axis (fft_convnd) site stays eager code on CPU at ``samples`` transformed
-    samples per call (rows x the product of the FFT sizes) with ``threads`` intra-op threads
-    (torch's count now: the pass runs at compile time), or None."""
+    samples per call (rows x the product of the FFT sizes), or None."""
     from convfuse.backends import cpu_nd
 
-    threads = torch.get_num_threads() if threads is None else threads
-    if not cpu_nd.kept_descriptors():
-        least = MIN_ND_SAMPLES
-    else:
-        least = MIN_ND_SAMPLES_KEPT_ONE_THREAD if threads == 1 else MIN_ND_SAMPLES_KEPT
+    least = MIN_ND_SAMPLES_KEPT if cpu_nd.kept_descriptors() else MIN_ND_SAMPLES
     if samples >= least:
         return None
     return (f"no gain at this size: {samples} transformed samples per call, below the {least} from which "
-            f"the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn on {threads} thread"
-            f"{'s' if threads > 1 else ''} (bench/nd.py); kernel='cpu' rewrites it anyway")
+            f"the multi-axis CPU path (cpu-fft-nd) beats eager's rfftn/irfftn (bench/nd.py); kernel='cpu' "
+            f"rewrites it anyway")
 
 
 def no_gain_reason(n: int, L: int, K: int, start: int, length: int, rows: int, kernel_rows: int,

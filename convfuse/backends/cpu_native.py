@@ -79,13 +79,28 @@ class CompileError(RuntimeError):
     (``.failed``).  A timeout, a full disk or a missing directory is not: the next import retries."""
 
 
+# OpenMP, as Inductor's C++ kernels: the multi-axis items run on torch's own intra-op threads
+# (mkl_convnd.h's run_parallel).  The system's libgomp is linked by soname only; at load the
+# process already holds torch's (torch/lib/libgomp.so.1), so both share one OpenMP runtime.  A
+# compiler without OpenMP builds without it (those calls then run on one thread).
+OPENMP_FLAGS = ("-fopenmp",)
+
+
 def _build(cxx: str, target: Path) -> None:
+    try:
+        _compile(cxx, target, OPENMP_FLAGS)
+    except CompileError as exc:
+        log.info("convfuse: building with OpenMP failed (%s); building without it", str(exc)[:200])
+        _compile(cxx, target, ())
+
+
+def _compile(cxx: str, target: Path, flags: tuple[str, ...]) -> None:
     from torch.utils.cpp_extension import include_paths
 
     lib = Path(torch.__file__).parent / "lib"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cxx, "-O2", "-std=c++17", "-fPIC", "-shared", "-w",
+    cmd = [cxx, "-O2", "-std=c++17", "-fPIC", "-shared", "-w", *flags,
            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
            *(f"-I{p}" for p in include_paths()), str(SOURCE), "-o", str(tmp),
            f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
@@ -129,10 +144,11 @@ def load() -> bool:
                     pass
                 raise
         torch.ops.load_library(str(target))
+        from convfuse.backends import cpu_algos
+
+        cpu_algos.use_native_direct(torch.ops.convfuse._direct_rows.default)  # short kernels (direct.h)
         transforms = "library transforms through torch.fft (libtorch_cpu exports no MKL DFTI)"
         if torch.ops.convfuse._mkl_descriptors():  # MKL's DFTI exported by libtorch_cpu (x86 wheels)
-            from convfuse.backends import cpu_algos
-
             cpu_algos.use_kept_descriptors(torch.ops.convfuse._rfft.default, torch.ops.convfuse._irfft.default,
                                            torch.ops.convfuse._pruned_conv_out.default)
             transforms = "library transforms on kept MKL descriptors"
@@ -141,6 +157,8 @@ def load() -> bool:
 
             cpu_nd.use_kept_descriptors(torch.ops.convfuse._convnd_kept_out.default)
             transforms += ", multi-axis ones too"
+            if not torch.ops.convfuse._native_openmp():
+                transforms += " (built without OpenMP: multi-axis calls on one thread)"
         _state.update(loaded=True, reason=f"loaded ({target}); {transforms}")  # cpu_plan.clear() clears it on setting changes
         return True
     except Exception as exc:  # noqa: BLE001  the Python kernels serve every call instead

@@ -36,6 +36,7 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
+#include "direct.h"
 #include "mkl_convnd.h"
 #include "mkl_pruned.h"
 #include "mkl_fft.h"
@@ -317,6 +318,10 @@ TORCH_LIBRARY_FRAGMENT(convfuse, m) {
   m.def("_convnd_kept_out(Tensor u, Tensor K, int[] n, float total, bool conj, Tensor(a!) out) -> ()",
         &convnd_kept_op);
   m.def("_mkl_md_descriptors() -> bool", +[]() { return convfuse_mkl::available_md(); });
+  // built with OpenMP: the multi-axis items share torch's intra-op threads (run_parallel)
+  m.def("_native_openmp() -> bool", +[]() { return convfuse_mkl::parallel_built(); });
+  // the direct algorithm's sliding dot products (direct.h): x (R, Lx), w (C, K) -> (R, count)
+  m.def("_direct_rows(Tensor x, Tensor w, int lo, int count) -> Tensor", &convfuse_direct::rows);
   // FrequencySparse's rows on a pruned transform (mkl_pruned.h): x (..., W) float32, K (C, M) complex64
   m.def("_pruned_conv(Tensor x, Tensor K, int n, int n1, int start, int length) -> Tensor",
         &convfuse_mkl::pruned_conv);

@@ -24,14 +24,10 @@
 #include <ATen/ops/fft_irfftn.h>
 #include <ATen/ops/fft_rfftn.h>
 
+#include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <exception>
 #include <functional>
-#include <mutex>
-#include <thread>
-#include <unistd.h>
+#include <pthread.h>
 #include <vector>
 
 extern "C" {
@@ -208,118 +204,46 @@ void hermitian_columns(std::complex<T>* X, const std::vector<int64_t>& mirror, l
   }
 }
 
-// Spin on ready() for up to kSpinNs before a thread blocks on a condition variable: waking a
-// thread that sleeps on an idle vCPU waits on the hypervisor, measured here at up to ~1 ms a
-// call (GFNet's (4, 32, 32, 64) filter on 2 threads: 0.64 ms a call back to back, 1.53 ms with
-// 50 ms idle between batches of calls), which is what OpenMP's spin-waiting avoids for torch's
-// own threads (libgomp spins too before it sleeps).  A third of a millisecond covers
-// back-to-back calls and the short gaps of a model's graph, and is short beside torch's own
-// OpenMP threads, which the spinning takes a core from.
-constexpr int64_t kSpinNs = 300 * 1000;
-
-template <typename Ready>
-inline bool spin_until(const Ready& ready) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kSpinNs);
-  for (int i = 0;; ++i) {
-    if (ready()) return true;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if ((i & 63) == 63) {
-      if (std::chrono::steady_clock::now() > until) return ready();
-      std::this_thread::yield();  // a runnable thread on this core (torch's OpenMP workers) goes first
-    }
-  }
+// work() on `threads` of torch's own OpenMP threads (the library is built with -fopenmp against
+// the libgomp torch loads, as Inductor's C++ kernels are): at::parallel_for over one index a
+// thread (each chunk drains the shared item counter), so ATen's own region (no num_threads clause: GOMP's pool misbehaves when it varies,
+// pytorch#32008; the first exception rethrown here; nothing nested) runs it.  Built without
+// OpenMP, or inside a parallel region, it runs on this thread alone.  Why not threads of our
+// own: OpenMP's workers spin after every torch op, so on a 2-core machine a third thread waits
+// for a core whenever a torch op ran just before (GFNet's (4, 32, 32, 64) filter on 2 threads,
+// interleaved with eager calls: 1.58 ms a call on our own helper threads, against eager's 0.79).
+inline void run_parallel(int64_t threads, const std::function<void()>& work) {
+  at::parallel_for(0, std::max<int64_t>(1, threads), 1, [&](int64_t, int64_t) { work(); });  // one chunk a thread
 }
 
-// Helper threads for the items of one call, kept for the process (their descriptors and
-// buffers are thread_local: a thread made per call would commit its descriptors every call).
-// Not at::parallel_for: that is OpenMP in torch's headers, and this library is built without
-// it.  Not cpu_exec's Python pool: handing a call to it and back costs ~190 us (measured, no-op
-// units, 2 threads), a fifth of GFNet's (4, 32, 32, 64) call.  Helpers run raw-pointer work
-// only (no ATen, no Python).  One call at a time uses them; a concurrent call runs on its own
-// thread.  Never destroyed (detached threads waiting at exit must not meet a destroyed mutex);
-// a forked child, which has none of its parent's threads, starts new ones.
-class Helpers {
- public:
-  static Helpers& get() {
-    static Helpers* helpers = new Helpers();
-    return *helpers;
-  }
+// A forked child has none of its parent's threads, but GNU OpenMP keeps its record of the
+// parent's pool and waits on it for ever in the child's first parallel region (torch's own
+// ops hang there too, above one thread).  So in a forked child the multi-axis calls run on
+// the calling thread alone, MKL's transforms included.  Registered at load, before any fork.
+inline std::atomic<bool> forked_child{false};
+inline const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); });
 
-  // work(limit) on this thread and on `count` helpers; false (nothing run) when another call
-  // holds them
-  bool run(int64_t count, const std::function<void()>& work) {
-    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock()) return false;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      if (pid_ != getpid()) started_ = 0, pid_ = getpid();
-      // a new helper waits for the generation after the current one: this call's
-      for (const int64_t seen = generation_.load(); started_ < count; ++started_)
-        std::thread([this, seen] { loop(seen); }).detach();
-      task_ = &work;
-      wanted_ = count;
-      pending_.store(count);
-      error_ = nullptr;
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    wake_.notify_all();
-    std::exception_ptr mine;
-    try {
-      work();
-    } catch (...) {
-      mine = std::current_exception();
-    }
-    spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; });
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_.load() == 0; });
-    task_ = nullptr;
-    if (mine) std::rethrow_exception(mine);
-    if (error_) std::rethrow_exception(error_);
-    return true;
-  }
+// Whether run_parallel can use more than one thread (the library was built with OpenMP).
+inline bool parallel_built() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
 
- private:
-  void loop(int64_t seen) {
-    for (;;) {
-      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return generation_.load() != seen; });
-      seen = generation_.load();
-      if (wanted_ == 0) continue;  // more helpers than this call asked for
-      --wanted_;
-      const std::function<void()>* task = task_;
-      lock.unlock();
-      std::exception_ptr error;
-      try {
-        (*task)();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      lock.lock();
-      if (error && !error_) error_ = error;
-      if (pending_.fetch_sub(1) == 1) done_.notify_all();
-    }
-  }
-
-  std::mutex busy_, mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void()>* task_ = nullptr;
-  std::exception_ptr error_;
-  int64_t started_ = 0, wanted_ = 0;
-  std::atomic<int64_t> pending_{0}, generation_{0};  // written under mutex_, read by spinning threads too
-  pid_t pid_ = getpid();
-};
-
-// Below this many bytes of input a call runs on the calling thread alone: waking a helper
-// costs more than it saves.
+// Below this many bytes of input a call runs on the calling thread alone (MKL's own threads
+// inside its transforms): splitting it costs more than it saves.
 constexpr int64_t kSplitBytes = 256 * 1024;
+// Items a thread gets at least, where a call is split: two, so a thread that lost its core for
+// a while leaves the other an item to take (1 and 4 measured no better: (1, 14, 14, 384),
+// (1, 32, 32, 64), 2 threads, 1.42-1.45x and 1.05-1.26x eager).
+constexpr int64_t kItemsPerThread = 2;
 
 // out = irfftn(rfftn(u, s=n) * W, s=n) over the last d = len(n) axes, W = total * (conj ? conj(K) : K):
 // u (Ko, Hk, *n) real, K (Hk, *n[:-1], n[-1]/2+1) complex of u's precision, any strides; out
 // (Ko, Hk, *n) with its n axes contiguous.  Items (a batch row's block of channels) are shared
-// out over torch's intra-op thread count (Helpers), each with one MKL thread.
+// out over torch's intra-op threads (run_parallel), each with one MKL thread.
 template <typename T>
 void convnd_kept_impl(const at::Tensor& u_in, const at::Tensor& K_in, at::IntArrayRef n, double total, bool conj,
                       at::Tensor& out) {
@@ -342,10 +266,18 @@ void convnd_kept_impl(const at::Tensor& u_in, const at::Tensor& K_in, at::IntArr
   channels_last = channels_last && ps >= Hk;
   const at::Tensor u = channels_last || u_in.is_contiguous() ? u_in : u_in.contiguous();
   const at::Tensor Kl = rows_contiguous(K_in);  // (Hk, *spec); GFNet's channels-last parameter: one copy
-  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(Hk, kItemBytes / std::max<int64_t>(1, S * sizeof(C))));
-  const int64_t per_row = (Hk + block - 1) / block, items = Ko * per_row;
-  const int64_t threads = at::get_num_threads();
-  const bool split = threads > 1 && items > 1 && u.numel() * static_cast<int64_t>(sizeof(T)) >= kSplitBytes;
+  const int64_t threads = forked_child.load() ? 1 : at::get_num_threads();
+  const bool large = parallel_built() && threads > 1 && u.numel() * static_cast<int64_t>(sizeof(T)) >= kSplitBytes;
+  const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  int64_t block = std::max<int64_t>(1, std::min<int64_t>(Hk, kItemBytes / std::max<int64_t>(1, S * sizeof(C))));
+  // Too few items for the threads (GFNet at batch 1: one item a row): smaller blocks of
+  // channels, so that every thread has kItemsPerThread, rather than a row left to MKL's own
+  // threads ((1, 14, 14, 384), 2 threads, torch.utils.benchmark medians: one item on MKL's 2
+  // threads 0.82x eager, split 1.45x)
+  const int64_t want = large ? kItemsPerThread * threads : 1;
+  if (Ko * ceil_div(Hk, block) < want) block = ceil_div(Hk, ceil_div(want, Ko));
+  const int64_t per_row = ceil_div(Hk, block), items = Ko * per_row;
+  const bool split = large && items > 1;
   const long limit = split ? 1 : threads;  // MKL's own threads, as torch's plans set them
   const T* up = u.data_ptr<T>();
   T* op = out.data_ptr<T>();
@@ -385,7 +317,7 @@ void convnd_kept_impl(const at::Tensor& u_in, const at::Tensor& K_in, at::IntArr
   if (spectrum.size() * sizeof(C) > 2 * kItemBytes) std::vector<C>().swap(spectrum);
   if (rows.size() * sizeof(T) > 2 * kItemBytes) std::vector<T>().swap(rows);
   };
-  if (!split || !Helpers::get().run(std::min(threads, items) - 1, work)) work();
+  run_parallel(split ? std::min(threads, items) : 1, work);
 }
 
 // No two elements of t share memory, by a sufficient test: in increasing stride order, each

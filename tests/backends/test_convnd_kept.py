@@ -81,7 +81,7 @@ def test_matches_torch_fft(n, layout, dtype, threads):
 
 
 def test_a_large_call_shared_over_threads_and_a_channels_last_spectrum():
-    """Big enough to use the helper threads, several items per batch row, K channels-last."""
+    """Big enough to share its items over torch's OpenMP threads, several items per batch row, K channels-last."""
     gen = torch.Generator().manual_seed(0)
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -94,9 +94,31 @@ def test_a_large_call_shared_over_threads_and_a_channels_last_spectrum():
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("B,C,n", [(1, 384, [14, 14]), (1, 97, [40, 40]), (1, 3, [192, 192]), (2, 5, [96, 96]),
+                                   (1, 1, [256, 256]), (3, 2, [128, 128])],
+                         ids=["gfnet-batch-1", "odd-channels", "fewer-channels-than-items", "two-rows",
+                              "one-channel", "three-rows-two-channels"])
+@pytest.mark.parametrize("layout", ["channels-last", "channels-first"])
+def test_large_calls_with_few_rows_split_channels_over_the_threads(B, C, n, layout):
+    """Above the split size with fewer items than the threads want (a batch row is one item
+    until its channels are blocked smaller): each row's channels are cut into blocks, down to one
+    channel, and every block lands where it belongs; 1 and 2 threads agree with torch."""
+    gen = torch.Generator().manual_seed(B * 1000 + C)
+    u, K = operands(B, C, n, torch.float32, layout, False, gen)
+    assert u.numel() * 4 >= 256 * 1024  # above mkl_convnd.h's kSplitBytes: the split path
+    want = expected(u, K, n, 0.5, True)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            close(kept(u, K, n, 0.5, True), want, torch.float32)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_rows_of_a_wider_output_and_concurrent_callers():
     """out may be a slice of a larger tensor (rows apart, n axes contiguous); Python threads calling
-    at once (the helpers serve one call, the other runs on its own thread) get their own results."""
+    at once (each its own OpenMP team) get their own results."""
     gen = torch.Generator().manual_seed(1)
     u = torch.randn(8, 32, 32, 48, generator=gen).permute(0, 3, 1, 2)
     K = torch.randn(48, 32, 17, dtype=torch.complex64, generator=gen)

@@ -399,7 +399,7 @@ def _in_child(fn, timeout=30.0):
 
 
 @pytest.mark.parametrize("shape,child_threads", [((8, 64, 32, 32), None), ((8, 64, 32, 32), 1), ((2, 4, 6, 8), 1)],
-                         ids=["helpers", "helpers-1-thread", "small-1-thread"])
+                         ids=["two-threads", "one-thread", "small-one-thread"])
 def test_kept_call_in_a_forked_child_after_a_multithreaded_call(shape, child_threads, threads):
     threads(2)
     B, C, H, W = shape
@@ -412,7 +412,7 @@ def test_kept_call_in_a_forked_child_after_a_multithreaded_call(shape, child_thr
         KEPT(u, K, [H, W], 1.0, False, out)
         return out
 
-    want = kept()  # the parent's helpers (or MKL's threads) are running now
+    want = kept()  # the parent's OpenMP pool (torch's, MKL's) exists now: a child must not wait on it
 
     def child():
         if child_threads:

@@ -149,11 +149,19 @@ def test_cost_model_choices():
     # overlap-save 4.5; L=16384 K=256 fft 69, overlap-save 86, direct 1075
     assert describe_cpu_algorithm(2048, 1024, 32, 0, 1024, 512).startswith("cpu-fft")
     assert describe_cpu_algorithm(2 * 16384, 16384, 256, 0, 16384, 512).startswith("cpu-fft")
-    # a few taps on long rows: short overlap-save blocks
-    assert describe_cpu_algorithm(2 * 16384, 16384, 4, 0, 16384, 512).startswith("cpu-overlap-save")
+    # a few taps on long rows: the C++ sliding dot products (bench/cpu.py --calibrate, 2026-12-04,
+    # L=16384 K=16: direct 37, overlap-save 39, fft 43 us a row), else short overlap-save blocks
+    from convfuse.backends.cpu_algos import native_direct
+
+    few_taps = describe_cpu_algorithm(2 * 16384, 16384, 4, 0, 16384, 512)
+    assert few_taps.startswith("cpu-direct" if native_direct() else "cpu-overlap-save"), few_taps
+    with config.patch(native_cpu=False):
+        assert describe_cpu_algorithm(2 * 16384, 16384, 4, 0, 16384, 512).startswith("cpu-overlap-save")
     # overlap-save's setup (ALGO_FIXED_SECONDS) is not paid back by one row: the call's own plan,
     # and the report's name, count it
-    assert describe_cpu_algorithm(2 * 4096, 4096, 4, 0, 4096, 1).startswith("cpu-fft")
+    assert not describe_cpu_algorithm(2 * 4096, 4096, 4, 0, 4096, 1).startswith("cpu-overlap-save")
+    with config.patch(native_cpu=False):  # and conv1d's setup neither: the FFT
+        assert describe_cpu_algorithm(2 * 4096, 4096, 4, 0, 4096, 1).startswith("cpu-fft")
     assert describe_cpu_algorithm(2048, 1024, 1024, 0, 1024, 8).startswith("cpu-fft")
     assert describe_cpu_algorithm(1024, 1024, 4, 0, 1024, 8).startswith("cpu-fft")  # circular: not linear
     assert describe_cpu_algorithm(1024, 1024, 4, 0, 1024, 512, bins=64).startswith("cpu-fft")

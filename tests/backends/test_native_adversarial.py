@@ -97,8 +97,10 @@ def test_a_setting_changed_while_a_plan_is_built_leaves_a_stale_plan_in_cpp(monk
             before = _hits()
             got = _op(u, k)
             ran_in_cpp = _hits() > before
-            with config.patch(native_cpu=False):
-                want = _op(u, k)  # what the Python path computes under cpu_algo="direct"
+            # what the Python kernels (the twin) compute under cpu_algo="direct" (its direct
+            # rows in C++ too: native_cpu=False would run conv1d, other bits)
+            want = torch.ops.convfuse._fft_conv_python(u, k, None, None, None, 32, 0, 16, 1.0, 0.0, False,
+                                                        u.dtype, "cpu", False, 0)
         assert not ran_in_cpp, "C++ ran a plan made under another cpu_algo"
         assert torch.equal(got, want)
     finally:
