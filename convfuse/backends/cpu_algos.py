@@ -241,9 +241,19 @@ def _lin_segment(plan: Plan, x: Tensor, prep: Tensor, a: int, b: int) -> Tensor:
         return x.new_zeros(*x.shape[:-1], b - a)
     count = hi - lo
     if plan.algo == "direct" and x.dtype in (torch.float32, torch.float64) and native_direct():
-        O, Hh = x.shape[0], x.shape[1]
+        O, Hh = x.shape[0], x.shape[1]  # the C++ rows read x where it lies, zeros implied
         z = _direct[0](x.reshape(O * Hh, Lx), prep.reshape(Hh, K), lo, count).view(O, Hh, count)
-        return z if lo == a and hi == b else F.pad(z, (lo - a, b - hi))
+    else:
+        z = _lin_segment_torch(plan, x, prep, lo, count)
+    if lo == a and hi == b:
+        return z
+    return F.pad(z, (lo - a, b - hi))
+
+
+def _lin_segment_torch(plan: Plan, x: Tensor, prep: Tensor, lo: int, count: int) -> Tensor:
+    """z[m] for m in [lo, lo + count) in torch: a zero-padded copy of the samples read, then
+    depthwise conv1d ("direct") or overlap-save blocks."""
+    K, Lx = plan.K, x.shape[-1]
     if plan.algo == "direct":
         need = count + K - 1
     else:
@@ -261,6 +271,6 @@ def _lin_segment(plan: Plan, x: Tensor, prep: Tensor, a: int, b: int) -> Tensor:
         Z.mul_(prep.unsqueeze(-2))
         z = irfft(Z, plan.N)[..., : plan.block]
         z = z.reshape(*z.shape[:-2], -1)[..., :count]
-    if lo == a and hi == b:
-        return z
-    return F.pad(z, (lo - a, b - hi))
+    return z
+
+

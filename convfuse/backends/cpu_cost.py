@@ -58,7 +58,7 @@ import math
 import torch
 
 from convfuse import config
-from convfuse.backends.cpu_algos import Plan
+from convfuse.backends.cpu_algos import Plan, kept_descriptors, native_direct
 from convfuse.spec import is_linear
 
 A_FFT = 0.28e-9  # s per n*log2(n): rfft + multiply + irfft + epilogue, per row
@@ -183,8 +183,6 @@ def choose_plan(
     kernel spectrum (``bins`` < n // 2 + 1) makes the kernel dense in time: one FFT per row.
     ``rows`` (when known): the call's rows, so an algorithm's fixed cost per call counts
     (``algo_fixed_seconds``: conv1d's setup is ~130 us, more than a small call's transforms)."""
-    from convfuse.backends.cpu_algos import native_direct
-
     return _choose_plan(n, Lu, Lk, start, length, conj, scale, force, bins, rows, native_direct())
 
 
@@ -226,8 +224,6 @@ def row_seconds(plan: Plan) -> float:
     if plan.algo == "fft":
         return fft_cost(plan.fft_n)
     if plan.algo == "direct":
-        from convfuse.backends.cpu_algos import native_direct
-
         return direct_cost(plan.K, out, native_direct())
     return ols_cost(plan.N, plan.K, out)
 
@@ -342,8 +338,6 @@ def predicted_times(n: int, L: int, K: int, start: int, length: int, rows: int, 
     ``rows`` output rows, ``kernel_rows`` distinct kernel rows (transformed every call by eager,
     and by convfuse unless ``constant``), ``epilogue_ops`` eager calls around the transforms
     (skip term, gates, casts, scales)."""
-    from convfuse.backends.cpu_algos import kept_descriptors, native_direct
-
     plan = choose_plan(n, L, K, start, length, False, 1.0, None, bins, rows)
     kernel_eager = kernel_rows * fft_cost(n) / 2  # one forward transform per kernel row
     eager = ((6 + epilogue_ops) * EAGER_CALL_SECONDS + EAGER_ROW_FACTOR * rows * fft_cost(n) + kernel_eager

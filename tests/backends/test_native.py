@@ -406,7 +406,6 @@ def test_built_with_openmp_where_the_compiler_has_it():
     """The multi-axis items run on torch's own OpenMP threads (mkl_convnd.h's run_parallel): a
     build that lost -fopenmp would run them on one thread, silently slower, and say so in status().
     GCC has OpenMP, so a g++ build must have it; the flag is tried first whatever the compiler."""
-    assert cpu_native.OPENMP_FLAGS == ("-fopenmp",)
     built_with = torch.ops.convfuse._native_openmp()
     assert ("built without OpenMP" in cpu_native.status()) == (not built_with and torch.ops.convfuse._mkl_md_descriptors())
     cxx = cpu_native._compiler()
