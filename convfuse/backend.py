@@ -23,6 +23,7 @@ from convfuse.options import BackendOptions
 from convfuse.passes import Match, Refusal, find_fft_sites, internal_error, match_or_refuse, rewrite_site, still_valid
 from convfuse.passes.mixing import MixMatch
 from convfuse.passes.mixing import no_gain_reason as mixing_no_gain
+from convfuse.passes.saved_inputs import copy_reachable_operands
 from convfuse.passes.policy import SitePlan, choose_policies, policy_rewrite_args, resolve_late, spectrum_bins
 from convfuse.policies import Exact, PartialKernel
 from convfuse.passes.sizes import example_value
@@ -36,6 +37,7 @@ def convfuse_backend(gm: GraphModule, example_inputs, *, mode=None, options=None
     sites = find_fft_sites(gm.graph)
     plans = choose_policies(gm, sites, opts, example_inputs)
     report = rewrite_sites(gm, sites, opts, plans)
+    copy_saved_operands(gm, report)
     publish(report)
     return compile_rest(gm, example_inputs, opts)
 
@@ -70,6 +72,20 @@ def rewrite_sites(gm: GraphModule, sites, opts: BackendOptions, plans: dict | No
         gm.recompile()
         log.debug("convfuse: rewritten graph\n%s", gm.code)
     return report
+
+
+def copy_saved_operands(gm: GraphModule, report: RewriteReport) -> None:
+    """Route the operands the caller can change before backward through saved copies
+    (passes/saved_inputs.py); each site's record lists the ones it copies."""
+    if not report.rewritten:
+        return
+    copied = copy_reachable_operands(gm)
+    for record in report.rewritten:
+        record.saved_copies = copied.get(record.node, [])
+        if record.saved_copies:
+            log.info("convfuse: %s at %s saves copies of %s for backward (memory the caller can change before "
+                     "backward: graph inputs, parameters, outputs, or written in the graph)", record.pattern,
+                     record.source, ", ".join(record.saved_copies))
 
 
 def rewrite_one_site(gm: GraphModule, site, opts: BackendOptions, plan: SitePlan) -> SiteReport:

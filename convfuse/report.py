@@ -45,6 +45,7 @@ class SiteReport:
     graph: int = 0  # which compiled graph (graph breaks split a model into several)
     node: str = ""  # the FX node of the inverse transform
     shapes: dict[str, list] = field(default_factory=dict)
+    saved_copies: list[str] = field(default_factory=list)  # operands saved for backward as copies
 
     @property
     def rewritten(self) -> bool:
@@ -67,7 +68,8 @@ class SiteReport:
                 policy += f" rel_error={self.rel_error:.2e}"
         elif self.rewritten and self.policy != "exact":
             policy = f" policy={self.policy}->exact"
-        return f"[{self.status}] {self.pattern} at {self.source}: {what}{kernel}{policy}"
+        copies = f" saved-copies={','.join(self.saved_copies)}" if self.saved_copies else ""
+        return f"[{self.status}] {self.pattern} at {self.source}: {what}{kernel}{policy}{copies}"
 
 
 @dataclass

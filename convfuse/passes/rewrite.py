@@ -111,9 +111,19 @@ def rewrite_site_nd(gm: GraphModule, m: Match, kernel: str) -> Node:
              m.conj_kernel, m.out_dtype),
             {"constant_kernel": m.constant_kernel, "kernel_is_spectrum": True} if spectrum else {},
         )
+        _tag(out, m)
         out = graph.call_function(torch.movedim, (out, last, m.axes))
         out = replay(graph, out, m.out_steps)
     return out
+
+
+def _tag(op: Node, m) -> None:
+    """What later steps need to know of an operator call: the user's source line, the site it
+    replaced, and whether eager's value there needed a gradient (passes/saved_inputs.py copies
+    the operands the caller can reach only then; not known counts as needed)."""
+    op.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
+    op.meta["convfuse_site"] = m.inverse.name
+    op.meta["convfuse_grad"] = bool(getattr(m.tail.meta.get("example_value"), "requires_grad", True))
 
 
 def _replace(graph: Graph, m: Match, out: Node) -> Node:
@@ -182,6 +192,7 @@ def rewrite_mixing(gm: GraphModule, m) -> Node:
                 (u, w, bias, n, start, length, m.scale, float(m.power), m.conj_kernel, m.groups, m.out_dtype),
                 {"constant_kernel": m.constant_kernel},
             )
+            _tag(out, m)
             if grouped:
                 out = graph.call_method("unflatten", (out, m.batch_rank, (m.groups, -1)))
         else:
@@ -191,12 +202,12 @@ def rewrite_mixing(gm: GraphModule, m) -> Node:
                 (u, weights, list(m.lows), n, m.scale, float(m.power), m.out_dtype),
                 {"constant_weights": m.constant_kernel},
             )
+            _tag(out, m)
             starts, lengths = m.window()
             for i in m.cropped_axes():
                 # the operator returns the whole period: the epilogue's window, as the view eager took
                 start, length = (_materialize(graph, x.arg) for x in (starts[i], lengths[i]))
                 out = graph.call_method("narrow", (out, i - d, start, length))
-        out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
         out = graph.call_method("permute", (out, m.out_perm))
         out = replay(graph, out, m.out_steps)
     return out
@@ -235,7 +246,7 @@ def _insert(gm: GraphModule, m: Match, kernel: str, kernel_transform, constant_k
             (u, k, D, pre, gate, n, start, length, m.scale, float(m.power), m.conj_kernel, m.out_dtype, kernel),
             {"constant_kernel": m.constant_kernel and constant_kernel, "spectrum_bins": spectrum_bins},
         )
-        out.meta["stack_trace"] = m.inverse.meta.get("stack_trace")
+        _tag(out, m)
         if m.axis != -1:
             out = graph.call_function(torch.movedim, (out, -1, m.axis))
         out = replay(graph, out, m.out_steps)
