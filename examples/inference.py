@@ -14,13 +14,15 @@ forward (M2's pad + flip) stays as written. The report's constant-kernel count s
 
 Each model runs three ways under ``torch.inference_mode()``: eager, ``torch.compile`` with
 its default backend (Inductor), and ``torch.compile(backend="convfuse")`` (convfuse's fused
-operator, Inductor for the rest). Times are medians of interleaved runs (each round runs all
-three, so machine noise hits them alike); ratios matter more than absolute times.
+operator, Inductor for the rest). Times are medians over interleaved rounds (each round times
+all three with torch.utils.benchmark's ``blocked_autorange``, so machine noise hits them alike);
+ratios matter more than absolute times.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -110,16 +112,18 @@ def bench_models() -> dict[str, object]:
     return found
 
 
-def interleaved_medians(fns: dict, inputs, repeats: int) -> dict[str, float]:
-    times = {name: [] for name in fns}
+def interleaved_medians(fns: dict, inputs, repeats: int, min_run_time: float = 0.2) -> dict[str, float]:
+    """ms per call: each round times every variant with torch.utils.benchmark (the median of a
+    ``blocked_autorange`` block of back-to-back calls), the order rotating each round so none
+    always follows the same one; the figure is the median over rounds."""
+    from torch.utils.benchmark import Timer
+
+    names = list(fns)
+    times = {name: [] for name in names}
     for r in range(repeats):
-        order = list(fns.items())
-        if r % 2:
-            order.reverse()  # neither runs always first after the other's cache traffic
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn(*inputs)
-            times[name].append((time.perf_counter() - t0) * 1e3)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            timer = Timer("fn(*inputs)", globals={"fn": fns[name], "inputs": inputs}, num_threads=torch.get_num_threads())
+            times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -206,7 +210,8 @@ def main(argv=None) -> int:
     if not rows:
         print("no example models ran", file=sys.stderr)
         return 1
-    print(f"CPU, {torch.get_num_threads()} threads, medians of {args.repeats} interleaved runs")
+    print(f"CPU, {torch.get_num_threads()} threads, medians of {args.repeats} interleaved rounds "
+          f"(torch.utils.benchmark blocked_autorange), load average {os.getloadavg()[0]:.2f} at the end")
     print(table(rows))
     return 0 if all(r["err"] < 1e-4 for r in rows) else 1
 

@@ -309,8 +309,15 @@ def prologue_into(dst: Tensor, u: Tensor, pre_gate: Tensor | None) -> Tensor:
     """dst <- (u * pre_gate)[..., :width] computed in dst's dtype (the compute dtype; a signal
     longer than n is truncated)."""
     width = dst.shape[-1]
-    dst.copy_(u[..., :width])
-    return dst if pre_gate is None else dst.mul_(pre_gate[..., :width])
+    u = u[..., :width]
+    if pre_gate is None:
+        return dst.copy_(u)
+    pre_gate = pre_gate[..., :width]
+    if u.dtype == pre_gate.dtype == dst.dtype and u.shape == dst.shape and pre_gate.dim() <= dst.dim():
+        # one pass, the same products in the same dtype (the gate broadcasts into u's shape)
+        return torch.mul(u, pre_gate, out=dst)
+    dst.copy_(u)
+    return dst.mul_(pre_gate)
 
 
 def epilogue_into(dst: Tensor, y: Tensor, x: Tensor, D: Tensor | None, post_gate: Tensor | None) -> None:
